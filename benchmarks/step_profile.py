@@ -1,0 +1,215 @@
+#!/usr/bin/env python
+"""Where a training step's time goes, and what the self-teacher pass costs: grpo vs scpo-divergence.
+
+For each method this trains a few steps on the `cpu` profile (embedded SmolLM2-135M-Instruct, arithmetic task,
+the profile's default sizes unless flags say otherwise) in a fresh run folder, and reads the trainer's own per-step
+timings (time/generation, time/verification, time/teacher, time/update, time/step) from metrics.jsonl.
+
+    python benchmarks/step_profile.py                        # both methods, each in its own subprocess
+    python benchmarks/step_profile.py --model tiny --steps 2 # smoke check of the plumbing (numbers mean nothing)
+    python benchmarks/step_profile.py --method grpo           # one method, in this process
+
+Reported per method: seconds per step of each phase averaged over the steps AFTER the first (step 1 is warm-up:
+first-call allocations, lazy imports, kernel selection), generated tokens per step, generation tokens/s, and the
+peak RSS of the process that trained it (ru_maxrss: the process's peak so far, so each method runs in its own
+subprocess to get its own peak; model loading is included in it). Then the two targets:
+
+    teacher overhead = mean scpo-divergence time/teacher / mean grpo time/step   (target <= 25 %)
+    peak RSS         = max over methods                                         (target < 4 GiB)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download: every model here is local
+
+METHODS = ("grpo", "scpo-divergence")
+PHASES = ("generation", "verification", "teacher", "update", "step")
+MARKER = "STEP_PROFILE_JSON "  # prefix of the one JSON line a child process prints for its parent
+TEACHER_TARGET = 0.25  # teacher seconds / grpo step seconds
+RSS_TARGET_MIB = 4096.0  # < 4 GiB
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (ru_maxrss: KiB on Linux, bytes on macOS), in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _overrides(args) -> dict:
+    out = {"steps": args.steps, "seed": args.seed}
+    if args.model is not None:
+        out["model.name"] = args.model
+    if args.prompts is not None:
+        out["prompts_per_step"] = args.prompts
+    if args.group_size is not None:
+        out["group_size"] = args.group_size
+    if args.max_new_tokens is not None:
+        out["max_new_tokens"] = args.max_new_tokens
+    return out
+
+
+def profile_method(method: str, args, runs_dir: str) -> dict:
+    """Train `method` for args.steps steps in a fresh folder under runs_dir; summarise its metrics."""
+    import torch
+
+    from scpo_lab.config import make_config
+    from scpo_lab.trainer import policy_for, train
+
+    config = make_config("cpu", method=method, **_overrides(args))
+    t0 = time.perf_counter()
+    policy = policy_for(config)
+    load_s = time.perf_counter() - t0
+    # a folder of its own: a finished run of the same config is never found and reused
+    run_root = tempfile.mkdtemp(prefix=f"{method}-", dir=runs_dir)
+    t0 = time.perf_counter()
+    run = train(config, policy, progress=False, runs_dir=run_root)
+    train_s = time.perf_counter() - t0
+    rows = sorted(run.dir.read_metrics(), key=lambda r: r["step"])
+    if len(rows) != config.steps:
+        raise RuntimeError(f"expected {config.steps} metric rows in {run.path}, found {len(rows)}")
+
+    cumulative = [0] + [int(r["generated_tokens"]) for r in rows]
+    tokens = [b - a for a, b in zip(cumulative, cumulative[1:])]
+    warmup_excluded = len(rows) > 1
+    first = 1 if warmup_excluded else 0
+    measured, measured_tokens = rows[first:], tokens[first:]
+    mean = {p: sum(r[f"time/{p}"] for r in measured) / len(measured) for p in PHASES}
+    gen_time = sum(r["time/generation"] for r in measured)
+    return {
+        "method": method,
+        "model": config.model.name,
+        "steps": config.steps,
+        "measured_steps": len(measured),
+        "warmup_excluded": warmup_excluded,
+        "prompts_per_step": config.prompts_per_step,
+        "group_size": config.group_size,
+        "max_new_tokens": config.max_new_tokens,
+        "seconds": mean,  # per step, averaged over the measured steps
+        "first_step_seconds": rows[0]["time/step"],
+        "tokens_per_step": sum(measured_tokens) / len(measured),
+        "generation_tokens_per_s": sum(measured_tokens) / gen_time if gen_time > 0 else float("nan"),
+        "peak_rss_mib": peak_rss_mib(),
+        "load_s": load_s,
+        "train_s": train_s,
+        "torch_threads": torch.get_num_threads(),
+        "run_dir": str(run.path),
+    }
+
+
+def run_in_subprocess(method: str, args, runs_dir: str) -> dict | None:
+    """`--method method` in a fresh interpreter (its own peak RSS); its stderr passes through."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--method", method, "--steps", str(args.steps),
+           "--seed", str(args.seed), "--runs-dir", runs_dir]
+    for flag, value in (("--model", args.model), ("--prompts", args.prompts), ("--group-size", args.group_size),
+                        ("--max-new-tokens", args.max_new_tokens)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    print(f"[{method}] running: {' '.join(cmd)}", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    results = [json.loads(line[len(MARKER):]) for line in proc.stdout.splitlines() if line.startswith(MARKER)]
+    if proc.returncode != 0 or not results:
+        print(f"[{method}] FAILED (exit {proc.returncode}); its stdout:\n{proc.stdout}", file=sys.stderr)
+        return None
+    return results[-1]
+
+
+def print_table(results: list[dict]) -> None:
+    r0 = results[0]
+    print(f"\nmodel {r0['model']}, {r0['prompts_per_step']} prompts x {r0['group_size']} rollouts, "
+          f"max {r0['max_new_tokens']} new tokens, {r0['steps']} steps, torch threads {r0['torch_threads']}")
+    if r0["warmup_excluded"]:
+        print(f"seconds per step averaged over steps 2..{r0['steps']} (step 1 = warm-up, excluded; "
+              f"its total is in 'step 1 s')")
+    else:
+        print("only 1 step: it is the warm-up step and is reported as is (use --steps >= 2 to exclude it)")
+    head = ("method", "generation", "verification", "teacher", "update", "total", "step 1 s", "tokens/step",
+            "gen tok/s", "peak RSS MiB")
+    rows = [(r["method"], *(f"{r['seconds'][p]:.3f}" for p in PHASES), f"{r['first_step_seconds']:.3f}",
+             f"{r['tokens_per_step']:.0f}", f"{r['generation_tokens_per_s']:.1f}", f"{r['peak_rss_mib']:.0f}")
+            for r in results]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths)))
+    print(line)
+    print("-" * len(line))
+    for row in rows:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    print("peak RSS = ru_maxrss of the process that trained the method (its peak so far, model load included)")
+
+
+def print_targets(results: list[dict]) -> None:
+    by = {r["method"]: r for r in results}
+    print()
+    if "grpo" in by and "scpo-divergence" in by:
+        teacher = by["scpo-divergence"]["seconds"]["teacher"]
+        grpo_step = by["grpo"]["seconds"]["step"]
+        ratio = teacher / grpo_step if grpo_step > 0 else float("nan")
+        verdict = "MEETS" if ratio <= TEACHER_TARGET else "MISSES"
+        print(f"teacher overhead: {teacher:.3f} s teacher / {grpo_step:.3f} s grpo step = {100 * ratio:.1f} % "
+              f"(target <= {100 * TEACHER_TARGET:.0f} %): {verdict}")
+        scpo_step = by["scpo-divergence"]["seconds"]["step"]
+        print(f"  (whole step: scpo-divergence {scpo_step:.3f} s vs grpo {grpo_step:.3f} s = "
+              f"{100 * (scpo_step / grpo_step - 1):+.1f} %; from step 2 on the two policies differ, so their rollouts "
+              f"and generation times can too)")
+    else:
+        print("teacher overhead: needs both grpo and scpo-divergence results")
+    peak = max(r["peak_rss_mib"] for r in results)
+    worst = max(results, key=lambda r: r["peak_rss_mib"])["method"]
+    verdict = "MEETS" if peak < RSS_TARGET_MIB else "MISSES"
+    print(f"peak RSS: {peak:.0f} MiB ({worst}) (target < {RSS_TARGET_MIB:.0f} MiB = 4 GiB): {verdict}")
+    if results[0]["model"] == "tiny":
+        print("NOTE: --model tiny is a plumbing check; its timings and memory say nothing about the targets.")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", choices=METHODS, help="profile only this method, in this process")
+    parser.add_argument("--steps", type=int, default=3, help="training steps per method; step 1 is warm-up")
+    parser.add_argument("--model", default=None, help="'embedded' (cpu profile default), 'tiny', or a folder")
+    parser.add_argument("--prompts", type=int, default=None, help="prompts per step (default: cpu profile's)")
+    parser.add_argument("--group-size", type=int, default=None, help="rollouts per prompt (default: profile's)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the cpu profile's")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs-dir", default=None,
+                        help="where run folders go (a fresh sub-folder per method; default: a temp dir, deleted)")
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error("--steps must be >= 1")
+
+    cleanup = None
+    if args.runs_dir is None:
+        cleanup = args.runs_dir = tempfile.mkdtemp(prefix="step_profile-")
+    else:
+        os.makedirs(args.runs_dir, exist_ok=True)
+    try:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        if args.method:
+            result = profile_method(args.method, args, args.runs_dir)
+            print_table([result])
+            print(MARKER + json.dumps(result), flush=True)
+            return 0
+        print(f"load average at start: {load:.2f} on {os.cpu_count()} cores "
+              f"(timings are only meaningful on a quiet machine)")
+        results = [r for r in (run_in_subprocess(m, args, args.runs_dir) for m in METHODS) if r is not None]
+        if not results:
+            print("no method finished", file=sys.stderr)
+            return 1
+        print_table(results)
+        print_targets(results)
+        return 0 if len(results) == len(METHODS) else 1
+    finally:
+        if cleanup:
+            shutil.rmtree(cleanup, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

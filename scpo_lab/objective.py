@@ -1,0 +1,270 @@
+"""RL objective for verifiable-reward post-training: group advantages, completion log-probs, clipped policy loss.
+
+Read top to bottom:
+  1. `group_advantages`     GRPO / Dr. GRPO / batch-scaled advantages from the rewards of G rollouts per prompt.
+  2. `completion_logprobs`  log pi(y_t | x, y_<t) and entropy of each completion token, with the lm_head applied
+                            chunk by chunk (and checkpointed) so a B x T x V logits tensor never sits in memory.
+  3. `policy_loss`          PPO-style clipped surrogate + optional k3 KL, with GRPO / DAPO / Dr. GRPO aggregation.
+
+Shapes: B rollouts (= n_groups * G, ordered group by group), P prompt positions (LEFT padded),
+T completion positions (RIGHT padded), V vocabulary. Masks are 1 on real tokens, 0 on padding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+ADVANTAGE_SCALES = ("group", "none", "batch")
+LOSS_AGGS = ("sequence-mean", "token-mean", "constant")
+STD_EPS = 1e-4  # TRL's epsilon in A = (r - mean) / (std + 1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Small helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of x over the positions where mask is 1 (over all of them, or along `dim`); 0 where mask is empty."""
+    mask = mask.to(x.dtype)
+    total = torch.where(mask.bool(), x, torch.zeros_like(x))  # zero (not x*0) so NaN/inf at pads can't leak
+    if dim is None:
+        return total.sum() / mask.sum().clamp(min=1.0)  # sum_t m_t x_t / max(1, sum_t m_t)
+    return total.sum(dim) / mask.sum(dim).clamp(min=1.0)
+
+
+def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Per-token k3 estimator of KL(pi || pi_ref) (Schulman): unbiased, always >= 0, samples drawn from pi."""
+    log_ratio = ref_logp - logp  # log(pi_ref / pi)
+    return torch.exp(log_ratio) - log_ratio - 1.0  # k3 = pi_ref/pi - log(pi_ref/pi) - 1
+
+
+def _unbiased_std(x: Tensor, dim: int | None = None) -> Tensor:
+    # torch.std's default (Bessel-corrected, divide by n-1) like TRL; a single sample has std 0 rather than NaN.
+    n = x.numel() if dim is None else x.shape[dim]
+    correction = 1 if n > 1 else 0
+    return x.std(correction=correction) if dim is None else x.std(dim=dim, correction=correction)
+
+
+def _grouped(rewards: Tensor, group_size: int) -> Tensor:
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards: expected a 1-D tensor [B]; got shape {tuple(rewards.shape)}")
+    if group_size < 1 or rewards.numel() % group_size != 0:
+        raise ValueError(f"group_size: must be >= 1 and divide B={rewards.numel()}; got {group_size}")
+    return rewards.float().view(-1, group_size)  # [n_groups, G]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. Advantages
+# ----------------------------------------------------------------------------------------------------------------
+
+def group_reward_std(rewards: Tensor, group_size: int) -> Tensor:
+    """Unbiased std of the rewards in each group -> [n_groups]. `frac_reward_zero_std` = (std == 0).float().mean()."""
+    return _unbiased_std(_grouped(rewards, group_size), dim=1)
+
+
+def group_advantages(rewards: Tensor, group_size: int, scale: str = "group") -> Tensor:
+    """Advantage of each rollout relative to its group -> [B] (float32).
+
+    scale "group" (GRPO):     A_i = (r_i - mean_g r) / (std_g r + 1e-4)
+          "none"  (Dr. GRPO): A_i =  r_i - mean_g r
+          "batch":            A_i = (r_i - mean_g r) / (std_batch r + 1e-4)
+    std is the unbiased (n-1) std, as torch.std's default and TRL's GRPOTrainer use. A group whose rewards are
+    all equal gets A = 0 (no gradient: "advantage collapse").
+    """
+    if scale not in ADVANTAGE_SCALES:
+        raise ValueError(f"scale: unknown {scale!r}; known: {', '.join(ADVANTAGE_SCALES)}")
+    r = _grouped(rewards, group_size)  # [n_groups, G]
+    centered = r - r.mean(dim=1, keepdim=True)  # r_i - mean_g r
+    if scale == "group":
+        centered = centered / (_unbiased_std(r, dim=1).unsqueeze(1) + STD_EPS)  # / (std_g r + 1e-4)
+    elif scale == "batch":
+        centered = centered / (_unbiased_std(r) + STD_EPS)  # / (std_batch r + 1e-4)
+    return centered.reshape(-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. Per-token log-probs of the completion, without materialising B x T x V logits
+# ----------------------------------------------------------------------------------------------------------------
+
+def _backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(transformer backbone returning last_hidden_state, lm_head) of an HF causal LM or a peft PeftModel over one.
+
+    LoRA layers live inside the base model's modules (peft injects them in place), so the backbone and head
+    returned here carry the adapters; `with model.disable_adapter():` still switches them off.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # unwrap peft
+    backbone = getattr(base, getattr(base, "base_model_prefix", "model"), None)  # LlamaForCausalLM.model, ...
+    if backbone is None:
+        backbone = base.model
+    head = base.get_output_embeddings()
+    if getattr(base.config, "final_logit_softcapping", None) is not None:
+        raise ValueError("model.config.final_logit_softcapping: not supported by completion_logprobs; allowed: None")
+    return backbone, head
+
+
+def _chunk_logprobs(head: torch.nn.Module, h: Tensor, targets: Tensor, temperature: float, with_entropy: bool):
+    """log pi(target) and entropy for one chunk of hidden states h [B, c, H] -> ([B, c], [B, c] or None)."""
+    logits = head(h).float() / temperature  # z / tau, [B, c, V] (only this chunk's)
+    logp_all = F.log_softmax(logits, dim=-1)  # log softmax(z / tau)
+    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # log pi(y_t)
+    if not with_entropy:
+        return logp, None
+    entropy = -(logp_all.exp() * logp_all).sum(-1)  # H_t = -sum_v p_v log p_v
+    return logp, entropy
+
+
+def completion_logprobs(
+    model: torch.nn.Module,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    completion_ids: Tensor,
+    completion_mask: Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = 64,
+    with_entropy: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """Per-token log pi(y_t | x, y_<t) [B, T] and entropy [B, T] (or None) of the completion tokens.
+
+    prompt_ids/prompt_mask [B, P] are LEFT padded, completion_ids/completion_mask [B, T] RIGHT padded.
+    The backbone runs once (gradients follow torch.is_grad_enabled()); the lm_head, softmax and gather run on
+    `chunk_size` positions at a time, each chunk wrapped in a non-reentrant checkpoint when grad is enabled so
+    the backward recomputes that chunk's logits instead of storing B x T x V. Masked positions hold 0.
+    """
+    if prompt_ids.shape[1] < 1:
+        raise ValueError("prompt_ids: need at least one prompt position (P >= 1)")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size: must be >= 1; got {chunk_size}")
+    backbone, head = _backbone_and_head(model)
+    P, T = prompt_ids.shape[1], completion_ids.shape[1]
+
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).long()  # [B, P+T]
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+T]
+    input_ids = input_ids.masked_fill(attention_mask == 0, 0)  # pad ids may be anything (e.g. -100); unseen anyway
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # position = #real tokens before it
+    hidden = backbone(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state  # [B, P+T, H], no logits
+
+    h = hidden[:, P - 1 : P + T - 1]  # the state at position j predicts token j+1: positions P-1 .. P+T-2
+    mask = completion_mask.bool()
+    targets = input_ids[:, P:]  # the completion tokens y_1 .. y_T (pads set to 0 above)
+
+    use_ckpt = torch.is_grad_enabled()
+    logps, entropies = [], []
+    for s in range(0, T, chunk_size):
+        args = (head, h[:, s : s + chunk_size], targets[:, s : s + chunk_size], temperature, with_entropy)
+        if use_ckpt:
+            lp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
+        else:
+            lp, ent = _chunk_logprobs(*args)
+        logps.append(lp)
+        entropies.append(ent)
+
+    logp = torch.where(mask, torch.cat(logps, dim=1), 0.0)  # 0 at padding
+    entropy = torch.where(mask, torch.cat(entropies, dim=1), 0.0) if with_entropy else None
+    return logp, entropy
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. Clipped policy-gradient loss
+# ----------------------------------------------------------------------------------------------------------------
+
+def loss_denominator(mask: Tensor, loss_agg: str, max_completion_length: int | None = None) -> float:
+    """Denominator `policy_loss` divides by for a batch with this completion mask [B, T].
+
+    Compute it once on the FULL batch and pass it as `normalizer=` to every micro-batch's `policy_loss`:
+    the micro-batch losses then SUM to the full-batch loss exactly (no extra division by the number of
+    micro-batches in the trainer).
+      sequence-mean -> B (number of sequences)
+      token-mean    -> sum of mask (number of completion tokens, at least 1)
+      constant      -> B * max_completion_length
+    """
+    if loss_agg not in LOSS_AGGS:
+        raise ValueError(f"loss_agg: unknown {loss_agg!r}; known: {', '.join(LOSS_AGGS)}")
+    if loss_agg == "sequence-mean":
+        return float(mask.shape[0])
+    if loss_agg == "token-mean":
+        return max(1.0, float(mask.sum()))
+    if max_completion_length is None:
+        raise ValueError("max_completion_length: required when loss_agg='constant'; allowed: a positive int")
+    return float(mask.shape[0] * max_completion_length)
+
+
+def policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    ref_logp: Tensor | None = None,
+    beta: float = 0.0,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    loss_agg: str = "sequence-mean",
+    max_completion_length: int | None = None,
+    normalizer: float | None = None,
+) -> tuple[Tensor, dict]:
+    """Clipped surrogate (+ beta * k3 KL) over the completion tokens -> (scalar loss, stats of python floats).
+
+    logp [B, T] carries the gradient; old_logp and ref_logp [B, T] are treated as constants (detached).
+    advantages [B] (one per rollout, broadcast to its tokens) or [B, T] (dense, per token).
+    loss_agg:
+      "sequence-mean" (GRPO):     (1/B) sum_i (1/|o_i|) sum_t l_it
+      "token-mean"    (DAPO):     sum_it l_it / sum_i |o_i|
+      "constant"      (Dr. GRPO): sum_it l_it / (B * max_completion_length)
+    normalizer: when given, replaces the denominator above (B for sequence-mean, total tokens for token-mean,
+    B * max_completion_length for constant) with the FULL batch's value (see `loss_denominator`), so the losses
+    of the micro-batches of one optimizer step sum exactly to the full-batch loss under gradient accumulation.
+    Stats: "kl" (masked-mean k3 KL, NaN without ref_logp), "clip_ratio", "clip_ratio/low", "clip_ratio/high"
+    (fractions of real tokens where the clipped term is the one min() selects, as in TRL).
+    """
+    if loss_agg not in LOSS_AGGS:
+        raise ValueError(f"loss_agg: unknown {loss_agg!r}; known: {', '.join(LOSS_AGGS)}")
+    if beta > 0 and ref_logp is None:
+        raise ValueError("ref_logp: required when beta > 0; allowed: a [B, T] tensor of reference log-probs")
+    for field, t in (("old_logp", old_logp), ("mask", mask), ("ref_logp", ref_logp)):
+        if t is not None and t.shape != logp.shape:
+            raise ValueError(f"{field}: shape must equal logp's {tuple(logp.shape)}; got {tuple(t.shape)}")
+    if advantages.shape == logp.shape[:1]:
+        advantages = advantages.unsqueeze(1)  # [B] -> [B, 1], broadcast over tokens
+    elif advantages.shape != logp.shape:
+        raise ValueError(f"advantages: shape must be [B] or [B, T]={tuple(logp.shape)}; got {tuple(advantages.shape)}")
+    advantages = advantages.to(logp.dtype).detach()
+    mask = mask.to(logp.dtype)
+    real = mask.bool()
+
+    log_ratio = logp - old_logp.detach()
+    ratio = torch.exp(log_ratio)  # rho_t = pi / pi_old
+    unclipped = ratio * advantages  # rho_t * A
+    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * advantages  # clip(rho_t, 1-eps_l, 1+eps_h) * A
+    per_token = -torch.min(unclipped, clipped)  # l_t = -min(rho A, clip(rho) A)
+
+    kl = None
+    if ref_logp is not None:
+        kl = k3_kl(logp, ref_logp.detach())  # k3 = pi_ref/pi - log(pi_ref/pi) - 1
+        if beta > 0:
+            per_token = per_token + beta * kl  # l_t += beta * KL_t
+    per_token = torch.where(real, per_token, torch.zeros_like(per_token))  # padding contributes nothing
+
+    if loss_agg == "sequence-mean":
+        seq_loss = per_token.sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # (1/|o_i|) sum_t l_it
+        denom = normalizer if normalizer is not None else float(logp.shape[0])
+        loss = seq_loss.sum() / denom  # (1/B) sum_i ...
+    else:
+        denom = normalizer if normalizer is not None else loss_denominator(mask, loss_agg, max_completion_length)
+        loss = per_token.sum() / denom  # sum_it l_it / (sum |o_i|  or  B * L_max)
+
+    with torch.no_grad():
+        adv = advantages.expand_as(ratio)
+        low = ((ratio < 1.0 - eps_low) & (adv < 0)).to(mask.dtype)  # clipped below: rho < 1-eps_l and A < 0
+        high = ((ratio > 1.0 + eps_high) & (adv > 0)).to(mask.dtype)  # clipped above: rho > 1+eps_h and A > 0
+        stats = {
+            "kl": float(masked_mean(kl, mask)) if kl is not None else float("nan"),
+            "clip_ratio": float(masked_mean(low + high, mask)),
+            "clip_ratio/low": float(masked_mean(low, mask)),
+            "clip_ratio/high": float(masked_mean(high, mask)),
+        }
+    return loss, stats

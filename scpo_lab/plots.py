@@ -1,0 +1,90 @@
+"""The figures the notebooks draw. Each function returns a matplotlib Figure."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+# Readable names for the logged metrics (TRL's names are kept in the logs themselves).
+LABELS = {
+    "reward": "mean reward",
+    "pass_rate": "verifier pass rate",
+    "frac_reward_zero_std": "fraction of groups with zero reward std\n(no GRPO gradient)",
+    "completions/mean_length": "completion length (tokens)",
+    "entropy": "token entropy (nats)",
+    "kl": "KL to reference",
+    "grad_norm": "gradient norm",
+    "time/step": "seconds per step",
+}
+
+
+def training_curves(df: pd.DataFrame, metrics=("reward", "pass_rate", "frac_reward_zero_std"), *, hue: str = "method",
+                    x: str = "step", smooth: int = 1, title: str | None = None):
+    """One panel per metric, one line per `hue` value; with several seeds the line is the mean and the band
+    spans the min..max over seeds. `smooth` = rolling-mean window over steps (1 = raw)."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for label, part in df.groupby(hue, sort=True):
+            per_run = part.pivot_table(index=x, columns="run", values=metric)
+            if smooth > 1:
+                per_run = per_run.rolling(smooth, min_periods=1).mean()
+            mean = per_run.mean(axis=1)
+            line, = ax.plot(mean.index, mean.values, label=f"{label} (n={per_run.shape[1]})")
+            if per_run.shape[1] > 1:
+                ax.fill_between(mean.index, per_run.min(axis=1), per_run.max(axis=1), alpha=0.2,
+                                color=line.get_color())
+        ax.set_xlabel(x.replace("_", " "))
+        ax.set_ylabel(LABELS.get(metric, metric))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def pass_at_1_bars(results: dict, title: str = "held-out pass@1 (95% bootstrap interval over problems)"):
+    """Bars of pass@1 with interval whiskers; `results` maps a label to an EvalResult (or its dict)."""
+    labels = list(results)
+    rows = [r if isinstance(r, dict) else r.to_dict() for r in results.values()]
+    values = [r["pass_at_1"] for r in rows]
+    errors = [[v - r["ci_low"] for v, r in zip(values, rows)], [r["ci_high"] - v for v, r in zip(values, rows)]]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(labels), 3.4))
+    ax.bar(labels, values, yerr=errors, capsize=6, color=plt.cm.tab10.colors[: len(labels)])
+    for i, v in enumerate(values):
+        ax.text(i, v / 2, f"{v:.3f}", ha="center", color="white", fontweight="bold")
+    ax.set_ylabel("pass@1")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def pass_at_k_curves(results: dict, title: str = "pass@k (unbiased estimator, 95% interval)"):
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for label, r in results.items():
+        table = pd.DataFrame((r if isinstance(r, dict) else r.to_dict())["pass_at_k"])
+        ax.plot(table["k"], table["pass_at_k"], marker="o", label=label)
+        ax.fill_between(table["k"], table["ci_low"], table["ci_high"], alpha=0.15)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k")
+    ax.set_ylabel("pass@k")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def phase_times(df: pd.DataFrame, hue: str = "method"):
+    """Stacked mean seconds per step by phase (generation, verification, teacher, update) for each method."""
+    phases = [c for c in ("time/generation", "time/verification", "time/teacher", "time/update") if c in df]
+    means = df.groupby(hue)[phases].mean()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    means.rename(columns=lambda c: c.split("/")[1]).plot.bar(stacked=True, ax=ax)
+    ax.set_ylabel("seconds per step")
+    ax.set_xlabel("")
+    ax.tick_params(axis="x", rotation=0)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig

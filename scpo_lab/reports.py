@@ -1,0 +1,87 @@
+"""Execute the numbered notebooks with papermill and write reports/<name>.html plus reports/index.html.
+
+Finished training runs are reused from the run cache (runs are keyed by their config hash), so a rerun only
+trains what is missing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import time
+from pathlib import Path
+
+from scpo_lab.config import PROFILES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def notebook_paths(notebooks_dir: Path | None = None, names: list[str] | None = None) -> list[Path]:
+    notebooks_dir = Path(notebooks_dir or ROOT / "notebooks")
+    found = sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
+    if names:
+        chosen = [p for p in found if p.stem in names or p.name in names]
+        missing = set(names) - {p.stem for p in chosen} - {p.name for p in chosen}
+        if missing:
+            raise ValueError(f"notebooks: unknown {sorted(missing)}; available: {', '.join(p.stem for p in found)}")
+        return chosen
+    return found
+
+
+def execute_notebook(path: Path, output_dir: Path, parameters: dict, kernel: str = "python3") -> Path:
+    """Run one notebook with papermill (parameters injected after the 'parameters' cell); return the HTML."""
+    import nbformat
+    import papermill
+    from nbconvert import HTMLExporter
+
+    executed = output_dir / "_executed" / path.name
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(str(path), str(executed), parameters=parameters, kernel_name=kernel,
+                               cwd=str(path.parent), progress_bar=False)
+    body, _ = HTMLExporter(exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(
+        nbformat.read(str(executed), as_version=4))
+    out = output_dir / f"{path.stem}.html"
+    out.write_text(body)
+    return out
+
+
+def build_reports(profile: str = "cpu", notebooks: list[str] | None = None, output_dir: str | Path = "reports",
+                  notebooks_dir: Path | None = None) -> Path:
+    if profile not in PROFILES:
+        raise ValueError(f"profile: unknown {profile!r}; allowed: {', '.join(PROFILES)}")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path in notebook_paths(notebooks_dir, notebooks):
+        print(f"[reports] executing {path.name} (profile={profile}) ...", flush=True)
+        start = time.perf_counter()
+        status = "ok"
+        try:
+            html_path = execute_notebook(path, output_dir, {"profile": profile})
+        except Exception as err:  # keep going: one failing notebook should not hide the others' reports
+            status = f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            html_path = None
+        seconds = time.perf_counter() - start
+        print(f"[reports] {path.name}: {status} in {seconds:.0f} s", flush=True)
+        rows.append((path.stem, html_path, status, seconds))
+    index = output_dir / "index.html"
+    index.write_text(_index_html(rows, profile))
+    failed = [r[0] for r in rows if r[2] != "ok"]
+    if failed:
+        raise RuntimeError(f"notebooks failed: {', '.join(failed)} (see {index})")
+    return index
+
+
+def _index_html(rows, profile: str) -> str:
+    items = "\n".join(
+        f"<tr><td>{f'<a href={html.escape(p.name)!r}>{html.escape(name)}</a>' if p else html.escape(name)}</td>"
+        f"<td>{html.escape(status)}</td><td>{seconds / 60:.1f} min</td></tr>"
+        for name, p, status, seconds in rows)
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>scpo_lab reports</title>
+<style>body{{font-family:sans-serif;max-width:50em;margin:2em auto}}td,th{{padding:.3em 1em;text-align:left}}</style>
+</head><body><h1>scpo_lab reports</h1><p>Profile <b>{html.escape(profile)}</b>, generated {when}.</p>
+<table><tr><th>notebook</th><th>status</th><th>time</th></tr>
+{items}
+</table></body></html>
+"""

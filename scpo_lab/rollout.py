@@ -1,0 +1,170 @@
+"""Sample G completions per prompt and return one batch of rollouts.
+
+A plain KV-cache decode loop instead of `model.generate`, for three reasons: the per-token log-prob of the sampled
+token is recorded as it is drawn (no extra forward pass), the G samples of one prompt share one prefill (the
+cache is computed once per prompt and repeated G times), and rows that have emitted EOS leave the active batch.
+
+Sampling semantics: logits / temperature, optional nucleus (top-p) truncation, one draw from a seeded
+torch.Generator. The recorded log-prob is log softmax(logits / temperature) at the drawn token, i.e. the
+temperature-scaled policy without the top-p truncation (the convention of TRL), so it matches a teacher-forced
+pass with the same temperature (see objective.completion_logprobs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from typing import TYPE_CHECKING
+
+from transformers import DynamicCache
+
+if TYPE_CHECKING:
+    from scpo_lab.tasks.base import Problem
+
+
+@dataclass
+class RolloutBatch:
+    """B = n_prompts * G rollouts, ordered prompt by prompt (rows g*G .. g*G+G-1 share problem g)."""
+
+    prompt_ids: torch.Tensor  # [B, P] left-padded
+    prompt_mask: torch.Tensor  # [B, P]
+    completion_ids: torch.Tensor  # [B, T] right-padded (pad after EOS)
+    completion_mask: torch.Tensor  # [B, T] 1 for generated tokens, EOS included
+    logprobs: torch.Tensor  # [B, T] log pi_sampler(y_t), 0 where masked
+    texts: list[str]  # decoded completions (special tokens removed)
+    problems: list[Problem]  # one per rollout
+    group_ids: torch.Tensor  # [B] index of the prompt each rollout answers
+    truncated: torch.Tensor  # [B] bool: hit max_new_tokens without EOS
+    group_size: int = 1
+    verdicts: list = field(default_factory=list)  # filled by the trainer after verification
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.completion_mask.sum())
+
+    def __len__(self) -> int:
+        return self.completion_ids.shape[0]
+
+
+def encode_prompts(tokenizer, messages: list[list[dict]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chat-template each conversation (with the assistant turn opened) and left-pad them into one batch."""
+    texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)  # log pi_T(. | context)
+    probs = logprobs.exp()
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest set with mass >= top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return token, logprobs.gather(-1, token[:, None]).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model, prompt_ids, prompt_mask, *, repeats: int, max_new_tokens: int, temperature: float, top_p: float,
+             eos_token_ids: list[int], pad_token_id: int, generator: torch.Generator | None = None):
+    """Decode `repeats` samples of each prompt. Returns (completion_ids, mask, logprobs, truncated), each with
+    rows ordered prompt by prompt. Greedy when temperature == 0."""
+    device = prompt_ids.device
+    n_prompts, prompt_len = prompt_ids.shape
+    batch = n_prompts * repeats
+    position_ids = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids, past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    if repeats > 1:
+        cache.batch_repeat_interleave(repeats)  # prefix sharing: one prefill per prompt, G copies of its cache
+    last_logits = out.logits[:, -1].repeat_interleave(repeats, dim=0)
+    attn = prompt_mask.repeat_interleave(repeats, dim=0)
+    next_pos = position_ids[:, -1].repeat_interleave(repeats, dim=0) + 1
+
+    tokens = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    logps = torch.zeros((batch, max_new_tokens), dtype=torch.float32, device=device)
+    lengths = torch.zeros(batch, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    eos = torch.tensor(eos_token_ids, device=device)
+    active = torch.arange(batch, device=device)  # rows of the full batch still decoding
+    for t in range(max_new_tokens):
+        if temperature == 0:
+            token = last_logits.argmax(-1)
+            logp = torch.log_softmax(last_logits.float(), -1).gather(-1, token[:, None]).squeeze(-1)
+        else:
+            token, logp = _sample(last_logits, temperature, top_p, generator)
+        tokens[active, t] = token
+        logps[active, t] = logp
+        lengths[active] = t + 1
+        done = torch.isin(token, eos)
+        finished[active[done]] = True
+        if t == max_new_tokens - 1 or bool(done.all()):
+            break
+        if bool(done.any()):  # drop finished rows from the cache and the active set
+            keep = (~done).nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            active, token, attn, next_pos = active[keep], token[keep], attn[keep], next_pos[keep]
+        attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)
+        out = model(input_ids=token[:, None], attention_mask=attn, position_ids=next_pos[:, None],
+                    past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        last_logits = out.logits[:, -1]
+        next_pos = next_pos + 1
+
+    width = int(lengths.max()) if batch else 0
+    mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
+    return tokens[:, :width], mask, logps[:, :width] * mask, ~finished
+
+
+def sample_rollouts(policy, problems: list[Problem], *, group_size: int, max_new_tokens: int,
+                    temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+                    batch_prompts: int | None = None) -> RolloutBatch:
+    """G = group_size completions of each problem's chat prompt, in one batch (or in chunks of `batch_prompts`
+    prompts to bound memory). `seed` fixes the draws: same policy + problems + seed -> same rollouts."""
+    model, tok = policy.model, policy.tokenizer
+    generator = torch.Generator(device=policy.device)
+    generator.manual_seed(0 if seed is None else seed)
+    was_training = model.training
+    model.eval()
+    chunks = [problems] if not batch_prompts else [problems[i:i + batch_prompts]
+                                                   for i in range(0, len(problems), batch_prompts)]
+    parts = []
+    for chunk in chunks:
+        prompt_ids, prompt_mask = encode_prompts(tok, [p.prompt for p in chunk], policy.device)
+        completion = generate(model, prompt_ids, prompt_mask, repeats=group_size, max_new_tokens=max_new_tokens,
+                              temperature=temperature, top_p=top_p, eos_token_ids=policy.eos_token_ids,
+                              pad_token_id=tok.pad_token_id, generator=generator)
+        parts.append((prompt_ids.repeat_interleave(group_size, 0), prompt_mask.repeat_interleave(group_size, 0),
+                      *completion))
+    model.train(was_training)
+    prompt_ids, prompt_mask = _pad_cat([p[0] for p in parts], tok.pad_token_id, left=True), \
+        _pad_cat([p[1] for p in parts], 0, left=True)
+    completion_ids = _pad_cat([p[2] for p in parts], tok.pad_token_id)
+    completion_mask = _pad_cat([p[3] for p in parts], 0)
+    logprobs = _pad_cat([p[4] for p in parts], 0.0)
+    truncated = torch.cat([p[5] for p in parts])
+    texts = tok.batch_decode(completion_ids * completion_mask + tok.pad_token_id * (1 - completion_mask),
+                             skip_special_tokens=True)
+    return RolloutBatch(
+        prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+        completion_mask=completion_mask, logprobs=logprobs, texts=texts,
+        problems=[p for p in problems for _ in range(group_size)],
+        group_ids=torch.arange(len(problems)).repeat_interleave(group_size), truncated=truncated,
+        group_size=group_size,
+    )
+
+
+def _pad_cat(tensors: list[torch.Tensor], value, left: bool = False) -> torch.Tensor:
+    """Concatenate [b_i, w_i] tensors along rows, padding widths to the widest (on the left or the right)."""
+    if len(tensors) == 1:
+        return tensors[0]
+    width = max(t.shape[1] for t in tensors)
+    padded = []
+    for t in tensors:
+        pad = t.new_full((t.shape[0], width - t.shape[1]), value)
+        padded.append(torch.cat([pad, t] if left else [t, pad], dim=1))
+    return torch.cat(padded)

@@ -1,0 +1,157 @@
+"""Evaluation math: pass@k, bootstrap confidence intervals over problems, t-intervals over seeds.
+
+`evaluation.py` samples completions and calls these; nothing here touches a model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021) from n samples of which c passed.
+
+    pass@k = 1 - C(n-c, k) / C(n, k), computed stably in product form.
+    """
+    n, c, k = int(n), int(c), int(k)
+    if n < 1:
+        raise ValueError(f"n: must be >= 1; got {n}")
+    if k < 1 or k > n:
+        raise ValueError(f"k: must be in 1..n (n={n}); got {k}")
+    if c < 0 or c > n:
+        raise ValueError(f"c: must be in 0..n (n={n}); got {c}")
+    if n - c < k:  # every k-subset holds at least one correct sample
+        return 1.0
+    # 1 - C(n-c,k)/C(n,k) = 1 - prod_{i=n-c+1}^{n} (1 - k/i)
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1, dtype=np.float64)))
+
+
+def bootstrap_ci(values: Iterable[float], n_boot: int = 2000, alpha: float = 0.05,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap (1 - alpha) interval of the mean of `values` (one value per problem)."""
+    x = np.asarray(list(values), dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("values: must be non-empty")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha: must be in (0, 1); got {alpha}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot: must be >= 1; got {n_boot}")
+    if x.size == 1:
+        return float(x[0]), float(x[0])
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))  # resample problems with replacement
+    means = x[idx].mean(axis=1)                          # mean*_b = (1/N) sum_i x[idx_b,i]
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+def pass_at_k_table(counts: Sequence[tuple[int, int]], ks: Iterable[int], n_boot: int = 2000,
+                    alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
+    """pass@k per k, averaged over problems, with a bootstrap CI over problems.
+
+    counts: one (n_i, c_i) per problem (samples drawn, samples passed). Columns: k, pass_at_k, ci_low, ci_high.
+    """
+    counts = [(int(n), int(c)) for n, c in counts]
+    if not counts:
+        raise ValueError("counts: must be non-empty (one (n, c) per problem)")
+    rows = []
+    for k in ks:
+        per_problem = [pass_at_k(n, c, k) for n, c in counts]
+        low, high = bootstrap_ci(per_problem, n_boot=n_boot, alpha=alpha, seed=seed)
+        rows.append({"k": int(k), "pass_at_k": float(np.mean(per_problem)), "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows, columns=["k", "pass_at_k", "ci_low", "ci_high"])
+
+
+# --- Student t quantile (scipy is not a dependency) ------------------------------------------------------
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction for the regularized incomplete beta (modified Lentz, Numerical Recipes 6.4)."""
+    tiny, eps = 1e-300, 1e-15
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 10_000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < eps:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    # front = x^a (1-x)^b / (a B(a,b))
+    lbeta = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    front = math.exp(lbeta + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """CDF of Student's t with df degrees of freedom."""
+    # P(T <= t) = 1 - I_{df/(df+t^2)}(df/2, 1/2) / 2 for t >= 0, symmetric otherwise
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_ppf(p: float, df: float) -> float:
+    """Quantile of Student's t (bisection on t_cdf; |error| < 1e-10)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p: must be in (0, 1); got {p}")
+    if df <= 0:
+        raise ValueError(f"df: must be > 0; got {df}")
+    if p == 0.5:
+        return 0.0
+    if p < 0.5:
+        return -t_ppf(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def mean_ci(values: Iterable[float], alpha: float = 0.05) -> tuple[float, float, float]:
+    """(mean, low, high): Student-t (1 - alpha) interval of the mean over seeds (one value per seed).
+
+    mean +- t_{1-alpha/2, n-1} * s / sqrt(n), with s the sample std (ddof=1). A single value gives (v, v, v).
+    """
+    x = np.asarray(list(values), dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("values: must be non-empty")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha: must be in (0, 1); got {alpha}")
+    m = float(x.mean())
+    if x.size == 1:
+        return m, m, m
+    half = t_ppf(1.0 - alpha / 2.0, x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)  # t * s / sqrt(n)
+    return m, m - half, m + half

@@ -1,0 +1,58 @@
+"""Problem, Verdict and the Task interface (docs/interfaces.md), plus the checks every task shares."""
+
+import abc
+from dataclasses import dataclass, field
+
+from scpo_lab.tasks.answers import answers_match, extract_final_answer
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str                      # stable, unique within a task+split
+    prompt: list[dict]           # chat messages, e.g. [{"role": "user", "content": "..."}]
+    answer: str                  # ground truth, canonical string form ("42", "-3", "0.5")
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    reward: float                # 1.0 pass / 0.0 fail for binary tasks
+    passed: bool
+    feedback: str                # privileged context for the self-teacher, names the expected answer
+    extracted: str | None = None # the final answer parsed from the completion (None if none)
+
+
+class Task(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    def problems(self, split: str, n: int | None = None, seed: int = 0) -> list[Problem]:
+        """Problems of `split` ("train"/"test"); n=None -> all; `seed` picks the sample. Splits never overlap."""
+
+    @abc.abstractmethod
+    def verify(self, problem: Problem, completion: str) -> Verdict:
+        """Score one completion of `problem`."""
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split: unknown {split!r}; known: {', '.join(SPLITS)}")
+
+
+def check_count(n, field_name: str = "n") -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"{field_name}: must be an integer >= 0 (got {n!r})")
+
+
+def verify_final_answer(problem: Problem, completion: str) -> Verdict:
+    """Binary reward for numeric tasks: the completion's final answer (answers.py) against problem.answer."""
+    extracted = extract_final_answer(completion)
+    expected = problem.answer
+    if extracted is None:
+        feedback = f"No final answer was found in your response; the expected answer is {expected}."
+        return Verdict(0.0, False, feedback, None)
+    if answers_match(extracted, expected):
+        return Verdict(1.0, True, f"Your final answer {extracted} is correct.", extracted)
+    return Verdict(0.0, False, f"Your final answer {extracted} is wrong; the expected answer is {expected}.", extracted)

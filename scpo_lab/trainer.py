@@ -1,0 +1,265 @@
+"""The two-pass training loop, top to bottom.
+
+    for step in 1..steps:
+        problems   <- draw prompts_per_step training problems           (seeded by (seed, step))
+        rollouts   <- G samples per problem, sampler log-probs recorded  (rollout.sample_rollouts)
+        verdicts   <- task.verify(problem, completion)                   (reward, passed, feedback)
+        teacher    <- policy re-reads each rollout with its verdict       (teacher.teacher_pass; skipped by grpo)
+        advantages <- group-relative advantages [+ the critic's signal]  (objective / critics)
+        update     <- clipped surrogate (+ beta * k3 KL), AdamW on LoRA weights, grad clipping
+        log, write samples, checkpoint
+
+Every step's randomness is derived from (seed, step), so a run killed at any point and resumed from its last
+checkpoint replays the same problems and draws, and its metrics.jsonl has no duplicated or missing rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from scpo_lab.config import TrainConfig
+from scpo_lab.critics import make_critic
+from scpo_lab.objective import (completion_logprobs, group_advantages, group_reward_std, loss_denominator,
+                                 policy_loss)
+from scpo_lab.rollout import RolloutBatch, sample_rollouts
+from scpo_lab.runs import RunDir
+from scpo_lab.tasks import get_task
+from scpo_lab.teacher import teacher_pass
+
+log = logging.getLogger("scpo_lab")
+
+
+def _step_seed(seed: int, step: int, stream: int) -> int:
+    return (seed * 1_000_003 + step * 97 + stream) % (2**31 - 1)
+
+
+def policy_for(config: TrainConfig):
+    from scpo_lab.models import LoraConfig, load_policy
+
+    lora = LoraConfig(r=config.model.lora_r, alpha=config.model.lora_alpha, dropout=config.model.lora_dropout)
+    return load_policy(config.model.name, backend=config.model.backend, lora=lora, seed=config.seed)
+
+
+@dataclass
+class Run:
+    """A finished (or resumed-and-finished) training run and its folder."""
+
+    config: TrainConfig
+    dir: RunDir
+
+    @property
+    def path(self) -> Path:
+        return self.dir.path
+
+    @property
+    def metrics(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.dir.read_metrics())
+
+    def samples(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.dir.read_samples())
+
+    def load_policy(self, policy=None):
+        """The trained policy: the base model with this run's final adapter (into `policy` if given)."""
+        policy = policy or policy_for(self.config)
+        policy.load_adapter(self.dir.path / "final")
+        return policy
+
+
+def train(config: TrainConfig, policy=None, *, progress: bool = True, runs_dir: str | None = None) -> Run:
+    """Train `config` in its run folder, or load it if that folder already finished; resumes a killed run."""
+    config.validate()
+    run = RunDir.create(config.to_dict(), name=config.method, runs_dir=runs_dir or config.runs_dir)
+    if run.is_finished():
+        log.info("run %s already finished: loading it", run.path.name)
+        return Run(config, run)
+    task = get_task(config.task.name, **config.task.options)
+    train_problems = _training_problems(task, config)
+    policy = policy or policy_for(config)
+    model = policy.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    critic = make_critic(config.method, config)
+
+    start_step, state = 0, {"generated_tokens": 0, "flops": 0.0}
+    latest = run.latest_checkpoint()
+    if latest is not None:
+        start_step, ckpt = latest
+        policy.load_adapter(ckpt / "adapter")
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        log.info("resuming %s from step %d", run.path.name, start_step)
+    elif config.steps > 0:
+        policy.reset_adapter(seed=config.seed)  # a fresh run starts from the same LoRA init whatever ran before
+    run.truncate_after(start_step)  # rows written after the checkpoint are replayed, never duplicated
+
+    n_params = sum(p.numel() for p in model.parameters())
+    bar = _progress(range(start_step + 1, config.steps + 1), progress, config.method, total=config.steps,
+                    initial=start_step)
+    for step in bar:
+        row = training_step(config, policy, task, train_problems, optimizer, params, critic, step, state, n_params,
+                            run)
+        run.append_metrics(row)
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(reward=f"{row['reward']:.2f}", zero_std=f"{row['frac_reward_zero_std']:.2f}")
+        if step % config.save_every == 0 or step == config.steps:
+            _save_checkpoint(run, policy, optimizer, step, state)
+    policy.save_adapter(run.path / "final")
+    run.mark_done()
+    return Run(config, run)
+
+
+def _training_problems(task, config: TrainConfig):
+    try:
+        return task.problems("train", n=None, seed=config.seed)
+    except (TypeError, ValueError):  # procedural tasks need n
+        return task.problems("train", n=config.train_pool_size, seed=config.seed)
+
+
+def _progress(iterable, enabled: bool, desc: str, **kwargs):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, **kwargs)
+
+
+def training_step(config, policy, task, train_problems, optimizer, params, critic, step, state, n_params, run) -> dict:
+    times = {}
+    # 1. sample: prompts_per_step problems, G rollouts each
+    t0 = time.perf_counter()
+    rng = random.Random(_step_seed(config.seed, step, 0))
+    problems = rng.sample(train_problems, min(config.prompts_per_step, len(train_problems)))
+    batch = sample_rollouts(policy, problems, group_size=config.group_size, max_new_tokens=config.max_new_tokens,
+                            temperature=config.temperature, top_p=config.top_p,
+                            seed=_step_seed(config.seed, step, 1))
+    times["generation"] = time.perf_counter() - t0
+
+    # 2. verify
+    t0 = time.perf_counter()
+    batch.verdicts = [task.verify(p, text) for p, text in zip(batch.problems, batch.texts)]
+    rewards = torch.tensor([v.reward for v in batch.verdicts], dtype=torch.float32)
+    verifier_rewards = rewards
+    if config.method == "random-reward":  # control: a reward independent of the completion
+        gen = torch.Generator().manual_seed(_step_seed(config.seed, step, 2))
+        rewards = torch.bernoulli(torch.full_like(rewards, 0.5), generator=gen)
+    times["verification"] = time.perf_counter() - t0
+
+    # 3. advantages: A_i = (r_i - mean_group r) / (std_group r + eps), then the critic's signal
+    advantages = group_advantages(rewards, config.group_size, scale=config.scale_rewards)
+    extra, times["teacher"] = {}, 0.0
+    if critic is not None:
+        t0 = time.perf_counter()
+        teacher = teacher_pass(policy, batch, batch.verdicts, temperature=config.temperature,
+                               micro_batch_size=config.micro_batch_size)
+        advantages, extra = critic.advantages(batch, advantages, teacher)
+        state["flops"] += 2 * n_params * (teacher.prompt_tokens + batch.num_tokens)  # forward: 2 N tokens
+        times["teacher"] = time.perf_counter() - t0
+
+    # 4. update
+    t0 = time.perf_counter()
+    update = _update(config, policy, batch, advantages, optimizer, params)
+    times["update"] = time.perf_counter() - t0
+
+    # 5. log (TRL's metric names where they mean the same thing)
+    state["generated_tokens"] += batch.num_tokens
+    prompt_tokens = int(batch.prompt_mask.sum())
+    state["flops"] += 2 * n_params * (prompt_tokens / config.group_size + batch.num_tokens)  # sampling
+    state["flops"] += 6 * n_params * (prompt_tokens + batch.num_tokens) * config.num_iterations  # fwd + bwd
+    lengths = batch.completion_mask.sum(1).float()
+    std = group_reward_std(rewards, config.group_size)
+    row = {
+        "step": step,
+        "reward": float(rewards.mean()),
+        "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+        "pass_rate": float(verifier_rewards.mean()),
+        "frac_reward_zero_std": float((std == 0).float().mean()),
+        "completions/mean_length": float(lengths.mean()),
+        "completions/clipped_ratio": float(batch.truncated.float().mean()),
+        "generated_tokens": state["generated_tokens"],
+        "flops": state["flops"],
+        **update,
+        **extra,
+        **{f"time/{k}": v for k, v in times.items()},
+    }
+    row["time/step"] = sum(times.values())
+    if step % config.samples_every == 0 or step == config.steps:
+        run.append_samples(_sample_rows(step, batch, rewards))
+    return row
+
+
+def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params) -> dict:
+    """mu passes of micro-batched forward/backward over the rollouts, one optimizer step per pass."""
+    model = policy.model
+    model.train()
+    B = len(batch)
+    mask = batch.completion_mask
+    # normalisers so micro-batch losses sum exactly to the full-batch loss
+    normalizer = loss_denominator(mask, config.loss_agg, config.max_new_tokens)
+    ref_logp = None
+    if config.beta > 0:
+        with torch.no_grad(), policy.reference():
+            ref_logp = torch.cat([completion_logprobs(model, *_rows(batch, s, config.micro_batch_size),
+                                                      temperature=config.temperature, with_entropy=False)[0]
+                                  for s in range(0, B, config.micro_batch_size)])
+    sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0}
+    grad_norms = []
+    for _ in range(config.num_iterations):
+        optimizer.zero_grad(set_to_none=True)
+        for s in range(0, B, config.micro_batch_size):
+            rows = slice(s, s + config.micro_batch_size)
+            logp, entropy = completion_logprobs(model, *_rows(batch, s, config.micro_batch_size),
+                                                temperature=config.temperature)
+            # mu = 1: the batch was sampled from this very policy, so old = current (ratio 1 up to numerics)
+            old = logp.detach() if config.num_iterations == 1 else batch.logprobs[rows]
+            loss, stats = policy_loss(logp, old, advantages[rows], mask[rows],
+                                      ref_logp=None if ref_logp is None else ref_logp[rows], beta=config.beta,
+                                      eps_low=config.epsilon, eps_high=config.epsilon_high, loss_agg=config.loss_agg,
+                                      max_completion_length=config.max_new_tokens, normalizer=normalizer)
+            loss.backward()
+            weight = float(mask[rows].sum()) / float(mask.sum())  # token share of this micro-batch
+            sums["loss"] += float(loss.detach())
+            sums["kl"] += stats["kl"] * weight if not math.isnan(stats["kl"]) else 0.0
+            sums["clip_ratio"] += stats["clip_ratio"] * weight
+            sums["entropy"] += float((entropy.detach() * mask[rows]).sum()) / float(mask.sum())
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            raise FloatingPointError("gradient norm is not finite; the last checkpoint is kept — lower learning_rate")
+        optimizer.step()
+        grad_norms.append(float(grad_norm))
+    n = config.num_iterations
+    return {"loss": sums["loss"] / n, "kl": sums["kl"] / n if config.beta > 0 else float("nan"),
+            "clip_ratio": sums["clip_ratio"] / n, "entropy": sums["entropy"] / n,
+            "grad_norm": sum(grad_norms) / n, "learning_rate": config.learning_rate}
+
+
+def _rows(batch: RolloutBatch, start: int, size: int):
+    rows = slice(start, start + size)
+    return batch.prompt_ids[rows], batch.prompt_mask[rows], batch.completion_ids[rows], batch.completion_mask[rows]
+
+
+def _sample_rows(step, batch: RolloutBatch, rewards) -> list[dict]:
+    return [{"step": step, "problem_id": p.id, "group": int(g), "prompt": p.prompt[-1]["content"],
+             "completion": text, "reward": float(r), "passed": v.passed, "feedback": v.feedback,
+             "extracted": v.extracted, "answer": p.answer}
+            for p, g, text, r, v in zip(batch.problems, batch.group_ids, batch.texts, rewards, batch.verdicts)]
+
+
+def _save_checkpoint(run: RunDir, policy, optimizer, step: int, state: dict) -> None:
+    path = run.checkpoint_dir(step)
+    path.mkdir(parents=True, exist_ok=True)
+    policy.save_adapter(path / "adapter")
+    torch.save(optimizer.state_dict(), path / "optimizer.pt")
+    (path / "trainer_state.json").write_text(json.dumps({**state, "step": step}))
+    run.mark_complete(path)  # written last: a checkpoint without it is ignored on resume

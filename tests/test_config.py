@@ -1,0 +1,71 @@
+"""Bad input fails before any training, with one line naming the field and what is allowed."""
+
+import pytest
+
+from scpo_lab.cli import main
+from scpo_lab.config import ConfigError, load_config, make_config
+
+
+@pytest.mark.parametrize("overrides, field, allowed", [
+    ({"method": "ppo"}, "method", "grpo, scpo-divergence"),
+    ({"method": "sdpo"}, "method", "planned but not built"),
+    ({"task": {"name": "mathqa"}}, "task.name", "arithmetic, gsm8k"),
+    ({"model": {"backend": "jax"}}, "model.backend", "auto, hf, unsloth"),
+    ({"steps": 0}, "steps", ">= 1"),
+    ({"group_size": -4}, "group_size", ">= 1"),
+    ({"group_size": 1}, "group_size", ">= 2"),
+    ({"prompts_per_step": 2.5}, "prompts_per_step", "integer"),
+    ({"learning_rate": 0}, "learning_rate", "> 0"),
+    ({"top_p": 1.5}, "top_p", "(0, 1]"),
+    ({"loss_agg": "mean"}, "loss_agg", "sequence-mean, token-mean, constant"),
+    ({"scale_rewards": "std"}, "scale_rewards", "group, batch, none"),
+    ({"max_new_tokens": 0}, "max_new_tokens", ">= 1"),
+    ({"beta": -0.1}, "beta", ">= 0"),
+    ({"lr": 1e-4}, "lr", "allowed: method, model"),
+    ({"model": {"rank": 8}}, "model.rank", "allowed: name, backend"),
+])
+def test_bad_values_fail_with_one_line_naming_the_field(overrides, field, allowed):
+    with pytest.raises(ConfigError) as err:
+        make_config("smoke", **overrides)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(field + ":"), message
+    assert allowed in message
+
+
+def test_unknown_profile():
+    with pytest.raises(ConfigError, match="^profile: unknown 'laptop'; allowed: smoke, cpu, gpu$"):
+        make_config("laptop")
+
+
+def test_profiles_and_dotted_overrides():
+    cfg = make_config("smoke", **{"task.options": {"digits": 2}, "scpo.weight": 0.1})
+    assert cfg.model.name == "tiny" and cfg.task.options == {"digits": 2} and cfg.scpo.weight == 0.1
+    assert make_config("cpu").model.name == "embedded"
+    assert cfg.replace(method="scpo-divergence").method == "scpo-divergence"
+
+
+def test_yaml_round_trip_and_errors(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("profile: smoke\nmethod: scpo-divergence\nsteps: 3\ntask:\n  name: arithmetic\n")
+    cfg = load_config(good)
+    assert (cfg.method, cfg.steps, cfg.model.name) == ("scpo-divergence", 3, "tiny")
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: grpo\nsteps: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"^config: '.*bad.yaml' is not valid YAML at line \d+"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(listy)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_cli_reports_config_errors_in_one_line_and_exit_2(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("profile: smoke\nmethod: nope\n")
+    assert main(["train", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: method: unknown 'nope'")

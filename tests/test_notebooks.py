@@ -1,0 +1,31 @@
+"""The notebooks run headlessly with papermill on the smoke profile and produce HTML reports with figures."""
+
+import pytest
+
+from scpo_lab.reports import build_reports, notebook_paths
+
+
+def test_every_notebook_has_a_parameters_cell_and_no_stored_outputs():
+    import nbformat
+
+    paths = notebook_paths()
+    assert paths, "no notebooks found"
+    for path in paths:
+        nb = nbformat.read(str(path), as_version=4)
+        assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells), path.name
+        assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), path.name
+
+
+def test_quickstart_executes_on_the_smoke_profile(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCPO_LAB_RUNS", str(tmp_path / "runs"))
+    index = build_reports(profile="smoke", notebooks=["00_quickstart"], output_dir=tmp_path / "reports")
+    html = (tmp_path / "reports" / "00_quickstart.html").read_text()
+    assert "00_quickstart" in index.read_text()
+    assert html.count("data:image/png;base64") >= 4  # training curves, pass@1 bars, pass@k, phase times
+    assert "Conclusion" in html and "only show that the code runs" in html
+    assert "Traceback" not in html
+
+
+def test_unknown_notebook_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="^notebooks: unknown"):
+        notebook_paths(names=["99_nothing"])

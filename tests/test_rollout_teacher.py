@@ -1,0 +1,120 @@
+"""The decode loop against HF generate and teacher forcing; the teacher's privileged context; the V2 critic math."""
+
+import pytest
+import torch
+
+from scpo_lab.config import make_config
+from scpo_lab.critics.divergence import DivergenceCritic
+from scpo_lab.models import tiny_policy
+from scpo_lab.objective import completion_logprobs
+from scpo_lab.rollout import RolloutBatch, encode_prompts, generate, sample_rollouts
+from scpo_lab.tasks import get_task
+from scpo_lab.tasks.base import Verdict
+from scpo_lab.teacher import privileged_messages, teacher_pass
+
+
+@pytest.fixture(scope="module")
+def policy():
+    p = tiny_policy(seed=0)
+    with torch.no_grad():  # make the LoRA update non-zero so "adapter on" differs from the base
+        for name, param in p.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    return p
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return get_task("arithmetic").problems("train", n=3, seed=0)
+
+
+def test_greedy_decode_equals_hf_generate(policy, problems):
+    ids, mask = encode_prompts(policy.tokenizer, [p.prompt for p in problems], policy.device)
+    eos = policy.eos_token_ids
+    ours, ours_mask, _, _ = generate(policy.model, ids, mask, repeats=1, max_new_tokens=12, temperature=0, top_p=1.0,
+                                     eos_token_ids=eos, pad_token_id=policy.tokenizer.pad_token_id)
+    ref = policy.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                                eos_token_id=eos, pad_token_id=policy.tokenizer.pad_token_id)[:, ids.shape[1]:]
+    for row in range(len(problems)):
+        n = int(ours_mask[row].sum())
+        assert ours[row, :n].tolist() == ref[row, :n].tolist()
+
+
+def test_sampled_logprobs_equal_teacher_forced_pass(policy, problems):
+    batch = sample_rollouts(policy, problems, group_size=4, max_new_tokens=10, temperature=0.9, seed=3)
+    assert len(batch) == 12 and batch.group_ids.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    with torch.no_grad():
+        forced, _ = completion_logprobs(policy.model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                                        batch.completion_mask, temperature=0.9)
+    torch.testing.assert_close(forced, batch.logprobs, atol=1e-4, rtol=0)
+
+
+def test_same_seed_same_rollouts_and_different_seed_differs(policy, problems):
+    a = sample_rollouts(policy, problems, group_size=2, max_new_tokens=8, seed=5)
+    b = sample_rollouts(policy, problems, group_size=2, max_new_tokens=8, seed=5)
+    c = sample_rollouts(policy, problems, group_size=2, max_new_tokens=8, seed=6)
+    assert torch.equal(a.completion_ids, b.completion_ids)
+    assert not torch.equal(a.completion_ids, c.completion_ids)
+
+
+def test_eos_ends_a_row_and_is_kept_in_the_mask(policy, problems):
+    eos = policy.eos_token_ids[0]
+
+    def eos_always_wins(module, inputs, output):  # a huge EOS logit: every row stops after one token
+        output[..., eos] += 1e4
+        return output
+
+    hook = policy.model.get_output_embeddings().register_forward_hook(eos_always_wins)
+    try:
+        batch = sample_rollouts(policy, problems, group_size=2, max_new_tokens=6, seed=0)
+    finally:
+        hook.remove()
+    assert batch.completion_mask.sum(1).tolist() == [1] * 6
+    assert (batch.completion_ids[:, 0] == eos).all() and not batch.truncated.any()
+
+
+def test_privileged_context_carries_the_verdict_and_keeps_the_question():
+    prompt = [{"role": "system", "content": "sys"}, {"role": "user", "content": "What is 2 + 2?"}]
+    verdict = Verdict(reward=0.0, passed=False, feedback="Your final answer 5 is wrong; the expected answer is 4.")
+    messages = privileged_messages(prompt, verdict)
+    assert messages[0] == prompt[0] and prompt[1]["content"] == "What is 2 + 2?"  # input not mutated
+    assert messages[1]["content"].startswith("What is 2 + 2?")
+    assert "Verdict: incorrect" in messages[1]["content"] and "expected answer is 4" in messages[1]["content"]
+
+
+def test_teacher_pass_reads_the_same_completion_tokens_with_another_context(policy, problems):
+    task = get_task("arithmetic")
+    batch = sample_rollouts(policy, problems, group_size=2, max_new_tokens=8, seed=1)
+    verdicts = [task.verify(p, t) for p, t in zip(batch.problems, batch.texts)]
+    out = teacher_pass(policy, batch, verdicts, micro_batch_size=4)
+    assert out.logprobs.shape == batch.logprobs.shape
+    assert (out.logprobs[batch.completion_mask == 0] == 0).all()
+    # by hand for row 0: privileged prompt + the same completion, teacher forced
+    ids, mask = encode_prompts(policy.tokenizer, [privileged_messages(batch.problems[0].prompt, verdicts[0])],
+                               policy.device)
+    n = int(batch.completion_mask[0].sum())
+    with torch.no_grad():
+        logits = policy.model(input_ids=torch.cat([ids, batch.completion_ids[:1, :n]], 1)).logits[0]
+    expected = torch.log_softmax(logits[ids.shape[1] - 1:-1], -1).gather(-1, batch.completion_ids[0, :n, None])[:, 0]
+    torch.testing.assert_close(out.logprobs[0, :n], expected, atol=1e-4, rtol=0)
+    assert not torch.allclose(out.logprobs[0, :n], batch.logprobs[0, :n], atol=1e-4)  # the context matters
+
+
+def test_divergence_critic_hand_computed():
+    cfg = make_config("smoke", method="scpo-divergence", **{"scpo.weight": 0.5, "scpo.clip": 1.0})
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    batch = RolloutBatch(prompt_ids=None, prompt_mask=None, completion_ids=None, completion_mask=mask,
+                         logprobs=torch.tensor([[-1.0, -2.0, -0.5], [-1.0, -1.0, 0.0]]), texts=[], problems=[],
+                         group_ids=torch.tensor([0, 0]), truncated=None, group_size=2,
+                         verdicts=[Verdict(1.0, True, ""), Verdict(0.0, False, "")])
+
+    class Teacher:
+        logprobs = torch.tensor([[-0.5, -4.0, -0.5], [-3.0, -0.9, 0.0]])
+
+    adv, stats = DivergenceCritic(cfg).advantages(batch, torch.tensor([0.7, -0.7]), Teacher())
+    # d = [[0.5, -2.0, 0], [-2.0, 0.1, (masked)]]; clip to [-1, 1]; A + 0.5 * clip(d)
+    expected = torch.tensor([[0.7 + 0.25, 0.7 - 0.5, 0.7], [-0.7 - 0.5, -0.7 + 0.05, -0.7]])
+    torch.testing.assert_close(adv[:, :2], expected[:, :2])
+    assert adv[0, 2] == pytest.approx(0.7)
+    assert stats["scpo/clipped_frac"] == pytest.approx(2 / 5)
+    assert stats["scpo/log_ratio_mean"] == pytest.approx((0.5 - 2.0 + 0 - 2.0 + 0.1) / 5)
