@@ -18,6 +18,9 @@ loss, backward, clip, optimizer and scheduler step; not logging or the dataloade
 and excluded from the mean (reported separately). Both stop a completion at EOS (<|im_end|>), so tokens per step
 depend on what was sampled: the table reports them, and a per-1k-token time next to the per-step time.
 Target: ours / TRL seconds per step <= 0.6.
+
+TRL 1.15 computes its training log-probs with a Triton-only kernel (no CPU path); without CUDA/XPU this script
+swaps in `CpuChunkedLogProb`, a plain-PyTorch equivalent (see its docstring and benchmarks/README.md).
 """
 
 from __future__ import annotations
