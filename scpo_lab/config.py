@@ -80,7 +80,7 @@ class TrainConfig:
     loss_agg: str = "sequence-mean"  # sequence-mean (GRPO) | token-mean (DAPO) | constant (Dr. GRPO)
     scale_rewards: str = "group"  # group (GRPO) | batch | none (Dr. GRPO)
     num_iterations: int = 1  # mu: policy updates per batch of rollouts
-    micro_batch_size: int = 16  # rollouts per forward/backward; gradients accumulate over the batch
+    micro_batch_size: int = 8  # rollouts per forward/backward (fp32 activations: ~1.4 MB per token); accumulated
     train_pool_size: int = 2000  # procedural tasks: number of distinct training problems drawn
     save_every: int = 10  # checkpoint every N steps (and at the end)
     samples_every: int = 5  # write every rollout of every K-th step to samples.jsonl

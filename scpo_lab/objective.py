@@ -125,6 +125,7 @@ def completion_logprobs(
     temperature: float = 1.0,
     chunk_size: int = 64,
     with_entropy: bool = True,
+    group_size: int = 1,
 ) -> tuple[Tensor, Tensor | None]:
     """Per-token log pi(y_t | x, y_<t) [B, T] and entropy [B, T] (or None) of the completion tokens.
 
@@ -132,6 +133,11 @@ def completion_logprobs(
     The backbone runs once (gradients follow torch.is_grad_enabled()); the lm_head, softmax and gather run on
     `chunk_size` positions at a time, each chunk wrapped in a non-reentrant checkpoint when grad is enabled so
     the backward recomputes that chunk's logits instead of storing B x T x V. Masked positions hold 0.
+
+    group_size = G > 1 declares that rows come in blocks of G sharing one prompt (a GRPO group): the prompt is
+    then run once per block and its KV cache repeated G times, so the backbone processes n_groups * P + B * T
+    tokens instead of B * (P + T). Gradients flow through the shared cache into the prompt positions; values and
+    gradients equal the unshared computation (tested).
     """
     if prompt_ids.shape[1] < 1:
         raise ValueError("prompt_ids: need at least one prompt position (P >= 1)")
@@ -143,12 +149,14 @@ def completion_logprobs(
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).long()  # [B, P+T]
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+T]
     input_ids = input_ids.masked_fill(attention_mask == 0, 0)  # pad ids may be anything (e.g. -100); unseen anyway
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # position = #real tokens before it
-    hidden = backbone(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-    ).last_hidden_state  # [B, P+T, H], no logits
-
-    h = hidden[:, P - 1 : P + T - 1]  # the state at position j predicts token j+1: positions P-1 .. P+T-2
+    if group_size > 1 and _prompts_shared(prompt_ids, prompt_mask, group_size):
+        h = _shared_prompt_hidden(backbone, input_ids, attention_mask, P, group_size)
+    else:
+        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # position = #real tokens before it
+        hidden = backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state  # [B, P+T, H], no logits
+        h = hidden[:, P - 1 : P + T - 1]  # the state at position j predicts token j+1: positions P-1 .. P+T-2
     mask = completion_mask.bool()
     targets = input_ids[:, P:]  # the completion tokens y_1 .. y_T (pads set to 0 above)
 
@@ -167,6 +175,34 @@ def completion_logprobs(
     entropy = torch.where(mask, torch.cat(entropies, dim=1), 0.0) if with_entropy else None
     return logp, entropy
 
+
+
+def _prompts_shared(prompt_ids: Tensor, prompt_mask: Tensor, group_size: int) -> bool:
+    """True when rows come in blocks of `group_size` with identical prompts (checked, not assumed)."""
+    B = prompt_ids.shape[0]
+    if B % group_size:
+        return False
+    ids = prompt_ids.view(B // group_size, group_size, -1)
+    masks = prompt_mask.view(B // group_size, group_size, -1)
+    return bool((ids == ids[:, :1]).all() and (masks == masks[:, :1]).all())
+
+
+def _shared_prompt_hidden(backbone, input_ids: Tensor, attention_mask: Tensor, P: int, G: int) -> Tensor:
+    """Hidden states predicting the completion tokens, with one prompt forward per block of G rows."""
+    from transformers import DynamicCache
+
+    prompt_mask = attention_mask[::G, :P]
+    prompt_pos = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
+    out = backbone(input_ids=input_ids[::G, :P], attention_mask=prompt_mask, position_ids=prompt_pos,
+                   past_key_values=DynamicCache(), use_cache=True)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(G)  # [n_groups, ...] -> [B, ...], differentiable
+    last_prompt = out.last_hidden_state[:, -1:].repeat_interleave(G, dim=0)  # predicts y_1 (prompts left padded)
+    T = input_ids.shape[1] - P
+    completion_pos = attention_mask[:, :P].sum(dim=1, keepdim=True) + torch.arange(T, device=input_ids.device)
+    hidden = backbone(input_ids=input_ids[:, P:], attention_mask=attention_mask, position_ids=completion_pos,
+                      past_key_values=cache, use_cache=True).last_hidden_state  # [B, T, H]
+    return torch.cat([last_prompt, hidden[:, : T - 1]], dim=1)  # states at positions P-1 .. P+T-2
 
 # ----------------------------------------------------------------------------------------------------------------
 # 3. Clipped policy-gradient loss

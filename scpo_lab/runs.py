@@ -41,9 +41,17 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 # --- helpers -----------------------------------------------------------------------------------------------
 
+_SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+
 def default_runs_dir() -> Path:
-    """$SCPO_LAB_RUNS if set, else ./runs (resolved at call time)."""
-    return Path(os.environ.get("SCPO_LAB_RUNS") or "runs")
+    """$SCPO_LAB_RUNS if set; else <checkout>/runs when the package runs from a source checkout (so notebooks,
+    whose working directory is notebooks/, and the CLI share one run cache); else ./runs. Read at call time."""
+    if os.environ.get("SCPO_LAB_RUNS"):
+        return Path(os.environ["SCPO_LAB_RUNS"])
+    if (_SOURCE_ROOT / "pyproject.toml").is_file():
+        return _SOURCE_ROOT / "runs"
+    return Path("runs")
 
 
 def _json_default(obj: Any) -> Any:

@@ -203,36 +203,37 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params) 
     """mu passes of micro-batched forward/backward over the rollouts, one optimizer step per pass."""
     model = policy.model
     model.train()
-    B = len(batch)
     mask = batch.completion_mask
+    dense = advantages.dim() == 2
     # normalisers so micro-batch losses sum exactly to the full-batch loss
     normalizer = loss_denominator(mask, config.loss_agg, config.max_new_tokens)
+    # rows of one group share their prompt: one prompt forward per group (exact, see objective.py)
+    forward = dict(temperature=config.temperature, group_size=config.group_size)
+    micro = list(_micro_batches(batch, config.micro_batch_size))
     ref_logp = None
     if config.beta > 0:
         with torch.no_grad(), policy.reference():
-            ref_logp = torch.cat([completion_logprobs(model, *_rows(batch, s, config.micro_batch_size),
-                                                      temperature=config.temperature, with_entropy=False)[0]
-                                  for s in range(0, B, config.micro_batch_size)])
+            ref_logp = [completion_logprobs(model, *inputs, with_entropy=False, **forward)[0] for _, inputs in micro]
     sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0}
     grad_norms = []
     for _ in range(config.num_iterations):
         optimizer.zero_grad(set_to_none=True)
-        for s in range(0, B, config.micro_batch_size):
-            rows = slice(s, s + config.micro_batch_size)
-            logp, entropy = completion_logprobs(model, *_rows(batch, s, config.micro_batch_size),
-                                                temperature=config.temperature)
+        for i, (rows, inputs) in enumerate(micro):
+            width = inputs[2].shape[1]
+            micro_mask = inputs[3]
+            logp, entropy = completion_logprobs(model, *inputs, **forward)
             # mu = 1: the batch was sampled from this very policy, so old = current (ratio 1 up to numerics)
-            old = logp.detach() if config.num_iterations == 1 else batch.logprobs[rows]
-            loss, stats = policy_loss(logp, old, advantages[rows], mask[rows],
-                                      ref_logp=None if ref_logp is None else ref_logp[rows], beta=config.beta,
+            old = logp.detach() if config.num_iterations == 1 else batch.logprobs[rows, :width]
+            loss, stats = policy_loss(logp, old, advantages[rows, :width] if dense else advantages[rows], micro_mask,
+                                      ref_logp=None if ref_logp is None else ref_logp[i], beta=config.beta,
                                       eps_low=config.epsilon, eps_high=config.epsilon_high, loss_agg=config.loss_agg,
                                       max_completion_length=config.max_new_tokens, normalizer=normalizer)
             loss.backward()
-            weight = float(mask[rows].sum()) / float(mask.sum())  # token share of this micro-batch
+            weight = float(micro_mask.sum()) / float(mask.sum())  # token share of this micro-batch
             sums["loss"] += float(loss.detach())
             sums["kl"] += stats["kl"] * weight if not math.isnan(stats["kl"]) else 0.0
             sums["clip_ratio"] += stats["clip_ratio"] * weight
-            sums["entropy"] += float((entropy.detach() * mask[rows]).sum()) / float(mask.sum())
+            sums["entropy"] += float((entropy.detach() * micro_mask).sum()) / float(mask.sum())
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         if not torch.isfinite(grad_norm):
             raise FloatingPointError("gradient norm is not finite; the last checkpoint is kept — lower learning_rate")
@@ -244,9 +245,16 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params) 
             "grad_norm": sum(grad_norms) / n, "learning_rate": config.learning_rate}
 
 
-def _rows(batch: RolloutBatch, start: int, size: int):
-    rows = slice(start, start + size)
-    return batch.prompt_ids[rows], batch.prompt_mask[rows], batch.completion_ids[rows], batch.completion_mask[rows]
+def _micro_batches(batch: RolloutBatch, size: int):
+    """(rows, (prompt_ids, prompt_mask, completion_ids, completion_mask)) per micro-batch, each trimmed to its own
+    longest prompt and completion: padding columns cost as much compute as real tokens."""
+    for start in range(0, len(batch), size):
+        rows = slice(start, start + size)
+        prompt_mask, completion_mask = batch.prompt_mask[rows], batch.completion_mask[rows]
+        first = int((prompt_mask.sum(0) > 0).nonzero()[0])  # left padding shared by every row of this slice
+        width = max(1, int(completion_mask.sum(1).max()))
+        yield rows, (batch.prompt_ids[rows, first:], prompt_mask[:, first:], batch.completion_ids[rows, :width],
+                     completion_mask[:, :width])
 
 
 def _sample_rows(step, batch: RolloutBatch, rewards) -> list[dict]:

@@ -372,3 +372,43 @@ def test_peft_lora_wrapper():
     lora_params = [p for n, p in model.named_parameters() if p.requires_grad]
     assert lora_params and all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
     _check_grads_match(model, lora_params)
+
+
+def _grouped_batch(G=3):
+    """Two groups of G rows; rows of a group share one (left-padded) prompt, completions differ."""
+    g = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(1, V, (n,), generator=g) for n in (4, 2)]
+    rows = [(prompts[k], torch.randint(1, V, (n,), generator=g)) for k in range(2) for n in (5, 3, 1)[:G]]
+    return _batch(rows=rows)
+
+
+@pytest.mark.parametrize("peft_wrap", [False, True])
+def test_shared_prompt_forward_equals_unshared_values_and_gradients(peft_wrap):
+    model = _tiny_llama(seed=3)
+    if peft_wrap:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.1)
+    pi, pm, ci, cm, _ = _grouped_batch()
+    params = [p for p in model.parameters() if p.requires_grad]
+    results = []
+    for group_size in (1, 3):
+        model.zero_grad()
+        lp, ent = completion_logprobs(model, pi, pm, ci, cm, chunk_size=2, group_size=group_size)
+        (lp.sum() + 0.1 * ent.sum()).backward()
+        results.append((lp.detach(), ent.detach(), [p.grad.clone() for p in params]))
+    (lp1, ent1, g1), (lp3, ent3, g3) = results
+    assert torch.allclose(lp1, lp3, atol=1e-5) and torch.allclose(ent1, ent3, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g1, g3))
+
+
+def test_shared_prompt_path_falls_back_when_prompts_differ(llama):
+    pi, pm, ci, cm, _ = _batch([4, 2, 3], [5, 3, 1])  # three different prompts, "group_size" 3
+    with torch.no_grad():
+        shared, _ = completion_logprobs(llama, pi, pm, ci, cm, group_size=3)
+        plain, _ = completion_logprobs(llama, pi, pm, ci, cm)
+    assert torch.equal(shared, plain)

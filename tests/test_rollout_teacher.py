@@ -75,28 +75,31 @@ def test_eos_ends_a_row_and_is_kept_in_the_mask(policy, problems):
 
 def test_privileged_context_carries_the_verdict_and_keeps_the_question():
     prompt = [{"role": "system", "content": "sys"}, {"role": "user", "content": "What is 2 + 2?"}]
-    verdict = Verdict(reward=0.0, passed=False, feedback="Your final answer 5 is wrong; the expected answer is 4.")
+    verdict = Verdict(reward=0.0, passed=False, feedback="The expected answer is 4. Your final answer 5 is wrong.")
     messages = privileged_messages(prompt, verdict)
     assert messages[0] == prompt[0] and prompt[1]["content"] == "What is 2 + 2?"  # input not mutated
     assert messages[1]["content"].startswith("What is 2 + 2?")
-    assert "Verdict: incorrect" in messages[1]["content"] and "expected answer is 4" in messages[1]["content"]
+    assert messages[1]["content"].endswith("The expected answer is 4. Your final answer 5 is wrong.]")
 
 
 def test_teacher_pass_reads_the_same_completion_tokens_with_another_context(policy, problems):
     task = get_task("arithmetic")
-    batch = sample_rollouts(policy, problems, group_size=2, max_new_tokens=8, seed=1)
+    batch = sample_rollouts(policy, problems, group_size=3, max_new_tokens=8, seed=1)
     verdicts = [task.verify(p, t) for p, t in zip(batch.problems, batch.texts)]
     out = teacher_pass(policy, batch, verdicts, micro_batch_size=4)
     assert out.logprobs.shape == batch.logprobs.shape
     assert (out.logprobs[batch.completion_mask == 0] == 0).all()
-    # by hand for row 0: privileged prompt + the same completion, teacher forced
-    ids, mask = encode_prompts(policy.tokenizer, [privileged_messages(batch.problems[0].prompt, verdicts[0])],
-                               policy.device)
+    # by hand, row by row: privileged prompt + the same completion, teacher forced, nothing shared
+    for row in range(len(batch)):
+        ids, _ = encode_prompts(policy.tokenizer, [privileged_messages(batch.problems[row].prompt, verdicts[row])],
+                                policy.device)
+        n = int(batch.completion_mask[row].sum())
+        with torch.no_grad():
+            logits = policy.model(input_ids=torch.cat([ids, batch.completion_ids[row:row + 1, :n]], 1)).logits[0]
+        expected = torch.log_softmax(logits[ids.shape[1] - 1:-1], -1).gather(
+            -1, batch.completion_ids[row, :n, None])[:, 0]
+        torch.testing.assert_close(out.logprobs[row, :n], expected, atol=1e-4, rtol=0)
     n = int(batch.completion_mask[0].sum())
-    with torch.no_grad():
-        logits = policy.model(input_ids=torch.cat([ids, batch.completion_ids[:1, :n]], 1)).logits[0]
-    expected = torch.log_softmax(logits[ids.shape[1] - 1:-1], -1).gather(-1, batch.completion_ids[0, :n, None])[:, 0]
-    torch.testing.assert_close(out.logprobs[0, :n], expected, atol=1e-4, rtol=0)
     assert not torch.allclose(out.logprobs[0, :n], batch.logprobs[0, :n], atol=1e-4)  # the context matters
 
 

@@ -183,7 +183,9 @@ def test_runs_dir_env(tmp_path, monkeypatch):
     run.append_metrics({"step": 0, "reward": 1.0})
     assert len(load_runs()) == 1
     monkeypatch.delenv("SCPO_LAB_RUNS")
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # from a source checkout: <checkout>/runs whatever the working directory
+    assert runs.default_runs_dir() == runs._SOURCE_ROOT / "runs"
+    monkeypatch.setattr(runs, "_SOURCE_ROOT", tmp_path / "site-packages")  # installed package: ./runs
     assert runs.default_runs_dir().resolve() == (tmp_path / "runs").resolve()
 
 

@@ -138,15 +138,15 @@ def _fixed_problem(answer="12"):
 @pytest.mark.parametrize(
     "completion, reward, extracted, feedback",
     [
-        ("7 + 5 = 12", 1.0, "12", "Your final answer 12 is correct."),
-        ("#### 12", 1.0, "12", "Your final answer 12 is correct."),
-        (r"\boxed{12.0}", 1.0, "12", "Your final answer 12 is correct."),
-        ("7 + 5 = 12. So the answer is 13", 0.0, "13", "Your final answer 13 is wrong; the expected answer is 12."),
-        ("It is 10, no wait: 12", 1.0, "12", "Your final answer 12 is correct."),
-        ("The answer is 12. Then 12 + 1 = 13", 1.0, "12", "Your final answer 12 is correct."),
-        ("I think it's 40", 0.0, "40", "Your final answer 40 is wrong; the expected answer is 12."),
-        ("I am not sure.", 0.0, None, "No final answer was found in your response; the expected answer is 12."),
-        ("", 0.0, None, "No final answer was found in your response; the expected answer is 12."),
+        ("7 + 5 = 12", 1.0, "12", "The expected answer is 12. Your final answer 12 is correct."),
+        ("#### 12", 1.0, "12", "The expected answer is 12. Your final answer 12 is correct."),
+        (r"\boxed{12.0}", 1.0, "12", "The expected answer is 12. Your final answer 12 is correct."),
+        ("7 + 5 = 12. So the answer is 13", 0.0, "13", "The expected answer is 12. Your final answer 13 is wrong."),
+        ("It is 10, no wait: 12", 1.0, "12", "The expected answer is 12. Your final answer 12 is correct."),
+        ("The answer is 12. Then 12 + 1 = 13", 1.0, "12", "The expected answer is 12. Your final answer 12 is correct."),
+        ("I think it's 40", 0.0, "40", "The expected answer is 12. Your final answer 40 is wrong."),
+        ("I am not sure.", 0.0, None, "The expected answer is 12. No final answer was found in your response."),
+        ("", 0.0, None, "The expected answer is 12. No final answer was found in your response."),
     ],
 )
 def test_verify(completion, reward, extracted, feedback):
@@ -213,7 +213,7 @@ def test_gsm8k_system_prompt_and_verify():
     assert problem.prompt[1]["role"] == "user"
     assert task.verify(problem, problem.meta["solution"]).passed  # the reference solution scores 1
     wrong = task.verify(problem, "#### 123456789")
-    assert not wrong.passed and wrong.feedback.endswith(f"the expected answer is {problem.answer}.")
+    assert not wrong.passed and wrong.feedback.startswith(f"The expected answer is {problem.answer}.")
 
 
 def test_max_operand_sets_the_operand_range_and_grows_the_test_split():

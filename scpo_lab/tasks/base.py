@@ -20,7 +20,8 @@ class Problem:
 class Verdict:
     reward: float                # 1.0 pass / 0.0 fail for binary tasks
     passed: bool
-    feedback: str                # privileged context for the self-teacher, names the expected answer
+    feedback: str                # privileged context for the self-teacher: names the outcome; what every rollout
+                                 # of the problem shares comes first ("The expected answer is 42. Your final ...")
     extracted: str | None = None # the final answer parsed from the completion (None if none)
 
 
@@ -51,8 +52,8 @@ def verify_final_answer(problem: Problem, completion: str) -> Verdict:
     extracted = extract_final_answer(completion)
     expected = problem.answer
     if extracted is None:
-        feedback = f"No final answer was found in your response; the expected answer is {expected}."
+        feedback = f"The expected answer is {expected}. No final answer was found in your response."
         return Verdict(0.0, False, feedback, None)
     if answers_match(extracted, expected):
-        return Verdict(1.0, True, f"Your final answer {extracted} is correct.", extracted)
-    return Verdict(0.0, False, f"Your final answer {extracted} is wrong; the expected answer is {expected}.", extracted)
+        return Verdict(1.0, True, f"The expected answer is {expected}. Your final answer {extracted} is correct.", extracted)
+    return Verdict(0.0, False, f"The expected answer is {expected}. Your final answer {extracted} is wrong.", extracted)
