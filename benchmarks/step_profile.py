@@ -23,12 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
+
+from common import peak_rss_mib, print_load, run_child, scratch_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download: every model here is local
 
@@ -37,12 +36,6 @@ PHASES = ("generation", "verification", "teacher", "update", "step")
 MARKER = "STEP_PROFILE_JSON "  # prefix of the one JSON line a child process prints for its parent
 TEACHER_TARGET = 0.25  # teacher seconds / grpo step seconds
 RSS_TARGET_MIB = 4096.0  # < 4 GiB
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far (ru_maxrss: KiB on Linux, bytes on macOS), in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def _overrides(args) -> dict:
@@ -107,20 +100,14 @@ def profile_method(method: str, args, runs_dir: str) -> dict:
 
 
 def run_in_subprocess(method: str, args, runs_dir: str) -> dict | None:
-    """`--method method` in a fresh interpreter (its own peak RSS); its stderr passes through."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--method", method, "--steps", str(args.steps),
+    """`--method NAME` in a fresh interpreter (its own peak RSS); its stderr passes through."""
+    cmd = ["--method", method, "--steps", str(args.steps),
            "--seed", str(args.seed), "--runs-dir", runs_dir]
     for flag, value in (("--model", args.model), ("--prompts", args.prompts), ("--group-size", args.group_size),
                         ("--max-new-tokens", args.max_new_tokens)):
         if value is not None:
             cmd += [flag, str(value)]
-    print(f"[{method}] running: {' '.join(cmd)}", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    results = [json.loads(line[len(MARKER):]) for line in proc.stdout.splitlines() if line.startswith(MARKER)]
-    if proc.returncode != 0 or not results:
-        print(f"[{method}] FAILED (exit {proc.returncode}); its stdout:\n{proc.stdout}", file=sys.stderr)
-        return None
-    return results[-1]
+    return run_child(__file__, method, cmd, MARKER)
 
 
 def print_table(results: list[dict]) -> None:
@@ -185,31 +172,20 @@ def main(argv=None) -> int:
     if args.steps < 1:
         parser.error("--steps must be >= 1")
 
-    cleanup = None
-    if args.runs_dir is None:
-        cleanup = args.runs_dir = tempfile.mkdtemp(prefix="step_profile-")
-    else:
-        os.makedirs(args.runs_dir, exist_ok=True)
-    try:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    with scratch_dir(args.runs_dir, "step_profile-") as runs_dir:
         if args.method:
-            result = profile_method(args.method, args, args.runs_dir)
+            result = profile_method(args.method, args, runs_dir)
             print_table([result])
             print(MARKER + json.dumps(result), flush=True)
             return 0
-        print(f"load average at start: {load:.2f} on {os.cpu_count()} cores "
-              f"(timings are only meaningful on a quiet machine)")
-        results = [r for r in (run_in_subprocess(m, args, args.runs_dir) for m in METHODS) if r is not None]
+        print_load()
+        results = [r for r in (run_in_subprocess(m, args, runs_dir) for m in METHODS) if r is not None]
         if not results:
             print("no method finished", file=sys.stderr)
             return 1
         print_table(results)
         print_targets(results)
         return 0 if len(results) == len(METHODS) else 1
-    finally:
-        if cleanup:
-            shutil.rmtree(cleanup, ignore_errors=True)
-
 
 if __name__ == "__main__":
     sys.exit(main())

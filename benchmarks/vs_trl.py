@@ -28,12 +28,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
+
+from common import peak_rss_mib, print_load, run_child, scratch_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download: every model here is local
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -42,11 +41,6 @@ FRAMEWORKS = ("trl", "scpo_lab")
 MARKER = "VS_TRL_JSON "  # prefix of the one JSON line a child process prints for its parent
 RATIO_TARGET = 0.6
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def peak_rss_mib() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def _summary(framework: str, args, step_seconds: list[float], step_tokens: list[float], **extra) -> dict:
@@ -274,18 +268,13 @@ def run_trl(args, workdir: str) -> dict:
 
 
 def run_in_subprocess(framework: str, args, workdir: str) -> dict | None:
-    cmd = [sys.executable, os.path.abspath(__file__), "--framework", framework, "--workdir", workdir,
+    """`--framework NAME` in a fresh interpreter (its own peak RSS); its stderr passes through."""
+    cmd = ["--framework", framework, "--workdir", workdir,
            "--steps", str(args.steps), "--model", args.model, "--prompts", str(args.prompts),
            "--generations", str(args.generations), "--max-completion-length", str(args.max_completion_length),
            "--lr", repr(args.lr), "--beta", repr(args.beta), "--lora-r", str(args.lora_r),
            "--lora-alpha", str(args.lora_alpha), "--seed", str(args.seed)]
-    print(f"[{framework}] running: {' '.join(cmd)}", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    results = [json.loads(line[len(MARKER):]) for line in proc.stdout.splitlines() if line.startswith(MARKER)]
-    if proc.returncode != 0 or not results:
-        print(f"[{framework}] FAILED (exit {proc.returncode}); its stdout:\n{proc.stdout}", file=sys.stderr)
-        return None
-    return results[-1]
+    return run_child(__file__, framework, cmd, MARKER)
 
 
 def print_table(results: list[dict]) -> None:
@@ -340,30 +329,19 @@ def main(argv=None) -> int:
     if args.generations < 2:
         parser.error("--generations must be >= 2 (group-relative advantages)")
 
-    cleanup = None
-    if args.workdir is None:
-        cleanup = args.workdir = tempfile.mkdtemp(prefix="vs_trl-")
-    else:
-        os.makedirs(args.workdir, exist_ok=True)
-    try:
+    with scratch_dir(args.workdir, "vs_trl-") as workdir:
         if args.framework:
-            result = (run_trl if args.framework == "trl" else run_scpo_lab)(args, args.workdir)
+            result = (run_trl if args.framework == "trl" else run_scpo_lab)(args, workdir)
             print_table([result])
             print(MARKER + json.dumps(result), flush=True)
             return 0
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        print(f"load average at start: {load:.2f} on {os.cpu_count()} cores "
-              f"(timings are only meaningful on a quiet machine)")
-        results = [r for r in (run_in_subprocess(f, args, args.workdir) for f in FRAMEWORKS) if r is not None]
+        print_load()
+        results = [r for r in (run_in_subprocess(f, args, workdir) for f in FRAMEWORKS) if r is not None]
         if not results:
             print("no framework finished", file=sys.stderr)
             return 1
         print_table(results)
         return 0 if len(results) == len(FRAMEWORKS) else 1
-    finally:
-        if cleanup:
-            shutil.rmtree(cleanup, ignore_errors=True)
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -133,6 +133,13 @@ def _one_of(name: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"{name}: unknown {value!r}; allowed: {', '.join(allowed)}")
 
 
+def _looks_like_missing_path(name: str) -> bool:
+    """A name written as a path ("/x", "./x", "~/x", "a/b/c") that does not exist; "org/name" is a hub id."""
+    if name in ("embedded", "tiny") or Path(name).expanduser().exists():
+        return False
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1
+
+
 def validate(cfg: TrainConfig) -> None:
     """Check every field; raise ConfigError (one line) on the first problem. Loads nothing heavy."""
     if cfg.method in PLANNED_METHODS:
@@ -141,6 +148,9 @@ def validate(cfg: TrainConfig) -> None:
     _one_of("model.backend", cfg.model.backend, BACKENDS)
     if not isinstance(cfg.model.name, str) or not cfg.model.name:
         raise ConfigError("model.name: must be 'embedded', 'tiny', a local model folder or a hub id")
+    if _looks_like_missing_path(cfg.model.name):
+        raise ConfigError(f"model.name: path '{cfg.model.name}' does not exist; use 'embedded', 'tiny', "
+                          "a local model folder or a hub id")
     _positive_int("model.lora_r", cfg.model.lora_r)
     _positive("model.lora_alpha", cfg.model.lora_alpha)
     if not 0 <= cfg.model.lora_dropout < 1:
@@ -213,7 +223,7 @@ PROFILE_DEFAULTS: dict[str, dict] = {
 # Held-out evaluation sizes per profile: problems x samples per problem (pass@1 interval is over problems).
 EVAL_SETTINGS: dict[str, dict] = {
     "smoke": {"n_problems": 4, "n_samples": 2, "batch_prompts": 4},
-    "cpu": {"n_problems": 200, "n_samples": 4, "batch_prompts": 16},
+    "cpu": {"n_problems": 150, "n_samples": 8, "batch_prompts": 8},  # the default task has 158 test problems
     "gpu": {"n_problems": 500, "n_samples": 8, "batch_prompts": 64},
 }
 

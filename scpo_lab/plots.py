@@ -54,6 +54,7 @@ def pass_at_1_bars(results: dict, title: str = "held-out pass@1 (95% bootstrap i
     for i, v in enumerate(values):
         ax.text(i, v / 2, f"{v:.3f}", ha="center", color="white", fontweight="bold")
     ax.set_ylabel("pass@1")
+    ax.set_ylim(0, max(0.05, max(r["ci_high"] for r in rows) * 1.15))
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

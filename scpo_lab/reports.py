@@ -59,7 +59,8 @@ def build_reports(profile: str = "cpu", notebooks: list[str] | None = None, outp
         try:
             html_path = execute_notebook(path, output_dir, {"profile": profile})
         except Exception as err:  # keep going: one failing notebook should not hide the others' reports
-            status = f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            detail = f"{err.ename}: {err.evalue}" if hasattr(err, "ename") else f"{type(err).__name__}: {err}"
+            status = f"failed: {detail.splitlines()[0] if detail else type(err).__name__}"
             html_path = None
         seconds = time.perf_counter() - start
         print(f"[reports] {path.name}: {status} in {seconds:.0f} s", flush=True)

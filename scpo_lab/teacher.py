@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from scpo_lab.objective import completion_logprobs
-from scpo_lab.rollout import RolloutBatch, encode_prompts
+from scpo_lab.rollout import RolloutBatch
 
 # The grader's note appended to the question in the teacher's context. Kept in one place so every critic and
 # baseline that builds a privileged context reads the same words.
@@ -41,7 +41,7 @@ def privileged_messages(prompt: list[dict], verdict) -> list[dict]:
 @dataclass
 class TeacherOutput:
     logprobs: torch.Tensor  # [B, T] log pi(y_t | x, c, y_<t), 0 where masked
-    prompt_tokens: int  # privileged-context tokens read (for FLOP and cost accounting)
+    tokens_read: int  # tokens the teacher forward processed (shared prefixes once), for FLOP accounting
 
 
 @torch.no_grad()
@@ -69,7 +69,7 @@ def teacher_pass(policy, batch: RolloutBatch, verdicts, *, temperature: float = 
         out.append(logp)
         read_tokens += n
     policy.model.train(was_training)
-    return TeacherOutput(logprobs=torch.cat(out), prompt_tokens=read_tokens)
+    return TeacherOutput(logprobs=torch.cat(out), tokens_read=read_tokens)
 
 
 def _common_prefix_length(sequences: list[list[int]]) -> int:
@@ -107,12 +107,12 @@ def _teacher_chunk(policy, contexts, completion_ids, completion_mask, G, tempera
         body_ids[r, :len(suffix)] = torch.tensor(suffix, dtype=torch.long)
         body_ids[r, len(suffix):len(suffix) + n] = completion_ids[r, :n].cpu()
         body_mask[r, :len(suffix) + n] = 1
-    logp_body, _ = completion_logprobs(policy.model, prefix_ids.repeat_interleave(G, 0).to(device),
-                                       prefix_mask.repeat_interleave(G, 0).to(device), body_ids.to(device),
-                                       body_mask.to(device), temperature=temperature, with_entropy=False,
-                                       group_size=G)
-    # gather the completion part of each row: positions len(suffix_r) .. len(suffix_r) + T - 1
+    # score only the completion part of each row: body positions len(suffix_r) .. len(suffix_r) + T - 1
     offsets = torch.tensor([len(s) for s in suffixes], device=device)[:, None] + torch.arange(T, device=device)
-    logp = logp_body.gather(1, offsets.clamp(max=S + T - 1)) * completion_mask
+    logp, _ = completion_logprobs(policy.model, prefix_ids.repeat_interleave(G, 0).to(device),
+                                  prefix_mask.repeat_interleave(G, 0).to(device), body_ids.to(device),
+                                  body_mask.to(device), temperature=temperature, with_entropy=False, group_size=G,
+                                  score_positions=offsets)
+    logp = logp * completion_mask
     read = int(prefix_mask.sum()) + int(body_mask.sum())
     return torch.nn.functional.pad(logp, (0, full_width - T)), read

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from scpo_lab.config import TrainConfig
+from scpo_lab.config import ConfigError, TrainConfig
 from scpo_lab.critics import make_critic
 from scpo_lab.objective import (completion_logprobs, group_advantages, group_reward_std, loss_denominator,
                                  policy_loss)
@@ -80,12 +80,14 @@ class Run:
 def train(config: TrainConfig, policy=None, *, progress: bool = True, runs_dir: str | None = None) -> Run:
     """Train `config` in its run folder, or load it if that folder already finished; resumes a killed run."""
     config.validate()
+    task = get_task(config.task.name, **config.task.options)
+    train_problems = _training_problems(task, config)
+    if not train_problems:
+        raise ConfigError(f"task.name: {config.task.name!r} yielded no training problems; check its data or options")
     run = RunDir.create(config.to_dict(), name=config.method, runs_dir=runs_dir or config.runs_dir)
     if run.is_finished():
         log.info("run %s already finished: loading it", run.path.name)
         return Run(config, run)
-    task = get_task(config.task.name, **config.task.options)
-    train_problems = _training_problems(task, config)
     policy = policy or policy_for(config)
     model = policy.model
     params = [p for p in model.parameters() if p.requires_grad]
@@ -164,7 +166,7 @@ def training_step(config, policy, task, train_problems, optimizer, params, criti
         teacher = teacher_pass(policy, batch, batch.verdicts, temperature=config.temperature,
                                micro_batch_size=config.micro_batch_size)
         advantages, extra = critic.advantages(batch, advantages, teacher)
-        state["flops"] += 2 * n_params * (teacher.prompt_tokens + batch.num_tokens)  # forward: 2 N tokens
+        state["flops"] += 2 * n_params * teacher.tokens_read  # a forward pass costs 2 N FLOPs per token
         times["teacher"] = time.perf_counter() - t0
 
     # 4. update
@@ -176,7 +178,8 @@ def training_step(config, policy, task, train_problems, optimizer, params, criti
     state["generated_tokens"] += batch.num_tokens
     prompt_tokens = int(batch.prompt_mask.sum())
     state["flops"] += 2 * n_params * (prompt_tokens / config.group_size + batch.num_tokens)  # sampling
-    state["flops"] += 6 * n_params * (prompt_tokens + batch.num_tokens) * config.num_iterations  # fwd + bwd
+    # forward + backward, 6 N FLOPs per token; the prompt runs once per group (shared, see objective.py)
+    state["flops"] += 6 * n_params * (prompt_tokens / config.group_size + batch.num_tokens) * config.num_iterations
     lengths = batch.completion_mask.sum(1).float()
     std = group_reward_std(rewards, config.group_size)
     row = {

@@ -69,3 +69,39 @@ def test_cli_reports_config_errors_in_one_line_and_exit_2(tmp_path, capsys):
     assert main(["train", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error: method: unknown 'nope'")
+
+
+def test_missing_model_path_fails_in_validation():
+    with pytest.raises(ConfigError, match="^model.name: path '/nowhere/model' does not exist"):
+        make_config("smoke", model={"name": "/nowhere/model"})
+    assert make_config("smoke", model={"name": "HuggingFaceTB/SmolLM2-135M-Instruct"}).model.name  # a hub id
+
+
+def test_empty_dataset_fails_before_a_run_folder_or_model_exists(tmp_path, monkeypatch):
+    import scpo_lab.trainer as trainer_module
+    from scpo_lab.tasks.gsm8k import GSM8KTask
+
+    monkeypatch.setattr(GSM8KTask, "problems", lambda self, split, n=None, seed=0: [])
+    monkeypatch.setattr(trainer_module, "policy_for", lambda cfg: pytest.fail("loaded a model"))
+    cfg = make_config("smoke", task={"name": "gsm8k"}, runs_dir=str(tmp_path / "runs"))
+    with pytest.raises(ConfigError, match="^task.name: 'gsm8k' yielded no training problems"):
+        trainer_module.train(cfg, progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_eval_on_the_tiny_model(tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", "tiny", "--backend", "hf", "--problems", "2", "--samples", "2",
+                 "--max-new-tokens", "4", "--output", str(out)]) == 0
+    assert "pass@1" in capsys.readouterr().out and out.is_file()
+    assert main(["eval", "--model", "tiny", "--problems", "0"]) == 2
+
+
+def test_cli_train_from_yaml_then_loads_the_finished_run(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"profile: smoke\nmethod: scpo-divergence\nsteps: 1\nruns_dir: {tmp_path / 'runs'}\n")
+    assert main(["train", "--config", str(cfg), "--no-progress", "--eval-problems", "2", "--eval-samples", "2"]) == 0
+    first = capsys.readouterr().out
+    assert "run folder:" in first and "pass@1" in first
+    assert main(["train", "--config", str(cfg), "--no-progress", "--set", "save_every=5"]) == 0  # same hash
+    assert capsys.readouterr().out.splitlines()[0] == first.splitlines()[0]
