@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from scpo_lab.rollout import sample_rollouts
-from scpo_lab.stats import bootstrap_ci, pass_at_k, pass_at_k_table
+from scpo_lab.stats import pass_at_k, pass_at_k_table
 
 
 @dataclass
@@ -71,9 +71,11 @@ def evaluate(policy, task, n_problems: int = 100, n_samples: int = 4, *, split: 
                                 "completion": batch.texts[rows[0]], "passed": verdicts[0].passed,
                                 "answer": problem.answer, "extracted": verdicts[0].extracted})
     ks = ks or [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n_samples]
-    table = pass_at_k_table([(r["n"], r["correct"]) for r in per_problem], ks)
+    ks = sorted(set(ks) | {1})
+    # one bootstrap (same seed) for every k, so pass@1's interval is the k=1 row of the table
+    table = pass_at_k_table([(r["n"], r["correct"]) for r in per_problem], ks, seed=seed)
     p1 = [pass_at_k(r["n"], r["correct"], 1) for r in per_problem]
-    low, high = bootstrap_ci(p1, seed=seed)
+    low, high = table.loc[table["k"] == 1, ["ci_low", "ci_high"]].iloc[0]
     return EvalResult(task=task.name, split=split, n_problems=len(problems), n_samples=n_samples,
                       temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
                       pass_at_1=float(sum(p1) / len(p1)), ci_low=float(low), ci_high=float(high),

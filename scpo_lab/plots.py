@@ -51,10 +51,10 @@ def pass_at_1_bars(results: dict, title: str = "held-out pass@1 (95% bootstrap i
     errors = [[v - r["ci_low"] for v, r in zip(values, rows)], [r["ci_high"] - v for v, r in zip(values, rows)]]
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(labels), 3.4))
     ax.bar(labels, values, yerr=errors, capsize=6, color=plt.cm.tab10.colors[: len(labels)])
-    for i, v in enumerate(values):
-        ax.text(i, v / 2, f"{v:.3f}", ha="center", color="white", fontweight="bold")
+    for i, (v, r) in enumerate(zip(values, rows)):
+        ax.text(i, r["ci_high"] + 0.01, f"{v:.3f}", ha="center", va="bottom", fontweight="bold")
     ax.set_ylabel("pass@1")
-    ax.set_ylim(0, max(0.05, max(r["ci_high"] for r in rows) * 1.15))
+    ax.set_ylim(0, max(0.05, max(r["ci_high"] for r in rows) * 1.2))
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from scpo_lab.objective import completion_logprobs
+from transformers import DynamicCache
+
+from scpo_lab.objective import _backbone_and_head, _chunk_logprobs
 from scpo_lab.rollout import RolloutBatch
 
 # The grader's note appended to the question in the teacher's context. Kept in one place so every critic and
@@ -49,27 +51,61 @@ def teacher_pass(policy, batch: RolloutBatch, verdicts, *, temperature: float = 
                  micro_batch_size: int = 16) -> TeacherOutput:
     """Teacher-forced forward of the policy (adapter on: the live policy) over privileged context + rollout.
 
-    Cost: the teacher contexts of one group differ only after the question (each rollout has its own verdict),
-    so the longest common token prefix of a group's contexts runs once per group (its KV cache shared by the G
-    rows, as in the update) and each row reads only its own suffix and completion.
+    Cost, which the lab's budget depends on: the contexts of one group differ only after the question (each
+    rollout has its own verdict), so
+      1. the longest common token prefix of each group's contexts runs once, all groups in one forward (KV cache);
+      2. each row's own tail ("...your final answer 40 is wrong.]" + chat tokens) and its completion then run in
+         micro-batches of rows sorted by length, reading their group's prefix from that cache, so padding is small;
+      3. the lm_head runs only on the completion positions.
+    The result equals a plain teacher-forced pass over each full context + completion (tested row by row).
     """
-    tok = policy.tokenizer
+    model, tok, device = policy.model, policy.tokenizer, policy.device
+    backbone, head = _backbone_and_head(model)
     texts = [tok.apply_chat_template(privileged_messages(p.prompt, v), tokenize=False, add_generation_prompt=True)
              for p, v in zip(batch.problems, verdicts)]
     contexts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-    G = batch.group_size
-    rows_per_chunk = max(G, micro_batch_size // G * G)  # whole groups per forward
-    was_training = policy.model.training
-    policy.model.eval()
-    out, read_tokens = [], 0
-    for start in range(0, len(batch), rows_per_chunk):
-        rows = range(start, min(start + rows_per_chunk, len(batch)))
-        logp, n = _teacher_chunk(policy, [contexts[r] for r in rows], batch.completion_ids[rows.start:rows.stop],
-                                 batch.completion_mask[rows.start:rows.stop], G, temperature)
-        out.append(logp)
-        read_tokens += n
-    policy.model.train(was_training)
-    return TeacherOutput(logprobs=torch.cat(out), tokens_read=read_tokens)
+    B, G = len(batch), batch.group_size if len(batch) % batch.group_size == 0 else 1
+    group_of = [r // G for r in range(B)]
+    groups = [contexts[g:g + G] for g in range(0, B, G)]
+    cut = [min(_common_prefix_length(grp), min(len(c) for c in grp) - 1) for grp in groups]  # >= 1 tail token
+    tails = [contexts[r][cut[group_of[r]]:] for r in range(B)]
+    was_training = model.training
+    model.eval()
+
+    # 1. every group's shared prefix, once (left padded)
+    prefix_ids, prefix_mask = _left_pad([grp[0][:k] for grp, k in zip(groups, cut)], tok.pad_token_id, device)
+    prefix_pos = (prefix_mask.cumsum(1) - 1).clamp(min=0)
+    cache = backbone(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=prefix_pos,
+                     past_key_values=DynamicCache(), use_cache=True).past_key_values
+    prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
+    read = int(prefix_mask.sum())
+
+    # 2.-3. tails + completions, rows sorted by length, each micro-batch reading its groups' prefixes
+    lengths = batch.completion_mask.sum(1).tolist()
+    order = sorted(range(B), key=lambda r: len(tails[r]) + lengths[r])
+    logprobs = torch.zeros(batch.completion_ids.shape, dtype=torch.float32, device=device)
+    for start in range(0, B, micro_batch_size):
+        rows = order[start:start + micro_batch_size]
+        index = torch.tensor([group_of[r] for r in rows], device=device)
+        bodies = [tails[r] + batch.completion_ids[r, :lengths[r]].tolist() for r in rows]
+        body_ids, body_mask = _right_pad(bodies, tok.pad_token_id, device)
+        read += int(body_mask.sum())
+        row_cache = DynamicCache(ddp_cache_data=[(k[index], v[index]) for k, v in prefix_kv])
+        attention = torch.cat([prefix_mask[index], body_mask], dim=1)
+        positions = prefix_mask[index].sum(1, keepdim=True) + torch.arange(body_ids.shape[1], device=device)
+        hidden = backbone(input_ids=body_ids, attention_mask=attention, position_ids=positions,
+                          past_key_values=row_cache, use_cache=True).last_hidden_state  # [b, S+T, H]
+        # completion token t of a row sits at body index len(tail) + t and is predicted by the state before it
+        T = max(lengths[r] for r in rows) or 1
+        at = torch.tensor([len(tails[r]) for r in rows], device=device)[:, None] + torch.arange(T, device=device) - 1
+        at = at.clamp(max=hidden.shape[1] - 1)
+        h = hidden.gather(1, at[..., None].expand(-1, -1, hidden.shape[-1]))
+        targets = body_ids.gather(1, (at + 1).clamp(max=body_ids.shape[1] - 1))
+        logp, _ = _chunk_logprobs(head, h, targets, temperature, False)
+        row_index = torch.tensor(rows, device=device)
+        logprobs[row_index, :T] = logp * batch.completion_mask[row_index, :T]
+    model.train(was_training)
+    return TeacherOutput(logprobs=logprobs, tokens_read=read)
 
 
 def _common_prefix_length(sequences: list[list[int]]) -> int:
@@ -80,39 +116,19 @@ def _common_prefix_length(sequences: list[list[int]]) -> int:
     return n
 
 
-def _teacher_chunk(policy, contexts, completion_ids, completion_mask, G, temperature):
-    """Log-probs of the completion tokens after each row's context, sharing each group's common prefix."""
-    device, pad = policy.device, policy.tokenizer.pad_token_id
-    full_width = completion_ids.shape[1]
-    T = max(1, int(completion_mask.sum(1).max()))  # trim padding columns: they cost as much as real tokens
-    completion_ids, completion_mask = completion_ids[:, :T], completion_mask[:, :T]
-    B = completion_ids.shape[0]
-    groups = [contexts[g:g + G] for g in range(0, B, G)] if B % G == 0 else [[c] for c in contexts]
-    G = len(groups[0])
-    # keep >= 1 suffix token per row so the suffix+completion layout below is uniform
-    cut = [min(_common_prefix_length(grp), min(len(c) for c in grp) - 1) for grp in groups]
-    prefixes = [grp[0][:k] for grp, k in zip(groups, cut)]
-    suffixes = [c[k:] for grp, k in zip(groups, cut) for c in grp]
-    lengths = completion_mask.sum(1).tolist()
-    P = max(len(p) for p in prefixes)
-    S = max(len(s) for s in suffixes)
-    prefix_ids = torch.full((len(groups), P), pad, dtype=torch.long)
-    prefix_mask = torch.zeros((len(groups), P), dtype=torch.long)
-    for g, p in enumerate(prefixes):  # left padded
-        prefix_ids[g, P - len(p):] = torch.tensor(p, dtype=torch.long)
-        prefix_mask[g, P - len(p):] = 1
-    body_ids = torch.full((B, S + T), pad, dtype=torch.long)
-    body_mask = torch.zeros((B, S + T), dtype=torch.long)
-    for r, (suffix, n) in enumerate(zip(suffixes, lengths)):  # right padded: suffix_r then completion_r
-        body_ids[r, :len(suffix)] = torch.tensor(suffix, dtype=torch.long)
-        body_ids[r, len(suffix):len(suffix) + n] = completion_ids[r, :n].cpu()
-        body_mask[r, :len(suffix) + n] = 1
-    # score only the completion part of each row: body positions len(suffix_r) .. len(suffix_r) + T - 1
-    offsets = torch.tensor([len(s) for s in suffixes], device=device)[:, None] + torch.arange(T, device=device)
-    logp, _ = completion_logprobs(policy.model, prefix_ids.repeat_interleave(G, 0).to(device),
-                                  prefix_mask.repeat_interleave(G, 0).to(device), body_ids.to(device),
-                                  body_mask.to(device), temperature=temperature, with_entropy=False, group_size=G,
-                                  score_positions=offsets)
-    logp = logp * completion_mask
-    read = int(prefix_mask.sum()) + int(body_mask.sum())
-    return torch.nn.functional.pad(logp, (0, full_width - T)), read
+def _left_pad(sequences: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, width - len(s):], mask[i, width - len(s):] = torch.tensor(s, dtype=torch.long), 1
+    return ids.to(device), mask.to(device)
+
+
+def _right_pad(sequences: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(s, dtype=torch.long), 1
+    return ids.to(device), mask.to(device)

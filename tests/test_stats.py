@@ -93,3 +93,16 @@ def test_mean_ci():
     assert lo < lo90 and hi90 < hi
     with pytest.raises(ValueError):
         mean_ci([])
+
+
+def test_evaluate_interval_is_the_k1_row_of_its_pass_at_k_table():
+    from scpo_lab.evaluation import evaluate
+    from scpo_lab.models import tiny_policy
+    from scpo_lab.tasks import get_task
+
+    result = evaluate(tiny_policy(seed=0), get_task("arithmetic"), n_problems=6, n_samples=4, max_new_tokens=3,
+                      progress=False)
+    k1 = [row for row in result.pass_at_k if row["k"] == 1][0]
+    assert (result.ci_low, result.ci_high) == (k1["ci_low"], k1["ci_high"])
+    assert result.pass_at_1 == pytest.approx(k1["pass_at_k"])
+    assert [row["k"] for row in result.pass_at_k] == [1, 2, 4]
