@@ -187,5 +187,6 @@ def main(argv=None) -> int:
         print_targets(results)
         return 0 if len(results) == len(METHODS) else 1
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -343,5 +343,6 @@ def main(argv=None) -> int:
         print_table(results)
         return 0 if len(results) == len(FRAMEWORKS) else 1
 
+
 if __name__ == "__main__":
     sys.exit(main())
