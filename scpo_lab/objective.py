@@ -126,7 +126,6 @@ def completion_logprobs(
     chunk_size: int = 64,
     with_entropy: bool = True,
     group_size: int = 1,
-    score_positions: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Per-token log pi(y_t | x, y_<t) [B, T] and entropy [B, T] (or None) of the completion tokens.
 
@@ -140,9 +139,6 @@ def completion_logprobs(
     tokens instead of B * (P + T). Gradients flow through the shared cache into the prompt positions; values and
     gradients equal the unshared computation (tested).
 
-    score_positions [B, T'] (optional): only these completion positions go through the lm_head, and the result is
-    [B, T'] in that order (no masking: the caller masks). The self-teacher uses it to skip the head on the part of
-    its context it reads as "completion" but does not score.
     """
     if prompt_ids.shape[1] < 1:
         raise ValueError("prompt_ids: need at least one prompt position (P >= 1)")
@@ -164,10 +160,6 @@ def completion_logprobs(
         h = hidden[:, P - 1 : P + T - 1]  # the state at position j predicts token j+1: positions P-1 .. P+T-2
     mask = completion_mask.bool()
     targets = input_ids[:, P:]  # the completion tokens y_1 .. y_T (pads set to 0 above)
-    if score_positions is not None:
-        index = score_positions.clamp(0, T - 1)
-        h = h.gather(1, index[..., None].expand(-1, -1, h.shape[-1]))
-        targets, mask, T = targets.gather(1, index), torch.ones_like(index, dtype=torch.bool), index.shape[1]
 
     use_ckpt = torch.is_grad_enabled()
     logps, entropies = [], []
