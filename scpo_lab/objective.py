@@ -138,7 +138,6 @@ def completion_logprobs(
     then run once per block and its KV cache repeated G times, so the backbone processes n_groups * P + B * T
     tokens instead of B * (P + T). Gradients flow through the shared cache into the prompt positions; values and
     gradients equal the unshared computation (tested).
-
     """
     if prompt_ids.shape[1] < 1:
         raise ValueError("prompt_ids: need at least one prompt position (P >= 1)")
