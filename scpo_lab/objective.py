@@ -89,7 +89,7 @@ def group_advantages(rewards: Tensor, group_size: int, scale: str = "group") -> 
 # 2. Per-token log-probs of the completion, without materialising B x T x V logits
 # ----------------------------------------------------------------------------------------------------------------
 
-def _backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+def backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(transformer backbone returning last_hidden_state, lm_head) of an HF causal LM or a peft PeftModel over one.
 
     LoRA layers live inside the base model's modules (peft injects them in place), so the backbone and head
@@ -105,7 +105,7 @@ def _backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.n
     return backbone, head
 
 
-def _chunk_logprobs(head: torch.nn.Module, h: Tensor, targets: Tensor, temperature: float, with_entropy: bool):
+def chunk_logprobs(head: torch.nn.Module, h: Tensor, targets: Tensor, temperature: float, with_entropy: bool):
     """log pi(target) and entropy for one chunk of hidden states h [B, c, H] -> ([B, c], [B, c] or None)."""
     logits = head(h).float() / temperature  # z / tau, [B, c, V] (only this chunk's)
     logp_all = F.log_softmax(logits, dim=-1)  # log softmax(z / tau)
@@ -143,7 +143,7 @@ def completion_logprobs(
         raise ValueError("prompt_ids: need at least one prompt position (P >= 1)")
     if chunk_size < 1:
         raise ValueError(f"chunk_size: must be >= 1; got {chunk_size}")
-    backbone, head = _backbone_and_head(model)
+    backbone, head = backbone_and_head(model)
     P, T = prompt_ids.shape[1], completion_ids.shape[1]
 
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).long()  # [B, P+T]
@@ -165,16 +165,15 @@ def completion_logprobs(
     for s in range(0, T, chunk_size):
         args = (head, h[:, s : s + chunk_size], targets[:, s : s + chunk_size], temperature, with_entropy)
         if use_ckpt:
-            lp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
+            lp, ent = checkpoint(chunk_logprobs, *args, use_reentrant=False)
         else:
-            lp, ent = _chunk_logprobs(*args)
+            lp, ent = chunk_logprobs(*args)
         logps.append(lp)
         entropies.append(ent)
 
     logp = torch.where(mask, torch.cat(logps, dim=1), 0.0)  # 0 at padding
     entropy = torch.where(mask, torch.cat(entropies, dim=1), 0.0) if with_entropy else None
     return logp, entropy
-
 
 
 def _prompts_shared(prompt_ids: Tensor, prompt_mask: Tensor, group_size: int) -> bool:
@@ -203,6 +202,7 @@ def _shared_prompt_hidden(backbone, input_ids: Tensor, attention_mask: Tensor, P
     hidden = backbone(input_ids=input_ids[:, P:], attention_mask=attention_mask, position_ids=completion_pos,
                       past_key_values=cache, use_cache=True).last_hidden_state  # [B, T, H]
     return torch.cat([last_prompt, hidden[:, : T - 1]], dim=1)  # states at positions P-1 .. P+T-2
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # 3. Clipped policy-gradient loss

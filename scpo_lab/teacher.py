@@ -18,7 +18,7 @@ import torch
 
 from transformers import DynamicCache
 
-from scpo_lab.objective import _backbone_and_head, _chunk_logprobs
+from scpo_lab.objective import backbone_and_head, chunk_logprobs
 from scpo_lab.rollout import RolloutBatch
 
 # The grader's note appended to the question in the teacher's context. Kept in one place so every critic and
@@ -60,7 +60,7 @@ def teacher_pass(policy, batch: RolloutBatch, verdicts, *, temperature: float = 
     The result equals a plain teacher-forced pass over each full context + completion (tested row by row).
     """
     model, tok, device = policy.model, policy.tokenizer, policy.device
-    backbone, head = _backbone_and_head(model)
+    backbone, head = backbone_and_head(model)
     texts = [tok.apply_chat_template(privileged_messages(p.prompt, v), tokenize=False, add_generation_prompt=True)
              for p, v in zip(batch.problems, verdicts)]
     contexts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -73,7 +73,7 @@ def teacher_pass(policy, batch: RolloutBatch, verdicts, *, temperature: float = 
     model.eval()
 
     # 1. every group's shared prefix, once (left padded)
-    prefix_ids, prefix_mask = _left_pad([grp[0][:k] for grp, k in zip(groups, cut)], tok.pad_token_id, device)
+    prefix_ids, prefix_mask = _pad([grp[0][:k] for grp, k in zip(groups, cut)], tok.pad_token_id, device, left=True)
     prefix_pos = (prefix_mask.cumsum(1) - 1).clamp(min=0)
     cache = backbone(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=prefix_pos,
                      past_key_values=DynamicCache(), use_cache=True).past_key_values
@@ -88,7 +88,7 @@ def teacher_pass(policy, batch: RolloutBatch, verdicts, *, temperature: float = 
         rows = order[start:start + micro_batch_size]
         index = torch.tensor([group_of[r] for r in rows], device=device)
         bodies = [tails[r] + batch.completion_ids[r, :lengths[r]].tolist() for r in rows]
-        body_ids, body_mask = _right_pad(bodies, tok.pad_token_id, device)
+        body_ids, body_mask = _pad(bodies, tok.pad_token_id, device, left=False)
         read += int(body_mask.sum())
         row_cache = DynamicCache(ddp_cache_data=[(k[index], v[index]) for k, v in prefix_kv])
         attention = torch.cat([prefix_mask[index], body_mask], dim=1)
@@ -101,7 +101,7 @@ def teacher_pass(policy, batch: RolloutBatch, verdicts, *, temperature: float = 
         at = at.clamp(max=hidden.shape[1] - 1)
         h = hidden.gather(1, at[..., None].expand(-1, -1, hidden.shape[-1]))
         targets = body_ids.gather(1, (at + 1).clamp(max=body_ids.shape[1] - 1))
-        logp, _ = _chunk_logprobs(head, h, targets, temperature, False)
+        logp, _ = chunk_logprobs(head, h, targets, temperature, False)
         row_index = torch.tensor(rows, device=device)
         logprobs[row_index, :T] = logp * batch.completion_mask[row_index, :T]
     model.train(was_training)
@@ -116,19 +116,12 @@ def _common_prefix_length(sequences: list[list[int]]) -> int:
     return n
 
 
-def _left_pad(sequences: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad(sequences: list[list[int]], pad: int, device, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (ids, mask) [n, longest], padded on the left or the right."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for i, s in enumerate(sequences):
-        ids[i, width - len(s):], mask[i, width - len(s):] = torch.tensor(s, dtype=torch.long), 1
-    return ids.to(device), mask.to(device)
-
-
-def _right_pad(sequences: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(s, dtype=torch.long), 1
+        cols = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, cols], mask[i, cols] = torch.tensor(s, dtype=torch.long), 1
     return ids.to(device), mask.to(device)
