@@ -1,0 +1,226 @@
+"""Run untrusted, model-written Python in a separate, limited process — never in the lab's own.
+
+    result = run_program("print(input()[::-1])", stdin="abc\\n")        # SandboxResult(status="passed", ...)
+    results = run_programs([SandboxJob(code_a), SandboxJob(code_b)], workers=4)
+
+Each program gets a fresh interpreter (`python -I`: no user site, no PYTHON* variables, no script folder on
+sys.path) started in its own session and process group, in its own temporary folder (deleted afterwards), with
+a minimal environment (nothing inherited: no secrets, no tokens). Inside, sandbox_prelude.py sets rlimits (CPU
+seconds, address space, file size, no core files, no child processes) and installs an audit hook that refuses
+sockets, subprocesses, fork, signals, ctypes and file writes (and most reads) outside its folder, then runs it.
+Out here: a wall-clock limit after which the whole process group is SIGKILLed, and caps on stdout+stderr and on
+the report pipe (the program is killed when it exceeds them).
+
+Status (SandboxResult.status):
+    passed        the program ran to completion (exit 0); tasks then compare outputs and may call it failed
+    failed        it raised an uncaught exception / exited non-zero (trace: the error's last lines)
+    timeout       wall-clock or CPU limit
+    memory        MemoryError (address-space limit)
+    crash         killed by a signal (e.g. segfault from unbounded recursion), output limit, or lost reports
+    syntax_error  main.py does not compile; it never ran
+What is NOT isolated (see README "Code tasks and the sandbox"): same user id, same kernel, same filesystem view
+(reads are limited by the hook, not by the kernel); the hook is in-process, so a C-level escape is not stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PRELUDE = Path(__file__).with_name("sandbox_prelude.py")
+STATUSES = ("passed", "failed", "timeout", "memory", "crash", "syntax_error")
+TRACE_CHARS = 1200
+
+
+@dataclass(frozen=True)
+class Limits:
+    wall_s: float = 10.0            # wall clock, then SIGKILL to the process group
+    cpu_s: int = 10                 # RLIMIT_CPU (whole seconds)
+    memory_mb: int = 1024           # RLIMIT_AS: address space, so MemoryError rather than the host's OOM killer
+    output_bytes: int = 1_000_000   # stdout + stderr kept; beyond it the program is killed (crash)
+    report_bytes: int = 64_000_000  # harness reports (one line per test); beyond it the program is killed
+    file_bytes: int = 10_000_000    # RLIMIT_FSIZE: largest file it may write in its folder
+
+    def __post_init__(self):
+        for name in ("wall_s", "cpu_s", "memory_mb", "output_bytes", "report_bytes", "file_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"limits.{name}: got {value!r}; must be a number > 0")
+
+
+@dataclass(frozen=True)
+class SandboxJob:
+    source: str                                     # the untrusted program (main.py)
+    stdin: str = ""
+    harness: str | None = None                      # trusted code run after it, with its globals as `solution`
+    files: dict = field(default_factory=dict)       # name -> text, written into the folder (e.g. test inputs)
+    limits: Limits = Limits()
+
+
+@dataclass
+class SandboxResult:
+    status: str                     # one of STATUSES
+    returncode: int | None
+    stdout: str                     # truncated to limits.output_bytes
+    stderr: str
+    trace: str                      # short: the error's last lines, or why the program was stopped
+    reports: list = field(default_factory=list)  # JSON lines the prelude/harness wrote on the report pipe
+    wall_s: float = 0.0
+    output_truncated: bool = False
+
+
+def _minimal_env(folder: str) -> dict:
+    # Nothing from os.environ: the program must not see API keys, tokens or the lab's paths.
+    return {"PATH": "/usr/bin:/bin", "HOME": folder, "TMPDIR": folder, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+            "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
+        try:
+            kill()
+        except (ProcessLookupError, PermissionError, OSError):
+            pass
+
+
+def run_program(source: str | SandboxJob, stdin: str = "", *, harness: str | None = None,
+                files: dict | None = None, limits: Limits = Limits()) -> SandboxResult:
+    """Run one program to completion or to its limits; never raises for anything the program does."""
+    job = source if isinstance(source, SandboxJob) else SandboxJob(source, stdin, harness, files or {}, limits)
+    folder = tempfile.mkdtemp(prefix="scpo-sandbox-")
+    try:
+        return _run_in(folder, job)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_in(folder: str, job: SandboxJob) -> SandboxResult:
+    limits = job.limits
+    Path(folder, "main.py").write_text(job.source, encoding="utf-8", errors="replace")
+    if job.harness is not None:
+        Path(folder, "harness.py").write_text(job.harness, encoding="utf-8")
+    for name, text in job.files.items():
+        if os.path.basename(name) != name or name in ("main.py", "harness.py"):
+            raise ValueError(f"files: {name!r} must be a plain file name other than main.py and harness.py")
+        Path(folder, name).write_text(text, encoding="utf-8")
+    Path(folder, ".stdin").write_text(job.stdin, encoding="utf-8")
+    report_read, report_write = os.pipe()
+    config = {"report_fd": report_write, "cpu_s": int(max(1, limits.cpu_s)), "memory_mb": int(limits.memory_mb),
+              "file_bytes": int(limits.file_bytes), "harness": job.harness is not None}
+    start = time.monotonic()
+    with open(Path(folder, ".stdin"), "rb") as stdin:
+        try:
+            proc = subprocess.Popen([sys.executable, "-I", str(PRELUDE), json.dumps(config)], cwd=folder,
+                                    env=_minimal_env(folder), stdin=stdin, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, pass_fds=(report_write,), start_new_session=True)
+        finally:
+            os.close(report_write)  # the child holds its own copy; EOF arrives when the child exits
+    out, stopped = _collect(proc, report_read, start + limits.wall_s, limits)
+    wall = time.monotonic() - start
+    return _result(proc.returncode, out, stopped, wall, limits)
+
+
+def _collect(proc, report_fd: int, deadline: float, limits: Limits):
+    """Read stdout, stderr and reports until the program exits or breaks a limit; returns (buffers, why stopped)."""
+    buffers = {"stdout": bytearray(), "stderr": bytearray(), "report": bytearray()}
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
+    sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+    report = os.fdopen(report_fd, "rb", buffering=0)
+    sel.register(report, selectors.EVENT_READ, "report")
+    stopped, open_streams = None, 3
+    try:
+        while open_streams and stopped is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                stopped = "timeout"
+                break
+            for key, _ in sel.select(timeout=min(remaining, 0.5)):
+                chunk = os.read(key.fileobj.fileno(), 65536)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    open_streams -= 1
+                    continue
+                buffers[key.data] += chunk
+                if len(buffers["stdout"]) + len(buffers["stderr"]) > limits.output_bytes:
+                    stopped = "output"
+                elif len(buffers["report"]) > limits.report_bytes:
+                    stopped = "report"
+        if stopped is None:  # every stream closed (e.g. the program closed stdout): wait for the exit itself
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                stopped = "timeout"
+    finally:
+        _kill_group(proc)  # also reaps anything left in its process group
+        proc.wait()
+        sel.close()
+        for stream in (proc.stdout, proc.stderr, report):
+            stream.close()
+    return buffers, stopped
+
+
+def _decode(data: bytearray, cap: int) -> tuple[str, bool]:
+    return bytes(data[:cap]).decode("utf-8", errors="replace"), len(data) > cap
+
+
+def _result(returncode, buffers, stopped, wall, limits: Limits) -> SandboxResult:
+    stdout, cut_out = _decode(buffers["stdout"], limits.output_bytes)
+    stderr, cut_err = _decode(buffers["stderr"], limits.output_bytes)
+    reports = []
+    for line in bytes(buffers["report"]).decode("utf-8", errors="replace").splitlines():
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(message, dict):
+            reports.append(message)
+    kinds = {r.get("kind"): r for r in reports if "kind" in r}
+    last_err = "\n".join(stderr.rstrip().splitlines()[-6:])[-TRACE_CHARS:]
+    if stopped == "timeout":
+        status, trace = "timeout", f"Time limit exceeded: wall clock {limits.wall_s:g} s"
+    elif stopped == "output":
+        status, trace = "crash", f"Output limit exceeded: more than {limits.output_bytes} bytes on stdout/stderr"
+    elif stopped == "report":
+        status, trace = "crash", "Output limit exceeded: too much test output"
+    elif "syntax_error" in kinds:
+        status, trace = "syntax_error", kinds["syntax_error"].get("trace", "SyntaxError")
+    elif "memory" in kinds or (returncode != 0 and "MemoryError" in last_err):
+        status, trace = "memory", f"Memory limit exceeded ({limits.memory_mb} MB): MemoryError"
+    elif returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        status, trace = "timeout", f"Time limit exceeded: CPU {limits.cpu_s} s"
+    elif returncode is not None and returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+        status, trace = "crash", f"Killed by signal {name}" + (" (stack overflow?)" if name == "SIGSEGV" else "")
+    elif returncode != 0:
+        status = "failed"
+        trace = str(kinds.get("exception", {}).get("trace") or last_err or f"exit status {returncode}")
+    else:
+        status, trace = "passed", ""
+    return SandboxResult(status, returncode, stdout, stderr, trace[-TRACE_CHARS:], reports, wall,
+                         cut_out or cut_err)
+
+
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def run_programs(jobs: list[SandboxJob], workers: int | None = None) -> list[SandboxResult]:
+    """Run many programs, at most `workers` at a time (threads that each wait on one subprocess); input order."""
+    workers = default_workers() if workers is None else workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers: got {workers!r}; must be an integer >= 1")
+    if len(jobs) <= 1 or workers == 1:
+        return [run_program(job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        return list(pool.map(run_program, jobs))
