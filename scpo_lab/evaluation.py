@@ -62,9 +62,10 @@ def evaluate(policy, task, n_problems: int = 100, n_samples: int = 4, *, split: 
                                 temperature=temperature, top_p=top_p, seed=seed + i)
         lengths += batch.completion_mask.sum(1).tolist()
         truncated += batch.truncated.tolist()
+        chunk_verdicts = task.verify_batch(batch.problems, batch.texts)  # code tasks: programs run in parallel
         for j, problem in enumerate(chunk):
             rows = range(j * n_samples, (j + 1) * n_samples)
-            verdicts = [task.verify(problem, batch.texts[r]) for r in rows]
+            verdicts = [chunk_verdicts[r] for r in rows]
             per_problem.append({"problem_id": problem.id, "n": n_samples, "correct": sum(v.passed for v in verdicts)})
             if len(samples) < keep_samples:
                 samples.append({"problem_id": problem.id, "prompt": problem.prompt[-1]["content"],

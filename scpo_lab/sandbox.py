@@ -3,8 +3,8 @@
     result = run_program("print(input()[::-1])", stdin="abc\\n")        # SandboxResult(status="passed", ...)
     results = run_programs([SandboxJob(code_a), SandboxJob(code_b)], workers=4)
 
-Each program gets a fresh interpreter (`python -I`: no user site, no PYTHON* variables, no script folder on
-sys.path) started in its own session and process group, in its own temporary folder (deleted afterwards), with
+Each program gets a fresh interpreter (`python -s`: no user site; its environment is built from scratch, so no
+PYTHON* variable but ours; the prelude takes its own folder off sys.path) started in its own session and process group, in its own temporary folder (deleted afterwards), with
 a minimal environment (nothing inherited: no secrets, no tokens). Inside, sandbox_prelude.py sets rlimits (CPU
 seconds, address space, file size, no core files, no child processes) and installs an audit hook that refuses
 sockets, subprocesses, fork, signals, ctypes and file writes (and most reads) outside its folder, then runs it.
@@ -81,8 +81,12 @@ class SandboxResult:
 
 def _minimal_env(folder: str) -> dict:
     # Nothing from os.environ: the program must not see API keys, tokens or the lab's paths.
+    # PYTHONHASHSEED fixed: str hashes, hence set and dict-of-set iteration orders, repeat from run to run, so a
+    # reference solution that returns tuple(set_of_strings) gives the same order for the expected output and
+    # for a candidate doing the same.
     return {"PATH": "/usr/bin:/bin", "HOME": folder, "TMPDIR": folder, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
-            "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+            "PYTHONIOENCODING": "utf-8", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1",
+            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -120,7 +124,7 @@ def _run_in(folder: str, job: SandboxJob) -> SandboxResult:
     start = time.monotonic()
     with open(Path(folder, ".stdin"), "rb") as stdin:
         try:
-            proc = subprocess.Popen([sys.executable, "-I", str(PRELUDE), json.dumps(config)], cwd=folder,
+            proc = subprocess.Popen([sys.executable, "-s", str(PRELUDE), json.dumps(config)], cwd=folder,
                                     env=_minimal_env(folder), stdin=stdin, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, pass_fds=(report_write,), start_new_session=True)
         finally:
@@ -188,7 +192,7 @@ def _result(returncode, buffers, stopped, wall, limits: Limits) -> SandboxResult
     kinds = {r.get("kind"): r for r in reports if "kind" in r}
     last_err = "\n".join(stderr.rstrip().splitlines()[-6:])[-TRACE_CHARS:]
     if stopped == "timeout":
-        status, trace = "timeout", f"Time limit exceeded: wall clock {limits.wall_s:g} s"
+        status, trace = "timeout", f"Time limit exceeded: wall clock {limits.wall_s:.1f} s"
     elif stopped == "output":
         status, trace = "crash", f"Output limit exceeded: more than {limits.output_bytes} bytes on stdout/stderr"
     elif stopped == "report":

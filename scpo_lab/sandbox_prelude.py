@@ -1,6 +1,6 @@
 """What runs first inside every sandboxed interpreter, before the untrusted program (sandbox.py starts it).
 
-    python -I sandbox_prelude.py <config json>      (cwd = the program's own temporary folder)
+    python -s sandbox_prelude.py <config json>      (cwd = the program's own temporary folder)
 
 1. sets the resource limits (CPU seconds, address space, file size, no core files, no new processes);
 2. compiles main.py (a SyntaxError is reported as such: the program never ran);
@@ -19,6 +19,8 @@ import resource
 import sys
 import traceback
 
+if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
+    del sys.path[0]  # the lab's package folder: the program must not import the lab's modules by name
 config = json.loads(sys.argv[1])
 sys.argv = ["main.py"]
 HERE = os.path.realpath(os.getcwd())

@@ -150,7 +150,7 @@ def training_step(config, policy, task, train_problems, optimizer, params, criti
 
     # 2. verify
     t0 = time.perf_counter()
-    batch.verdicts = [task.verify(p, text) for p, text in zip(batch.problems, batch.texts)]
+    batch.verdicts = task.verify_batch(batch.problems, batch.texts)
     rewards = torch.tensor([v.reward for v in batch.verdicts], dtype=torch.float32)
     verifier_rewards = rewards
     if config.method == "random-reward":  # control: a reward independent of the completion

@@ -9,7 +9,7 @@ from scpo_lab.tasks.arithmetic import PROMPT_TEMPLATE, evaluate, split_of
 # ------------------------------------------------------------------------------------------------ registry
 
 def test_registry_names_and_types():
-    assert TASK_NAMES == ("arithmetic", "gsm8k")
+    assert TASK_NAMES == ("arithmetic", "gsm8k", "mbppplus", "livecodebench")
     assert isinstance(get_task("arithmetic", digits=2), ArithmeticTask)
     assert isinstance(get_task("gsm8k"), GSM8KTask)
 
@@ -17,7 +17,7 @@ def test_registry_names_and_types():
 def test_registry_unknown_name():
     with pytest.raises(ValueError) as err:
         get_task("x")
-    assert str(err.value) == "task.name: unknown 'x'; known: arithmetic, gsm8k"
+    assert str(err.value) == "task.name: unknown 'x'; known: arithmetic, gsm8k, mbppplus, livecodebench"
 
 
 @pytest.mark.parametrize("name, option", [("arithmetic", "digit"), ("gsm8k", "split")])

@@ -5,8 +5,11 @@ import inspect
 from scpo_lab.tasks.arithmetic import ArithmeticTask
 from scpo_lab.tasks.base import Problem, Task, Verdict
 from scpo_lab.tasks.gsm8k import GSM8KTask
+from scpo_lab.tasks.livecodebench import LiveCodeBenchTask
+from scpo_lab.tasks.mbppplus import MBPPPlusTask
 
-TASKS: dict[str, type[Task]] = {"arithmetic": ArithmeticTask, "gsm8k": GSM8KTask}
+TASKS: dict[str, type[Task]] = {"arithmetic": ArithmeticTask, "gsm8k": GSM8KTask, "mbppplus": MBPPPlusTask,
+                               "livecodebench": LiveCodeBenchTask}
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
 
 
@@ -25,4 +28,5 @@ def get_task(name: str, **options) -> Task:
     return TASKS[name](**options)
 
 
-__all__ = ["Problem", "Verdict", "Task", "ArithmeticTask", "GSM8KTask", "TASK_NAMES", "get_task", "task_options"]
+__all__ = ["Problem", "Verdict", "Task", "ArithmeticTask", "GSM8KTask", "MBPPPlusTask", "LiveCodeBenchTask",
+           "TASK_NAMES", "get_task", "task_options"]

@@ -22,7 +22,9 @@ class Verdict:
     passed: bool
     feedback: str                # privileged context for the self-teacher: names the outcome; what every rollout
                                  # of the problem shares comes first ("The expected answer is 42. Your final ...")
-    extracted: str | None = None # the final answer parsed from the completion (None if none)
+    extracted: str | None = None # the final answer parsed from the completion (None if none); code tasks: the code
+    details: dict = field(default_factory=dict, compare=False)  # task-specific extras, e.g. code tasks'
+                                 # {"status", "tests_passed", "tests_total", "fraction_passed"}
 
 
 class Task(abc.ABC):
@@ -35,6 +37,12 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def verify(self, problem: Problem, completion: str) -> Verdict:
         """Score one completion of `problem`."""
+
+    def verify_batch(self, problems: list[Problem], completions: list[str]) -> list[Verdict]:
+        """Score completions[i] of problems[i]. Code tasks override it to run the programs in parallel."""
+        if len(problems) != len(completions):
+            raise ValueError(f"completions: got {len(completions)} for {len(problems)} problems; must be equal")
+        return [self.verify(p, c) for p, c in zip(problems, completions)]
 
 
 def check_split(split: str) -> None:
