@@ -23,6 +23,7 @@ BACKENDS = ("auto", "hf", "unsloth")
 LOSS_AGGREGATIONS = ("sequence-mean", "token-mean", "constant")
 REWARD_SCALINGS = ("group", "batch", "none")
 PROFILES = ("smoke", "cpu", "gpu")
+ROLLOUT_ENGINES = ("auto", "static", "hf")  # scpo_lab.rollout.ENGINES
 
 
 class ConfigError(ValueError):
@@ -44,19 +45,35 @@ class TaskConfig:
     options: dict = field(default_factory=dict)  # passed to get_task(name, **options)
 
 
+SCPO_CENTERS = ("none", "group")
+SCPO_AGGREGATIONS = ("token", "span", "line", "sequence")
+SCPO_GROUNDINGS = ("additive", "rlsd")
+
+
 @dataclass
 class ScpoConfig:
-    """Options of the self-critic. Only `scpo-divergence` reads them for now.
+    """Options of the self-critic. Only `scpo-divergence` (V2) reads them for now.
 
-    scpo-divergence (V2, token level), for rollout i and completion token t:
-        d_{i,t} = log pi_teacher(y_t | x, c_i, y_<t) - log pi_student(y_t | x, y_<t)
-        A_{i,t} = A_i^GRPO + weight * clip(d_{i,t}, -clip, +clip)
-    where c_i is the privileged context (verifier outcome and feedback of rollout i) and both log-probs come
-    from the current policy (no gradient through the teacher pass).
+    For rollout i of group g and completion token t (c_i = the verifier's outcome and feedback on rollout i; both
+    log-probs from the current policy, no gradient through either):
+        d_{i,t} = log pi(y_t | x, c_i, y_<t) - log pi(y_t | x, y_<t)                 teacher minus student
+    center = "group":  d_{i,t} <- d_{i,t} - mean_{j in g} dbar_j,  dbar_j = token mean of d over rollout j
+                       (a group baseline: the signal moves credit between siblings instead of pulling every
+                       token toward the teacher, which is reverse-KL distillation since E_student[d] = -KL <= 0)
+    aggregation:       s_{i,t} = mean of d over the unit holding t: the token itself ("token"), a window of
+                       `span_tokens` tokens ("span"), a line of the completion ("line"), the rollout ("sequence")
+    clip:              s_{i,t} <- clip(s_{i,t}, -clip, +clip)
+    grounding = "additive":  A_{i,t} = A_i + weight * s_{i,t}           (acts inside all-pass / all-fail groups)
+    grounding = "rlsd":      A_{i,t} = A_i * exp(sign(A_i) * weight * s_{i,t})
+                       the verifier sets the sign, the teacher the magnitude (RLSD-style); 0 when A_i = 0
     """
 
     weight: float = 0.5
     clip: float = 2.0
+    center: str = "none"  # none | group
+    aggregation: str = "token"  # token | span | line | sequence
+    span_tokens: int = 8  # window length for aggregation = "span"
+    grounding: str = "additive"  # additive | rlsd
 
 
 @dataclass
@@ -72,6 +89,7 @@ class TrainConfig:
     max_new_tokens: int = 48
     temperature: float = 1.0
     top_p: float = 1.0
+    rollout_engine: str = "auto"  # static (engine.py: static KV cache, merged LoRA) | hf (HF forward) | auto
     learning_rate: float = 2e-4  # LoRA learning rates are ~10x full fine-tuning ones
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -175,6 +193,7 @@ def validate(cfg: TrainConfig) -> None:
     _positive("temperature", cfg.temperature)
     if not 0 < cfg.top_p <= 1:
         raise ConfigError(f"top_p: got {cfg.top_p!r}; must be in (0, 1]")
+    _one_of("rollout_engine", cfg.rollout_engine, ROLLOUT_ENGINES)
     _positive("learning_rate", cfg.learning_rate)
     for name in ("weight_decay", "max_grad_norm", "beta", "epsilon", "epsilon_high"):
         _positive(name, getattr(cfg, name), allow_zero=True)
@@ -182,6 +201,10 @@ def validate(cfg: TrainConfig) -> None:
     _one_of("scale_rewards", cfg.scale_rewards, REWARD_SCALINGS)
     _positive("scpo.weight", cfg.scpo.weight, allow_zero=True)
     _positive("scpo.clip", cfg.scpo.clip)
+    _one_of("scpo.center", cfg.scpo.center, SCPO_CENTERS)
+    _one_of("scpo.aggregation", cfg.scpo.aggregation, SCPO_AGGREGATIONS)
+    _positive_int("scpo.span_tokens", cfg.scpo.span_tokens)
+    _one_of("scpo.grounding", cfg.scpo.grounding, SCPO_GROUNDINGS)
 
 
 def _build(cls, data: Any, path: str):

@@ -1,11 +1,13 @@
 """Sample G completions per prompt and return one batch of rollouts.
 
-A plain KV-cache decode loop instead of `model.generate`, for three reasons: the per-token log-prob of the sampled
-token is recorded as it is drawn (no extra forward pass), the G samples of one prompt share one prefill (the
-cache is computed once per prompt and repeated G times), and rows that have emitted EOS leave the active batch.
+Our own decode loop instead of `model.generate`, for three reasons: the per-token log-prob of the sampled token
+is recorded as it is drawn (no extra forward pass), the G samples of one prompt share one prefill (the cache is
+computed once per prompt and repeated G times), and rows that have emitted EOS leave the active batch. Two
+engines behind one interface: engine.py (static KV cache, merged LoRA; the default for Llama-family models,
+~2x faster on CPU, see benchmarks/rollout_speed.py) and `generate_hf` here (the HF forward; any causal LM).
 
-Sampling semantics: logits / temperature, optional nucleus (top-p) truncation, one draw from a seeded
-torch.Generator. The recorded log-prob is log softmax(logits / temperature) at the drawn token, i.e. the
+Sampling semantics (engine.sample_token, shared by both engines): logits / temperature, optional nucleus (top-p)
+truncation, one inverse-CDF draw per row from a seeded torch.Generator. The recorded log-prob is log softmax(logits / temperature) at the drawn token, i.e. the
 temperature-scaled policy without the top-p truncation (the convention of TRL), so it matches a teacher-forced
 pass with the same temperature (see objective.completion_logprobs).
 """
@@ -18,6 +20,10 @@ import torch
 from typing import TYPE_CHECKING
 
 from transformers import DynamicCache
+
+from scpo_lab import engine as static_engine
+from scpo_lab.config import ROLLOUT_ENGINES
+from scpo_lab.engine import sample_token
 
 if TYPE_CHECKING:
     from scpo_lab.tasks.base import Problem
@@ -54,23 +60,33 @@ def encode_prompts(tokenizer, messages: list[list[dict]], device) -> tuple[torch
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)  # log pi_T(. | context)
-    probs = logprobs.exp()
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest set with mass >= top_p
-        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    return token, logprobs.gather(-1, token[:, None]).squeeze(-1)
+ENGINES = ROLLOUT_ENGINES  # "auto" | "static" | "hf"
+
+
+def generate(model, prompt_ids, prompt_mask, *, repeats: int, max_new_tokens: int, temperature: float, top_p: float,
+             eos_token_ids: list[int], pad_token_id: int, generator: torch.Generator | None = None,
+             engine: str = "auto"):
+    """Decode `repeats` samples of each prompt. Returns (completion_ids, mask, logprobs, truncated), each with
+    rows ordered prompt by prompt. Greedy when temperature == 0.
+
+    engine: "static" = scpo_lab.engine (merged LoRA, static KV cache; Llama-family models), "hf" = the HF
+    forward with a DynamicCache (any causal LM), "auto" = static when the model is supported."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine: unknown {engine!r}; allowed: {', '.join(ENGINES)}")
+    kwargs = dict(repeats=repeats, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                  eos_token_ids=eos_token_ids, pad_token_id=pad_token_id, generator=generator)
+    if engine == "static" or (engine == "auto" and static_engine.supports(model)):
+        if not static_engine.supports(model):
+            raise ValueError(f"engine: 'static' supports model types {', '.join(static_engine.SUPPORTED_MODEL_TYPES)}; "
+                             "use 'hf' for this model")
+        return static_engine.generate(model, prompt_ids, prompt_mask, **kwargs)
+    return generate_hf(model, prompt_ids, prompt_mask, **kwargs)
 
 
 @torch.no_grad()
-def generate(model, prompt_ids, prompt_mask, *, repeats: int, max_new_tokens: int, temperature: float, top_p: float,
-             eos_token_ids: list[int], pad_token_id: int, generator: torch.Generator | None = None):
-    """Decode `repeats` samples of each prompt. Returns (completion_ids, mask, logprobs, truncated), each with
-    rows ordered prompt by prompt. Greedy when temperature == 0."""
+def generate_hf(model, prompt_ids, prompt_mask, *, repeats: int, max_new_tokens: int, temperature: float, top_p: float,
+                eos_token_ids: list[int], pad_token_id: int, generator: torch.Generator | None = None):
+    """The decode loop through the HF forward and a DynamicCache: works for any causal LM, slower (engine.py)."""
     device = prompt_ids.device
     n_prompts, prompt_len = prompt_ids.shape
     batch = n_prompts * repeats
@@ -92,11 +108,8 @@ def generate(model, prompt_ids, prompt_mask, *, repeats: int, max_new_tokens: in
     eos = torch.tensor(eos_token_ids, device=device)
     active = torch.arange(batch, device=device)  # rows of the full batch still decoding
     for t in range(max_new_tokens):
-        if temperature == 0:
-            token = last_logits.argmax(-1)
-            logp = torch.log_softmax(last_logits.float(), -1).gather(-1, token[:, None]).squeeze(-1)
-        else:
-            token, logp = _sample(last_logits, temperature, top_p, generator)
+        uniform = torch.rand(batch, generator=generator, device=device)[active]  # as in engine.py
+        token, logp = sample_token(last_logits, temperature, top_p, generator, uniform)
         tokens[active, t] = token
         logps[active, t] = logp
         lengths[active] = t + 1
@@ -122,7 +135,7 @@ def generate(model, prompt_ids, prompt_mask, *, repeats: int, max_new_tokens: in
 
 def sample_rollouts(policy, problems: list[Problem], *, group_size: int, max_new_tokens: int,
                     temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
-                    batch_prompts: int | None = None) -> RolloutBatch:
+                    batch_prompts: int | None = None, engine: str = "auto") -> RolloutBatch:
     """G = group_size completions of each problem's chat prompt, in one batch (or in chunks of `batch_prompts`
     prompts to bound memory). `seed` fixes the draws: same policy + problems + seed -> same rollouts."""
     model, tok = policy.model, policy.tokenizer
@@ -137,7 +150,7 @@ def sample_rollouts(policy, problems: list[Problem], *, group_size: int, max_new
         prompt_ids, prompt_mask = encode_prompts(tok, [p.prompt for p in chunk], policy.device)
         completion = generate(model, prompt_ids, prompt_mask, repeats=group_size, max_new_tokens=max_new_tokens,
                               temperature=temperature, top_p=top_p, eos_token_ids=policy.eos_token_ids,
-                              pad_token_id=tok.pad_token_id, generator=generator)
+                              pad_token_id=tok.pad_token_id, generator=generator, engine=engine)
         parts.append((prompt_ids.repeat_interleave(group_size, 0), prompt_mask.repeat_interleave(group_size, 0),
                       *completion))
     model.train(was_training)

@@ -92,7 +92,7 @@ def train(config: TrainConfig, policy=None, *, progress: bool = True, runs_dir: 
     model = policy.model
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    critic = make_critic(config.method, config)
+    critic = make_critic(config.method, config, policy.tokenizer)
 
     start_step, state = 0, {"generated_tokens": 0, "flops": 0.0}
     latest = run.latest_checkpoint()
@@ -145,7 +145,7 @@ def training_step(config, policy, task, train_problems, optimizer, params, criti
     problems = rng.sample(train_problems, min(config.prompts_per_step, len(train_problems)))
     batch = sample_rollouts(policy, problems, group_size=config.group_size, max_new_tokens=config.max_new_tokens,
                             temperature=config.temperature, top_p=config.top_p,
-                            seed=_step_seed(config.seed, step, 1))
+                            seed=_step_seed(config.seed, step, 1), engine=config.rollout_engine)
     times["generation"] = time.perf_counter() - t0
 
     # 2. verify

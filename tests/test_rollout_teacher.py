@@ -1,5 +1,7 @@
 """The decode loop against HF generate and teacher forcing; the teacher's privileged context; the V2 critic math."""
 
+import math
+
 import pytest
 import torch
 
@@ -28,11 +30,15 @@ def problems():
     return get_task("arithmetic").problems("train", n=3, seed=0)
 
 
-def test_greedy_decode_equals_hf_generate(policy, problems):
+ENGINES = ("static", "hf")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_greedy_decode_equals_hf_generate(policy, problems, engine):
     ids, mask = encode_prompts(policy.tokenizer, [p.prompt for p in problems], policy.device)
     eos = policy.eos_token_ids
     ours, ours_mask, _, _ = generate(policy.model, ids, mask, repeats=1, max_new_tokens=12, temperature=0, top_p=1.0,
-                                     eos_token_ids=eos, pad_token_id=policy.tokenizer.pad_token_id)
+                                     eos_token_ids=eos, pad_token_id=policy.tokenizer.pad_token_id, engine=engine)
     ref = policy.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
                                 eos_token_id=eos, pad_token_id=policy.tokenizer.pad_token_id)[:, ids.shape[1]:]
     for row in range(len(problems)):
@@ -40,8 +46,11 @@ def test_greedy_decode_equals_hf_generate(policy, problems):
         assert ours[row, :n].tolist() == ref[row, :n].tolist()
 
 
-def test_sampled_logprobs_equal_teacher_forced_pass(policy, problems):
-    batch = sample_rollouts(policy, problems, group_size=4, max_new_tokens=10, temperature=0.9, seed=3)
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("top_p", [1.0, 0.8])
+def test_sampled_logprobs_equal_teacher_forced_pass(policy, problems, engine, top_p):
+    batch = sample_rollouts(policy, problems, group_size=4, max_new_tokens=10, temperature=0.9, top_p=top_p, seed=3,
+                            engine=engine)
     assert len(batch) == 12 and batch.group_ids.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     with torch.no_grad():
         forced, _ = completion_logprobs(policy.model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
@@ -49,10 +58,11 @@ def test_sampled_logprobs_equal_teacher_forced_pass(policy, problems):
     torch.testing.assert_close(forced, batch.logprobs, atol=1e-4, rtol=0)
 
 
-def test_same_seed_same_rollouts_and_different_seed_differs(policy, problems):
-    a = sample_rollouts(policy, problems, group_size=2, max_new_tokens=8, seed=5)
-    b = sample_rollouts(policy, problems, group_size=2, max_new_tokens=8, seed=5)
-    c = sample_rollouts(policy, problems, group_size=2, max_new_tokens=8, seed=6)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_same_seed_same_rollouts_and_different_seed_differs(policy, problems, engine):
+    a = sample_rollouts(policy, problems, group_size=2, max_new_tokens=8, seed=5, engine=engine)
+    b = sample_rollouts(policy, problems, group_size=2, max_new_tokens=8, seed=5, engine=engine)
+    c = sample_rollouts(policy, problems, group_size=2, max_new_tokens=8, seed=6, engine=engine)
     assert torch.equal(a.completion_ids, b.completion_ids)
     assert not torch.equal(a.completion_ids, c.completion_ids)
 
@@ -65,8 +75,8 @@ def test_eos_ends_a_row_and_is_kept_in_the_mask(policy, problems):
         return output
 
     hook = policy.model.get_output_embeddings().register_forward_hook(eos_always_wins)
-    try:
-        batch = sample_rollouts(policy, problems, group_size=2, max_new_tokens=6, seed=0)
+    try:  # the hook acts on the HF forward only; engine.py's EOS handling is tested in test_engine.py
+        batch = sample_rollouts(policy, problems, group_size=2, max_new_tokens=6, seed=0, engine="hf")
     finally:
         hook.remove()
     assert batch.completion_mask.sum(1).tolist() == [1] * 6
@@ -121,3 +131,73 @@ def test_divergence_critic_hand_computed():
     assert adv[0, 2] == pytest.approx(0.7)
     assert stats["scpo/clipped_frac"] == pytest.approx(2 / 5)
     assert stats["scpo/log_ratio_mean"] == pytest.approx((0.5 - 2.0 + 0 - 2.0 + 0.1) / 5)
+
+
+def _critic_batch(logprobs, mask, passed, group_size, completion_ids=None):
+    return RolloutBatch(prompt_ids=None, prompt_mask=None, completion_ids=completion_ids, completion_mask=mask,
+                        logprobs=logprobs, texts=[], problems=[], group_ids=None, truncated=None,
+                        group_size=group_size, verdicts=[Verdict(float(p), p, "") for p in passed])
+
+
+class _Teacher:
+    def __init__(self, logprobs):
+        self.logprobs = logprobs
+
+
+def test_group_centering_span_aggregation_and_rescue_hand_computed():
+    """Two groups of two, all-fail: GRPO gives 0 everywhere; the centred, span-averaged signal rescues both."""
+    cfg = make_config("smoke", method="scpo-divergence", **{"scpo.weight": 1.0, "scpo.clip": 10.0,
+                                                            "scpo.center": "group", "scpo.aggregation": "span",
+                                                            "scpo.span_tokens": 2})
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1], [1, 0, 0]])
+    student = torch.zeros(4, 3)
+    teacher = torch.tensor([[1.0, 3.0, 2.0], [-1.0, -3.0, 9.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]) * mask
+    adv, stats = DivergenceCritic(cfg).advantages(_critic_batch(student, mask, [False] * 4, 2), torch.zeros(4),
+                                                  _Teacher(teacher))
+    # group 0: dbar = [2, -2] -> baseline 0; spans {0,1},{2}: row 0 -> [2, 2, 2], row 1 -> [-2, -2]
+    # group 1: dbar = [0, 0] -> nothing to rescue
+    expected = torch.tensor([[2.0, 2.0, 2.0], [-2.0, -2.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(adv, expected)
+    assert stats["scpo/rescued_frac"] == 0.5 and stats["scpo/rescued_of_zero_std"] == 0.5
+
+
+def test_centering_removes_a_shift_common_to_the_group():
+    cfg = make_config("smoke", method="scpo-divergence", **{"scpo.center": "group", "scpo.aggregation": "sequence"})
+    mask = torch.ones(2, 2, dtype=torch.long)
+    teacher = torch.tensor([[-0.3, -0.3], [-0.3, -0.3]])  # the teacher likes both rollouts equally less
+    adv, _ = DivergenceCritic(cfg).advantages(_critic_batch(torch.zeros(2, 2), mask, [False, False], 2),
+                                              torch.zeros(2), _Teacher(teacher))
+    assert torch.equal(adv, torch.zeros(2, 2))  # uncentred it would push both down: reverse-KL distillation
+
+
+def test_rlsd_grounding_keeps_the_verifier_sign_and_never_acts_on_zero_advantage():
+    cfg = make_config("smoke", method="scpo-divergence", **{"scpo.grounding": "rlsd", "scpo.weight": 0.5,
+                                                            "scpo.clip": 1.0})
+    mask = torch.ones(3, 2, dtype=torch.long)
+    d = torch.tensor([[0.4, -3.0], [0.4, -3.0], [2.0, -2.0]])
+    adv, stats = DivergenceCritic(cfg).advantages(_critic_batch(torch.zeros(3, 2), mask, [True, False, False], 3),
+                                                  torch.tensor([1.0, -0.5, 0.0]), _Teacher(d))
+    # s = clip(d, -1, 1) = [[0.4, -1], [0.4, -1], [1, -1]]; A exp(sign(A) * 0.5 * s)
+    expected = torch.tensor([[math.exp(0.2), math.exp(-0.5)], [-0.5 * math.exp(-0.2), -0.5 * math.exp(0.5)],
+                             [0.0, 0.0]])
+    torch.testing.assert_close(adv, expected)
+    assert (torch.sign(adv[:2]) == torch.sign(torch.tensor([[1.0], [-1.0]]))).all()
+
+
+def test_line_aggregation_uses_newline_tokens(policy):
+    tok = policy.tokenizer
+    ids = tok("a\nb c\nd", add_special_tokens=False)["input_ids"]
+    ends = ["\n" in tok.decode([i]) for i in ids]
+    assert sum(ends) == 2
+    cfg = make_config("smoke", method="scpo-divergence", **{"scpo.aggregation": "line", "scpo.clip": 100.0,
+                                                            "scpo.weight": 1.0})
+    n = len(ids)
+    teacher = torch.arange(n, dtype=torch.float32)[None].repeat(2, 1)
+    batch = _critic_batch(torch.zeros(2, n), torch.ones(2, n, dtype=torch.long), [True, False], 2,
+                          completion_ids=torch.tensor([ids, ids]))
+    adv, _ = DivergenceCritic(cfg, tok).advantages(batch, torch.zeros(2), _Teacher(teacher))
+    line = torch.tensor(ends).long().cumsum(0) - torch.tensor(ends).long()
+    for unit in line.unique():  # every token of a line carries the mean of that line
+        assert torch.allclose(adv[0, line == unit], teacher[0, line == unit].mean().expand(int((line == unit).sum())))
+    with pytest.raises(ValueError, match="scpo.aggregation: 'line' needs the tokenizer"):
+        DivergenceCritic(cfg).advantages(batch, torch.zeros(2), _Teacher(teacher))

@@ -12,10 +12,11 @@ from scpo_lab.critics.divergence import DivergenceCritic
 CRITICS: dict[str, type[Critic]] = {"scpo-divergence": DivergenceCritic}
 
 
-def make_critic(method: str, config) -> Critic | None:
-    """The critic of a method, or None for methods that skip the teacher pass (grpo, random-reward)."""
+def make_critic(method: str, config, tokenizer=None) -> Critic | None:
+    """The critic of a method, or None for methods that skip the teacher pass (grpo, random-reward).
+    The tokenizer is needed by options that read token text (scpo.aggregation = "line")."""
     cls = CRITICS.get(method)
-    return cls(config) if cls else None
+    return cls(config, tokenizer) if cls else None
 
 
 __all__ = ["CRITICS", "Critic", "DivergenceCritic", "make_critic"]

@@ -14,9 +14,35 @@ class Critic(abc.ABC):
 
     needs_teacher: bool = True
 
-    def __init__(self, config):
+    def __init__(self, config, tokenizer=None):
         self.config = config
+        self.tokenizer = tokenizer
 
     @abc.abstractmethod
     def advantages(self, batch, group_advantages: torch.Tensor, teacher) -> tuple[torch.Tensor, dict]:
         ...
+
+
+def signal_stats(signal: torch.Tensor, mask: torch.Tensor, group_advantages: torch.Tensor, group_size: int) -> dict:
+    """Collapse accounting and the shape of a critic's per-token signal (what it adds to the GRPO advantage).
+
+    rescued = groups where GRPO's advantage is zero for every rollout (all pass or all fail) but the critic's
+    signal is non-zero somewhere: those are the groups the critic turns into training signal.
+    top1pct_share = share of the total |signal| carried by the 1% of tokens with the largest |signal|.
+    """
+    mask = mask.float()
+    n_groups = signal.shape[0] // group_size
+    zero_std = (group_advantages.view(n_groups, group_size).abs().amax(1) == 0)
+    active = ((signal.abs() * mask).view(n_groups, -1).amax(1) > 1e-8)
+    values = signal[mask > 0]
+    magnitudes = values.abs().sort(descending=True).values
+    top = max(1, int(round(0.01 * len(magnitudes))))
+    total = float(magnitudes.sum())
+    return {
+        "scpo/rescued_frac": float((zero_std & active).float().mean()),  # of all groups
+        "scpo/rescued_of_zero_std": float((zero_std & active).sum() / zero_std.sum()) if zero_std.any()
+        else float("nan"),
+        "scpo/signal_mean": float(values.mean()) if len(values) else 0.0,
+        "scpo/signal_std": float(values.std()) if len(values) > 1 else 0.0,
+        "scpo/signal_top1pct_share": float(magnitudes[:top].sum()) / total if total > 0 else 0.0,
+    }

@@ -1,37 +1,86 @@
-"""scpo-divergence (variant 2, token level): the teacher-student log-ratio as a dense shaping term.
+"""scpo-divergence (variant 2): the teacher-student log-ratio as a dense, sparse or in-between reward.
 
-For rollout i of a group and its completion token t:
+For rollout i of group g and completion token t (the full option list is ScpoConfig's docstring):
 
-    d_{i,t} = log pi(y_t | x, c_i, y_<t) - log pi(y_t | x, y_<t)          (teacher minus student, no gradient)
-    A_{i,t} = A_i + w * clip(d_{i,t}, -C, C)                              (w = scpo.weight, C = scpo.clip)
+    d_{i,t} = log pi(y_t | x, c_i, y_<t) - log pi(y_t | x, y_<t)          teacher minus student, no gradient
+    d_{i,t} <- d_{i,t} - mean_{j in g} dbar_j                              if center == "group"
+    s_{i,t} = clip(mean of d over t's unit, -C, C)                         unit: token | span | line | sequence
+    A_{i,t} = A_i + w * s_{i,t}                                           grounding "additive"
+    A_{i,t} = A_i * exp(sign(A_i) * w * s_{i,t})                          grounding "rlsd"
 
-A_i is the verifier's group advantage (GRPO), so the verifier keeps the sign of the update wherever the group
-disagrees; inside an all-pass or all-fail group A_i = 0 and d alone moves the tokens the teacher, knowing the
-outcome, finds more (d > 0) or less (d < 0) likely than the student did. Clipping keeps a few tokens from
-dominating (OPSD reports style tokens with 6-15x the average divergence).
+A_i is the verifier's group advantage (GRPO), so with additive grounding the verifier keeps the sign of the
+update wherever the group disagrees, and inside an all-pass or all-fail group (A_i = 0) the signal alone moves
+the tokens the teacher, knowing the outcome, finds more (d > 0) or less (d < 0) likely than the student did.
+RLSD grounding never acts where A_i = 0: it reweights tokens, it cannot rescue a collapsed group. Clipping keeps
+a few tokens from dominating (OPSD reports style tokens with 6-15x the average divergence).
 """
 
 from __future__ import annotations
 
 import torch
 
-from scpo_lab.critics.base import Critic
+from scpo_lab.critics.base import Critic, signal_stats
 
 
 class DivergenceCritic(Critic):
     def advantages(self, batch, group_advantages, teacher):
+        cfg = self.config.scpo
         mask = batch.completion_mask.float()
+        n_tokens = mask.sum(1).clamp(min=1)
         log_ratio = (teacher.logprobs - batch.logprobs) * mask  # d_{i,t}
-        shaping = self.config.scpo.weight * log_ratio.clamp(-self.config.scpo.clip, self.config.scpo.clip)
-        advantages = group_advantages[:, None] + shaping * mask  # A_{i,t}
+        d = log_ratio
+        if cfg.center == "group":
+            seq_mean = d.sum(1) / n_tokens  # dbar_i
+            baseline = seq_mean.view(-1, batch.group_size).mean(1).repeat_interleave(batch.group_size)
+            d = (d - baseline[:, None]) * mask
+        units = self.unit_ids(batch, cfg.aggregation, cfg.span_tokens)
+        s = span_mean(d, mask, units).clamp(-cfg.clip, cfg.clip) * mask  # s_{i,t}
+        a = group_advantages[:, None]
+        if cfg.grounding == "additive":
+            advantages = (a + cfg.weight * s) * mask  # A_{i,t} = A_i + w s_{i,t}
+        else:
+            advantages = a * torch.exp(torch.sign(a) * cfg.weight * s) * mask  # A_i exp(sign(A_i) w s_{i,t})
         n = mask.sum().clamp(min=1)
         passed = torch.tensor([v.passed for v in batch.verdicts], dtype=torch.bool)
-        seq_ratio = log_ratio.sum(1) / mask.sum(1).clamp(min=1)
+        seq_ratio = log_ratio.sum(1) / n_tokens
         stats = {
             "scpo/log_ratio_mean": float(log_ratio.sum() / n),
             "scpo/log_ratio_abs_mean": float(log_ratio.abs().sum() / n),
-            "scpo/clipped_frac": float(((log_ratio.abs() > self.config.scpo.clip) & (mask > 0)).sum() / n),
+            "scpo/clipped_frac": float(((span_mean(d, mask, units).abs() > cfg.clip) & (mask > 0)).sum() / n),
             "scpo/log_ratio_passed": float(seq_ratio[passed].mean()) if passed.any() else float("nan"),
             "scpo/log_ratio_failed": float(seq_ratio[~passed].mean()) if (~passed).any() else float("nan"),
+            **signal_stats(advantages - a * mask, mask, group_advantages, batch.group_size),
         }
         return advantages, stats
+
+    def unit_ids(self, batch, aggregation: str, span_tokens: int) -> torch.Tensor:
+        """[B, T] index of the aggregation unit each completion token belongs to (units never cross rows)."""
+        B, T = batch.completion_mask.shape
+        t = torch.arange(T).expand(B, T)
+        if aggregation == "token":
+            return t
+        if aggregation == "span":
+            return t // span_tokens
+        if aggregation == "sequence":
+            return torch.zeros(B, T, dtype=torch.long)
+        ends = self.line_end_table()[batch.completion_ids]  # token contains a newline: its line ends there
+        return torch.cumsum(ends.long(), 1) - ends.long()  # a line = tokens up to and including its newline
+
+    def line_end_table(self) -> torch.Tensor:
+        """[V] bool: the token's text contains a newline. Built once from the tokenizer."""
+        if getattr(self, "_line_ends", None) is None:
+            if self.tokenizer is None:
+                raise ValueError("scpo.aggregation: 'line' needs the tokenizer; build the critic with make_critic("
+                                 "method, config, tokenizer)")
+            vocab = len(self.tokenizer)
+            self._line_ends = torch.tensor(["\n" in self.tokenizer.decode([i]) for i in range(vocab)])
+        return self._line_ends
+
+
+def span_mean(values: torch.Tensor, mask: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """Each masked-in entry replaced by the mean of the masked-in entries of its row that share its unit id."""
+    B, T = values.shape
+    n_units = int(units.max()) + 1 if units.numel() else 1
+    sums = torch.zeros(B, n_units, dtype=values.dtype).scatter_add_(1, units, values * mask)
+    counts = torch.zeros(B, n_units, dtype=values.dtype).scatter_add_(1, units, mask)
+    return (sums / counts.clamp(min=1)).gather(1, units) * mask
