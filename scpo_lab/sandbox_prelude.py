@@ -15,7 +15,9 @@ Only the standard library is imported here: this file is the interpreter's first
 
 import json
 import os
+import posix
 import resource
+import stat
 import sys
 import traceback
 
@@ -69,12 +71,53 @@ if config.get("harness"):
     with open("harness.py", encoding="utf-8") as f:
         harness = compile(f.read(), "harness.py", "exec")
 
-# 4. the policy. Everything it reads is local to this function: once it returns, only the interpreter holds
-#    the hook, so a program that walks frames or module globals finds nothing to switch off (gc's object walks,
-#    the other way to reach it, are refused below).
+# 4. the policy. Everything it uses is bound here, at install time: the builtins and os functions it calls are
+#    captured (a program that rebinds builtins.any or os.lstat changes nothing), its tables are immutable, and once
+#    this function returns only the interpreter holds the hook (gc's object walks, the way to reach it, are refused).
 def _install_policy(here: str) -> None:
-    read_roots = tuple({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix,
-                                                       sys.base_exec_prefix)} | {here})
+    lstat, readlink, getcwd, stat_of = os.lstat, os.readlink, os.getcwd, os.stat  # C functions
+    is_link, is_block, is_char = stat.S_ISLNK, stat.S_ISBLK, stat.S_ISCHR
+    _any, _type, _str, _bytes, _int, _tuple = any, type, str, bytes, int, tuple
+    Denied, NotImportable = PermissionError, ImportError
+
+    def resolve(path: str) -> str:
+        """Absolute path with ".", ".." and symlinks resolved (os.path.realpath, without its mutable globals)."""
+        parts = (path if path.startswith("/") else getcwd() + "/" + path).split("/")
+        done, hops = [], 0
+        while parts:
+            part = parts.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if done:
+                    done.pop()
+                continue
+            candidate = "/" + "/".join(done + [part])
+            try:
+                link = is_link(lstat(candidate).st_mode)
+            except OSError:
+                link = False  # does not exist (yet): a file about to be created
+            if link and hops < 40:
+                hops += 1
+                target = readlink(candidate)
+                parts = target.split("/") + parts
+                if target.startswith("/"):
+                    done = []
+                continue
+            done.append(part)
+        return "/" + "/".join(done)
+
+    def plain(path) -> str:
+        # Only exact str/bytes: a str subclass or a PathLike could answer the hook one path and the OS another.
+        if _type(path) is not _str and _type(path) is not _bytes:
+            raise Denied("sandbox: file paths must be plain str or bytes")
+        return resolve(path if _type(path) is _str else path.decode("utf-8", "surrogateescape"))
+
+    def under(real: str, roots) -> bool:
+        return _any(real == r or real.startswith(r.rstrip("/") + "/") for r in roots)
+
+    read_roots = _tuple({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix,
+                                                        sys.base_exec_prefix)} | {here})
     read_files = frozenset({"/dev/null", "/dev/urandom", "/dev/random", "/dev/zero", "/etc/localtime"})
     denied = frozenset({
         "os.system", "os.fork", "os.forkpty", "os.exec", "os.spawn", "os.posix_spawn", "subprocess.Popen",
@@ -83,38 +126,51 @@ def _install_policy(here: str) -> None:
         "ctypes.dlsym", "ctypes.cdata", "pty.spawn", "mmap.__new__", "gc.get_objects", "gc.get_referrers",
         "gc.get_referents", "sys.setprofile", "sys.settrace"})
     denied_imports = frozenset({"ctypes", "_ctypes", "_posixsubprocess", "_socket", "_multiprocessing", "cffi"})
-    path_args = {"os.remove": 1, "os.rmdir": 1, "os.mkdir": 1, "os.chmod": 1, "os.chown": 1, "os.truncate": 1,
-                 "os.utime": 1, "os.rename": 2, "os.link": 2, "os.symlink": 2, "shutil.rmtree": 1}
+    one_path = frozenset({"os.remove", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.truncate", "os.utime",
+                          "shutil.rmtree", "os.setxattr", "os.removexattr", "os.chflags"})
+    two_paths = frozenset({"os.rename", "os.link", "os.symlink"})
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-    realpath, fsdecode = os.path.realpath, os.fsdecode
 
-    def under(path, roots) -> bool:
-        real = realpath(fsdecode(path))
-        return any(real == r or real.startswith(r.rstrip("/") + "/") for r in roots)
+    def check_open(path, mode, flags) -> None:
+        if _type(path) is _int:
+            return  # an already open descriptor: only ones the sandbox handed over, or the program opened here
+        real = plain(path)
+        writing = (mode is not None and _any(c in mode for c in "wax+")) or bool((flags or 0) & write_flags)
+        if real in read_files and (not writing or real == "/dev/null"):
+            return
+        # os.open (mode None) only inside the folder: a directory descriptor from elsewhere plus dir_fd= would
+        # let a relative path name a file the hook resolves against the wrong directory.
+        inside_only = writing or mode is None
+        if not under(real, (here,) if inside_only else read_roots):
+            verb = "writing" if writing else "reading"
+            raise Denied(f"sandbox: {verb} outside the working folder is not allowed: {real}")
+        try:
+            mode_bits = stat_of(real).st_mode
+            if is_block(mode_bits) or is_char(mode_bits):  # a device node made in the folder (root can mknod)
+                raise Denied(f"sandbox: device files are not allowed: {real}")
+        except OSError:
+            pass  # does not exist yet
 
     def policy(event, args) -> None:
         if event in denied:
-            raise PermissionError(f"sandbox: {event} is not allowed")
+            raise Denied(f"sandbox: {event} is not allowed")
         if event == "import" and args[0] in denied_imports:
-            raise ImportError(f"sandbox: importing {args[0]} is not allowed")
+            raise NotImportable(f"sandbox: importing {args[0]} is not allowed")
         if event == "open":
-            path, mode, flags = args
-            if isinstance(path, int):
-                return  # an already open descriptor: only the ones the sandbox handed over exist
-            writing = (mode is not None and any(c in mode for c in "wax+")) or bool((flags or 0) & write_flags)
-            if writing and not under(path, (here,)):
-                raise PermissionError(f"sandbox: writing outside the working folder is not allowed: {path}")
-            if not writing and not (under(path, read_roots) or realpath(fsdecode(path)) in read_files):
-                raise PermissionError(f"sandbox: reading outside the working folder is not allowed: {path}")
-        elif event in path_args:
-            for path in args[:path_args[event]]:
-                if not isinstance(path, int) and not under(path, (here,)):
-                    raise PermissionError(f"sandbox: {event} outside the working folder is not allowed")
+            check_open(*args)
+        elif event in one_path or event in two_paths:
+            for path in args[:2 if event in two_paths else 1]:
+                if _type(path) is not _int and not under(plain(path), (here,)):
+                    raise Denied(f"sandbox: {event} outside the working folder is not allowed")
 
     sys.addaudithook(policy)
 
 
 _install_policy(HERE)
+for _module in (os, posix):  # no audit event guards mknod; gone for good measure (check_open refuses devices)
+    for _name in ("mknod", "mkfifo"):
+        if hasattr(_module, _name):
+            delattr(_module, _name)
 del _install_policy, config, f
 
 # 5. run

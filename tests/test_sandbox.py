@@ -39,6 +39,23 @@ def hostile_programs(victim, secret_name):
         "closes report pipe": ("import os\nfor fd in range(3, 64):\n    try:\n        os.close(fd)\n"
                                "    except OSError:\n        pass\n1 / 0\n", {"failed"}),
         "syntax error": ("def f(:\n", {"syntax_error"}),
+        # attempts on the policy itself
+        "rebind builtins": ("import builtins\nbuiltins.any = lambda xs: True\nbuiltins.isinstance = lambda *a: True\n"
+                            f"open({str(victim)!r}, 'w').write('pwned')\n", {"failed"}),
+        "patch os.path": ("import os, posixpath\nposixpath.realpath = os.path.realpath = lambda p, **k: os.getcwd()\n"
+                          "os.lstat = None\n"
+                          f"open({str(victim)!r}, 'w').write('pwned')\n", {"failed"}),
+        "lying path object": ("import os\nclass P:\n    n = 0\n    def __fspath__(self):\n        P.n += 1\n"
+                              f"        return {str(victim)!r} if P.n % 2 else 'inside.txt'\n"
+                              "fd = os.open(P(), os.O_WRONLY | os.O_TRUNC)\nos.write(fd, b'pwned')\n", {"failed"}),
+        "str subclass path": ("class S(str):\n    def startswith(self, *a):\n        return True\n"
+                              f"open(S({str(victim)!r}), 'w').write('pwned')\n", {"failed"}),
+        "directory fd": (f"import os\nfd = os.open({str(victim.parent)!r}, os.O_RDONLY)\n"
+                         "w = os.open('victim.txt', os.O_WRONLY | os.O_TRUNC, dir_fd=fd)\n", {"failed"}),
+        "symlink out": (f"import os\nos.symlink({str(victim)!r}, 'link')\nopen('link', 'w').write('pwned')\n",
+                        {"failed"}),
+        "device node": ("import os, posix\nos.mknod('disk', 0o600 | 0o60000, os.makedev(8, 0))\n", {"failed"}),
+        "walk frames to the hook": ("import sys, gc\nprint(len(gc.get_objects()))\n", {"failed"}),
     }
 
 
