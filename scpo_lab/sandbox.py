@@ -3,8 +3,9 @@
     result = run_program("print(input()[::-1])", stdin="abc\\n")        # SandboxResult(status="passed", ...)
     results = run_programs([SandboxJob(code_a), SandboxJob(code_b)], workers=4)
 
-Each program gets a fresh interpreter (`python -s`: no user site; its environment is built from scratch, so no
-PYTHON* variable but ours; the prelude takes its own folder off sys.path) started in its own session and process group, in its own temporary folder (deleted afterwards), with
+Each program gets a fresh interpreter (`python -S -s`: no site-packages, so only the standard library, and a
+start in ~7 ms instead of ~20; its environment is built from scratch, so no PYTHON* variable but ours; the prelude
+takes its own folder off sys.path) started in its own session and process group, in its own temporary folder (deleted afterwards), with
 a minimal environment (nothing inherited: no secrets, no tokens). Inside, sandbox_prelude.py sets rlimits (CPU
 seconds, address space, file size, no core files, no child processes) and installs an audit hook that refuses
 sockets, subprocesses, fork, signals, ctypes and file writes (and most reads) outside its folder, then runs it.
@@ -119,12 +120,12 @@ def _run_in(folder: str, job: SandboxJob) -> SandboxResult:
         Path(folder, name).write_text(text, encoding="utf-8")
     Path(folder, ".stdin").write_text(job.stdin, encoding="utf-8")
     report_read, report_write = os.pipe()
-    config = {"report_fd": report_write, "cpu_s": int(max(1, limits.cpu_s)), "memory_mb": int(limits.memory_mb),
-              "file_bytes": int(limits.file_bytes), "harness": job.harness is not None}
+    config = [report_write, int(max(1, limits.cpu_s)), int(limits.memory_mb), int(limits.file_bytes),
+              int(job.harness is not None)]
     start = time.monotonic()
     with open(Path(folder, ".stdin"), "rb") as stdin:
         try:
-            proc = subprocess.Popen([sys.executable, "-s", str(PRELUDE), json.dumps(config)], cwd=folder,
+            proc = subprocess.Popen([sys.executable, "-S", "-s", str(PRELUDE), *map(str, config)], cwd=folder,
                                     env=_minimal_env(folder), stdin=stdin, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, pass_fds=(report_write,), start_new_session=True)
         finally:

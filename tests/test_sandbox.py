@@ -114,8 +114,17 @@ def test_runtime_error_trace_names_the_program_line_only():
     assert "sandbox_prelude" not in result.trace
 
 
+def test_only_the_standard_library_is_importable():
+    assert run_program("import json, decimal, fractions\n", limits=FAST).status == "passed"
+    result = run_program("import torch\n", limits=FAST)  # installed in the lab's venv, not for programs
+    assert result.status == "failed" and "ModuleNotFoundError" in result.trace
+    assert run_program("import sandbox_codec\n", limits=FAST).status == "failed"  # nor the lab's own modules
+
+
 def test_exit_status_and_statuses():
     assert run_program("import sys\nsys.exit(0)\n", limits=FAST).status == "passed"
+    assert run_program("print(1)\nexit()\n", limits=FAST).status == "passed"
+    assert run_program("quit(4)\n", limits=FAST).status == "failed"
     assert run_program("import sys\nsys.exit(2)\n", limits=FAST).status == "failed"
     assert set(STATUSES) == {"passed", "failed", "timeout", "memory", "crash", "syntax_error"}
 

@@ -1,0 +1,74 @@
+"""Sandbox throughput: programs per second at a few worker counts.
+
+    python benchmarks/sandbox_speed.py                         # workers 1, 2, 4; both workloads
+    python benchmarks/sandbox_speed.py --workers 1,2,4,8 --programs 64
+
+Workloads:
+  trivial    `print(sum(range(1000)))`: the fixed cost of one sandboxed run (interpreter start, prelude,
+             rlimits, audit hook, temp folder, process-group cleanup)
+  mbppplus   real MBPP+ verification jobs: the first N canonical solutions of the train split, each called on all
+             its base + plus inputs (~100 calls) by the functional harness, as a candidate is graded
+
+Each cell runs every program once (after one warm-up run) and reports N / wall seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import print_load  # noqa: E402
+
+from scpo_lab.sandbox import Limits, SandboxJob, run_program, run_programs  # noqa: E402
+
+
+def trivial_jobs(n: int) -> list[SandboxJob]:
+    return [SandboxJob("print(sum(range(1000)))\n") for _ in range(n)]
+
+
+def mbppplus_jobs(n: int) -> list[SandboxJob]:
+    from scpo_lab.tasks.code import functional_job
+    from scpo_lab.tasks.mbppplus import MBPPPlusTask, task_inputs
+
+    problems = MBPPPlusTask().problems("train")[:n]
+    limits = Limits(wall_s=60.0, cpu_s=60)
+    return [functional_job(p.answer, p.meta["entry_point"], task_inputs(p.meta, "plus"), limits) for p in problems]
+
+
+def measure(jobs: list[SandboxJob], workers: int) -> tuple[float, int]:
+    start = time.perf_counter()
+    results = run_programs(jobs, workers)
+    elapsed = time.perf_counter() - start
+    ok = sum(r.status == "passed" for r in results)
+    return len(jobs) / elapsed, ok
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", default="1,2,4", help="comma-separated worker counts")
+    parser.add_argument("--programs", type=int, default=48, help="programs per cell")
+    parser.add_argument("--workloads", default="trivial,mbppplus")
+    args = parser.parse_args()
+    workers = [int(w) for w in args.workers.split(",")]
+    print_load()
+    builders = {"trivial": trivial_jobs, "mbppplus": mbppplus_jobs}
+    run_program(SandboxJob("pass"))  # warm-up: page cache for the interpreter and the stdlib
+    rows = []
+    for workload in args.workloads.split(","):
+        jobs = builders[workload](args.programs)
+        for w in workers:
+            rate, ok = measure(jobs, w)
+            rows.append((workload, w, len(jobs), rate, ok))
+            print(f"  {workload} workers={w}: {rate:.1f} programs/s", file=sys.stderr, flush=True)
+    print("\n| workload | workers | programs | programs/s | passed |")
+    print("| --- | --- | --- | --- | --- |")
+    for workload, w, n, rate, ok in rows:
+        print(f"| {workload} | {w} | {n} | {rate:.1f} | {ok}/{n} |")
+
+
+if __name__ == "__main__":
+    main()
