@@ -48,6 +48,7 @@ class TaskConfig:
 SCPO_CENTERS = ("none", "group")
 SCPO_AGGREGATIONS = ("token", "span", "line", "sequence")
 SCPO_GROUNDINGS = ("additive", "rlsd")
+SCPO_SIGNALS = ("log-ratio", "reverse-kl", "forward-kl", "jsd")
 
 
 @dataclass
@@ -56,7 +57,14 @@ class ScpoConfig:
 
     For rollout i of group g and completion token t (c_i = the verifier's outcome and feedback on rollout i; both
     log-probs from the current policy, no gradient through either):
-        d_{i,t} = log pi(y_t | x, c_i, y_<t) - log pi(y_t | x, y_<t)                 teacher minus student
+        d_{i,t} = log pi(y_t | x, c_i, y_<t) - log pi(y_t | x, y_<t)                 signal = "log-ratio"
+    or, comparing the next-token distributions p = pi(. | x, y_<t) (student) and q = pi(. | x, c_i, y_<t)
+    (teacher) on the student's top_k tokens plus one tail bucket (top_k = 0: the full vocabulary), a penalty
+    on the positions where the outcome-aware teacher disagrees with the student:
+        d_{i,t} = -KL(p || q)            signal = "reverse-kl"
+        d_{i,t} = -KL(q || p)            signal = "forward-kl"
+        d_{i,t} = -[a KL(p || m) + (1 - a) KL(q || m)],  m = a p + (1 - a) q      signal = "jsd" (a = jsd_alpha)
+    (the distribution signals need a second, student-context pass: about one more teacher pass of compute)
     center = "group":  d_{i,t} <- d_{i,t} - mean_{j in g} dbar_j,  dbar_j = token mean of d over rollout j
                        (a group baseline: the signal moves credit between siblings instead of pulling every
                        token toward the teacher, which is reverse-KL distillation since E_student[d] = -KL <= 0)
@@ -74,6 +82,9 @@ class ScpoConfig:
     aggregation: str = "token"  # token | span | line | sequence
     span_tokens: int = 8  # window length for aggregation = "span"
     grounding: str = "additive"  # additive | rlsd
+    signal: str = "log-ratio"  # log-ratio | reverse-kl | forward-kl | jsd
+    top_k: int = 100  # support of the distribution signals: student's top-k + tail; 0 = full vocabulary
+    jsd_alpha: float = 0.5  # a in the generalized JSD
 
 
 @dataclass
@@ -205,6 +216,11 @@ def validate(cfg: TrainConfig) -> None:
     _one_of("scpo.aggregation", cfg.scpo.aggregation, SCPO_AGGREGATIONS)
     _positive_int("scpo.span_tokens", cfg.scpo.span_tokens)
     _one_of("scpo.grounding", cfg.scpo.grounding, SCPO_GROUNDINGS)
+    _one_of("scpo.signal", cfg.scpo.signal, SCPO_SIGNALS)
+    if not isinstance(cfg.scpo.top_k, int) or isinstance(cfg.scpo.top_k, bool) or cfg.scpo.top_k < 0:
+        raise ConfigError(f"scpo.top_k: got {cfg.scpo.top_k!r}; must be an integer >= 0 (0 = full vocabulary)")
+    if not 0 < cfg.scpo.jsd_alpha < 1:
+        raise ConfigError(f"scpo.jsd_alpha: got {cfg.scpo.jsd_alpha!r}; must be in (0, 1)")
 
 
 def _build(cls, data: Any, path: str):

@@ -8,6 +8,12 @@ rollout. The rollout itself is then re-read, token for token, as the assistant's
 
 and the pass returns log pi(y_{i,t} | x, c_i, y_{i,<t}) for every completion token, aligned with the student's
 log pi(y_{i,t} | x, y_{i,<t}). No gradient flows through it: it is an evaluator, not an imitation target.
+
+Distributions, for critics that compare whole next-token distributions rather than the sampled token: with
+`top_k=k` the pass also returns, per completion position, the k largest log-probs and their token ids; with
+`support_ids` it returns its log-probs at given ids instead (the student's top-k, so both sides share a
+support). The remaining mass is one tail bucket, log(1 - sum_k p), computed by `with_tail`. The same pass with
+`context=student_messages` (no grader's note) gives the student's distributions.
 """
 
 from __future__ import annotations
@@ -31,6 +37,11 @@ GRADER_NOTE = (
 )
 
 
+def student_messages(prompt: list[dict], verdict) -> list[dict]:
+    """The student's context: the problem's prompt as the policy saw it when sampling (the verdict is ignored)."""
+    return [dict(m) for m in prompt]
+
+
 def privileged_messages(prompt: list[dict], verdict) -> list[dict]:
     """The problem's chat prompt with the verifier's outcome and feedback added to the last user turn."""
     note = GRADER_NOTE.format(feedback=verdict.feedback)
@@ -44,12 +55,22 @@ def privileged_messages(prompt: list[dict], verdict) -> list[dict]:
 class TeacherOutput:
     logprobs: torch.Tensor  # [B, T] log pi(y_t | x, c, y_<t), 0 where masked
     tokens_read: int  # tokens the teacher forward processed (shared prefixes once), for FLOP accounting
+    dist_logprobs: torch.Tensor | None = None  # [B, T, k] log-probs on a support (top_k or support_ids)
+    dist_ids: torch.Tensor | None = None  # [B, T, k] the support's token ids
+    student: "TeacherOutput | None" = None  # the student's pass on the same support, when a critic needs it
+
+
+def with_tail(dist_logprobs: torch.Tensor) -> torch.Tensor:
+    """[..., k] log-probs of k tokens -> [..., k + 1] with the tail bucket log(1 - sum_k p) appended."""
+    tail = torch.log1p(-dist_logprobs.exp().sum(-1).clamp(max=1 - 1e-6))  # log of the mass outside the support
+    return torch.cat([dist_logprobs, tail[..., None]], dim=-1)
 
 
 @torch.no_grad()
 def teacher_pass(policy, batch: RolloutBatch, verdicts, *, temperature: float = 1.0,
-                 micro_batch_size: int = 16) -> TeacherOutput:
-    """Teacher-forced forward of the policy (adapter on: the live policy) over privileged context + rollout.
+                 micro_batch_size: int = 16, context=privileged_messages, top_k: int | None = None,
+                 support_ids: torch.Tensor | None = None) -> TeacherOutput:
+    """Teacher-forced forward of the policy (adapter on: the live policy) over context(prompt, verdict) + rollout.
 
     Cost, which the lab's budget depends on: the contexts of one group differ only after the question (each
     rollout has its own verdict), so
@@ -61,7 +82,7 @@ def teacher_pass(policy, batch: RolloutBatch, verdicts, *, temperature: float = 
     """
     model, tok, device = policy.model, policy.tokenizer, policy.device
     backbone, head = backbone_and_head(model)
-    texts = [tok.apply_chat_template(privileged_messages(p.prompt, v), tokenize=False, add_generation_prompt=True)
+    texts = [tok.apply_chat_template(context(p.prompt, v), tokenize=False, add_generation_prompt=True)
              for p, v in zip(batch.problems, verdicts)]
     contexts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     B, G = len(batch), batch.group_size if len(batch) % batch.group_size == 0 else 1
@@ -84,6 +105,9 @@ def teacher_pass(policy, batch: RolloutBatch, verdicts, *, temperature: float = 
     lengths = batch.completion_mask.sum(1).tolist()
     order = sorted(range(B), key=lambda r: len(tails[r]) + lengths[r])
     logprobs = torch.zeros(batch.completion_ids.shape, dtype=torch.float32, device=device)
+    k = support_ids.shape[-1] if support_ids is not None else top_k
+    dist = torch.zeros((*batch.completion_ids.shape, k), dtype=torch.float32, device=device) if k else None
+    dist_ids = support_ids if support_ids is not None else (torch.zeros_like(dist, dtype=torch.long) if k else None)
     for start in range(0, B, micro_batch_size):
         rows = order[start:start + micro_batch_size]
         index = torch.tensor([group_of[r] for r in rows], device=device)
@@ -101,11 +125,19 @@ def teacher_pass(policy, batch: RolloutBatch, verdicts, *, temperature: float = 
         at = at.clamp(max=hidden.shape[1] - 1)
         h = hidden.gather(1, at[..., None].expand(-1, -1, hidden.shape[-1]))
         targets = body_ids.gather(1, (at + 1).clamp(max=body_ids.shape[1] - 1))
-        logp, _ = chunk_logprobs(head, h, targets, temperature, False)
         row_index = torch.tensor(rows, device=device)
+        if not k:
+            logp, _ = chunk_logprobs(head, h, targets, temperature, False)
+        else:
+            logp_all = torch.log_softmax(head(h).float() / temperature, dim=-1)  # [b, T, V]
+            logp = logp_all.gather(-1, targets[..., None]).squeeze(-1)
+            if support_ids is not None:
+                dist[row_index, :T] = logp_all.gather(-1, support_ids[row_index, :T])
+            else:
+                dist[row_index, :T], dist_ids[row_index, :T] = logp_all.topk(k, dim=-1)
         logprobs[row_index, :T] = logp * batch.completion_mask[row_index, :T]
     model.train(was_training)
-    return TeacherOutput(logprobs=logprobs, tokens_read=read)
+    return TeacherOutput(logprobs=logprobs, tokens_read=read, dist_logprobs=dist, dist_ids=dist_ids)
 
 
 def _common_prefix_length(sequences: list[list[int]]) -> int:

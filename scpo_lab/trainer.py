@@ -32,7 +32,6 @@ from scpo_lab.objective import (completion_logprobs, group_advantages, group_rew
 from scpo_lab.rollout import RolloutBatch, sample_rollouts
 from scpo_lab.runs import RunDir
 from scpo_lab.tasks import get_task
-from scpo_lab.teacher import teacher_pass
 
 log = logging.getLogger("scpo_lab")
 
@@ -163,8 +162,8 @@ def training_step(config, policy, task, train_problems, optimizer, params, criti
     extra, times["teacher"] = {}, 0.0
     if critic is not None:
         t0 = time.perf_counter()
-        teacher = teacher_pass(policy, batch, batch.verdicts, temperature=config.temperature,
-                               micro_batch_size=config.micro_batch_size)
+        teacher = critic.teacher_pass(policy, batch, temperature=config.temperature,
+                                      micro_batch_size=config.micro_batch_size)
         advantages, extra = critic.advantages(batch, advantages, teacher)
         state["flops"] += 2 * n_params * teacher.tokens_read  # a forward pass costs 2 N FLOPs per token
         times["teacher"] = time.perf_counter() - t0

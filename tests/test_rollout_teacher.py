@@ -201,3 +201,48 @@ def test_line_aggregation_uses_newline_tokens(policy):
         assert torch.allclose(adv[0, line == unit], teacher[0, line == unit].mean().expand(int((line == unit).sum())))
     with pytest.raises(ValueError, match="scpo.aggregation: 'line' needs the tokenizer"):
         DivergenceCritic(cfg).advantages(batch, torch.zeros(2), _Teacher(teacher))
+
+
+def test_divergences_hand_computed():
+    from scpo_lab.critics.divergence import divergence
+    p, q = torch.tensor([[0.5, 0.5]]), torch.tensor([[0.9, 0.1]])
+    rkl = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
+    fkl = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)
+    m = [0.25 * 0.5 + 0.75 * 0.9, 0.25 * 0.5 + 0.75 * 0.1]  # alpha = 0.25
+    jsd = 0.25 * sum(a * math.log(a / b) for a, b in zip([0.5, 0.5], m)) + \
+        0.75 * sum(a * math.log(a / b) for a, b in zip([0.9, 0.1], m))
+    assert divergence(p.log(), q.log(), "reverse-kl").item() == pytest.approx(rkl, abs=1e-6)
+    assert divergence(p.log(), q.log(), "forward-kl").item() == pytest.approx(fkl, abs=1e-6)
+    assert divergence(p.log(), q.log(), "jsd", 0.25).item() == pytest.approx(jsd, abs=1e-6)
+    assert divergence(p.log(), p.log(), "jsd").item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_tail_bucket_holds_the_missing_mass():
+    from scpo_lab.teacher import with_tail
+    out = with_tail(torch.tensor([[math.log(0.5), math.log(0.3)]]))
+    torch.testing.assert_close(out.exp(), torch.tensor([[0.5, 0.3, 0.2]]))
+
+
+def test_teacher_pass_distributions_match_a_direct_forward(policy, problems):
+    from scpo_lab.teacher import student_messages
+    batch = sample_rollouts(policy, problems, group_size=2, max_new_tokens=6, seed=4)
+    verdicts = [Verdict(0.0, False, "The expected answer is 3. Your final answer 4 is wrong.")] * len(batch)
+    student = teacher_pass(policy, batch, verdicts, context=student_messages, top_k=4, micro_batch_size=3)
+    teacher = teacher_pass(policy, batch, verdicts, support_ids=student.dist_ids, micro_batch_size=3)
+    # the student context reproduces the sampler's log-probs; both sides checked against a plain forward, row by row
+    torch.testing.assert_close(student.logprobs, batch.logprobs, atol=1e-4, rtol=0)
+    for row in range(len(batch)):
+        n = int(batch.completion_mask[row].sum())
+        for messages, out in ((student_messages(batch.problems[row].prompt, None), student),
+                              (privileged_messages(batch.problems[row].prompt, verdicts[row]), teacher)):
+            ids, _ = encode_prompts(policy.tokenizer, [messages], policy.device)
+            with torch.no_grad():
+                logits = policy.model(input_ids=torch.cat([ids, batch.completion_ids[row:row + 1, :n]], 1)).logits[0]
+            full = torch.log_softmax(logits[ids.shape[1] - 1:-1], -1)  # [n, V]
+            if out is student:
+                values, order = full.topk(4, -1)
+                assert torch.equal(student.dist_ids[row, :n], order)
+                torch.testing.assert_close(student.dist_logprobs[row, :n], values, atol=1e-4, rtol=0)
+            else:
+                torch.testing.assert_close(teacher.dist_logprobs[row, :n],
+                                           full.gather(-1, student.dist_ids[row, :n]), atol=1e-4, rtol=0)

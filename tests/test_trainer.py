@@ -99,3 +99,15 @@ def test_non_finite_gradients_stop_with_a_clear_error_and_keep_checkpoints(tmp_p
         train(cfg, progress=False)
     run_dir = next((tmp_path / "runs").iterdir())
     assert (run_dir / "checkpoints" / "step-2" / "COMPLETE").is_file()
+
+
+@pytest.mark.parametrize("options", [
+    {"scpo.signal": "jsd", "scpo.top_k": 5, "scpo.aggregation": "line", "scpo.center": "group"},
+    {"scpo.signal": "reverse-kl", "scpo.top_k": 0, "scpo.aggregation": "sequence", "scpo.grounding": "rlsd"},
+    {"scpo.signal": "forward-kl", "scpo.aggregation": "span", "scpo.span_tokens": 3},
+])
+def test_divergence_critic_options_train_end_to_end(tmp_path, options):
+    run = train(smoke(tmp_path, method="scpo-divergence", steps=1, **options), progress=False)
+    row = run.metrics.iloc[0]
+    assert row[["loss", "scpo/signal_mean", "scpo/rescued_frac"]].notna().all()
+    assert row["scpo/signal_std"] >= 0 and 0 <= row["scpo/signal_top1pct_share"] <= 1

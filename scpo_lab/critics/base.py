@@ -18,6 +18,11 @@ class Critic(abc.ABC):
         self.config = config
         self.tokenizer = tokenizer
 
+    def teacher_pass(self, policy, batch, *, temperature: float, micro_batch_size: int):
+        """The self-teacher pass this critic reads (default: sampled-token log-probs under privileged context)."""
+        from scpo_lab.teacher import teacher_pass
+        return teacher_pass(policy, batch, batch.verdicts, temperature=temperature, micro_batch_size=micro_batch_size)
+
     @abc.abstractmethod
     def advantages(self, batch, group_advantages: torch.Tensor, teacher) -> tuple[torch.Tensor, dict]:
         ...

@@ -3,6 +3,7 @@
 For rollout i of group g and completion token t (the full option list is ScpoConfig's docstring):
 
     d_{i,t} = log pi(y_t | x, c_i, y_<t) - log pi(y_t | x, y_<t)          teacher minus student, no gradient
+              (or minus a divergence between the two next-token distributions: scpo.signal)
     d_{i,t} <- d_{i,t} - mean_{j in g} dbar_j                              if center == "group"
     s_{i,t} = clip(mean of d over t's unit, -C, C)                         unit: token | span | line | sequence
     A_{i,t} = A_i + w * s_{i,t}                                           grounding "additive"
@@ -17,18 +18,44 @@ a few tokens from dominating (OPSD reports style tokens with 6-15x the average d
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from scpo_lab.critics.base import Critic, signal_stats
+from scpo_lab.teacher import student_messages, teacher_pass, with_tail
 
 
 class DivergenceCritic(Critic):
+    def teacher_pass(self, policy, batch, *, temperature: float, micro_batch_size: int):
+        cfg = self.config.scpo
+        if cfg.signal == "log-ratio":
+            return super().teacher_pass(policy, batch, temperature=temperature, micro_batch_size=micro_batch_size)
+        # distributions: the student's top-k (its own context), then the teacher's log-probs on those tokens
+        k = cfg.top_k or len(policy.tokenizer)
+        kwargs = dict(temperature=temperature, micro_batch_size=micro_batch_size)
+        student = teacher_pass(policy, batch, batch.verdicts, context=student_messages, top_k=k, **kwargs)
+        teacher = teacher_pass(policy, batch, batch.verdicts, support_ids=student.dist_ids, **kwargs)
+        teacher.student = student
+        teacher.tokens_read += student.tokens_read
+        return teacher
+
+    def signal(self, batch, teacher) -> torch.Tensor:
+        """d_{i,t} before centring, [B, T] (unmasked)."""
+        cfg = self.config.scpo
+        if cfg.signal == "log-ratio":
+            return teacher.logprobs - batch.logprobs
+        if teacher.student is None:
+            raise ValueError(f"scpo.signal: {cfg.signal!r} needs the distributions of DivergenceCritic.teacher_pass")
+        return -divergence(with_tail(teacher.student.dist_logprobs), with_tail(teacher.dist_logprobs), cfg.signal,
+                           cfg.jsd_alpha)
+
     def advantages(self, batch, group_advantages, teacher):
         cfg = self.config.scpo
         mask = batch.completion_mask.float()
         n_tokens = mask.sum(1).clamp(min=1)
-        log_ratio = (teacher.logprobs - batch.logprobs) * mask  # d_{i,t}
-        d = log_ratio
+        log_ratio = (teacher.logprobs - batch.logprobs) * mask  # sampled-token log-ratio, logged for every signal
+        d = self.signal(batch, teacher) * mask  # d_{i,t}
         if cfg.center == "group":
             seq_mean = d.sum(1) / n_tokens  # dbar_i
             baseline = seq_mean.view(-1, batch.group_size).mean(1).repeat_interleave(batch.group_size)
@@ -75,6 +102,22 @@ class DivergenceCritic(Critic):
             vocab = len(self.tokenizer)
             self._line_ends = torch.tensor(["\n" in self.tokenizer.decode([i]) for i in range(vocab)])
         return self._line_ends
+
+
+def divergence(log_p: torch.Tensor, log_q: torch.Tensor, kind: str, alpha: float = 0.5) -> torch.Tensor:
+    """Per-position divergence between distributions given as log-probs over the last dim (p = student,
+    q = teacher): reverse-kl KL(p || q), forward-kl KL(q || p), jsd a KL(p || m) + (1 - a) KL(q || m)."""
+    def kl(log_a, log_b):
+        return (log_a.exp() * (log_a - log_b)).sum(-1)  # KL(a || b) = sum_v a_v (log a_v - log b_v)
+
+    if kind == "reverse-kl":
+        return kl(log_p, log_q)
+    if kind == "forward-kl":
+        return kl(log_q, log_p)
+    if kind == "jsd":
+        log_m = torch.logsumexp(torch.stack([log_p + math.log(alpha), log_q + math.log(1 - alpha)]), 0)  # m
+        return alpha * kl(log_p, log_m) + (1 - alpha) * kl(log_q, log_m)
+    raise ValueError(f"scpo.signal: unknown {kind!r}; allowed: reverse-kl, forward-kl, jsd")
 
 
 def span_mean(values: torch.Tensor, mask: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
