@@ -17,8 +17,8 @@ import yaml
 
 # Methods implemented now. Names reserved for later issues are listed so that a typo and a not-yet-built method
 # get different messages.
-METHODS = ("grpo", "scpo-divergence", "random-reward")
-PLANNED_METHODS = ("sdpo", "opsd", "scpo-head", "scpo-critic", "scpo-judge", "scpo-irl")
+METHODS = ("grpo", "scpo-divergence", "sdpo", "opsd", "random-reward")
+PLANNED_METHODS = ("scpo-head", "scpo-critic", "scpo-judge", "scpo-irl")
 BACKENDS = ("auto", "hf", "unsloth")
 LOSS_AGGREGATIONS = ("sequence-mean", "token-mean", "constant")
 REWARD_SCALINGS = ("group", "batch", "none")
@@ -87,12 +87,47 @@ class ScpoConfig:
     jsd_alpha: float = 0.5  # a in the generalized JSD
 
 
+DISTILL_SUPPORTS = ("sampled", "topk", "full")
+DISTILL_TEACHERS = ("auto", "ema", "live", "initial")
+
+
+@dataclass
+class DistillConfig:
+    """Options of the self-distillation baselines `sdpo` and `opsd` (the teacher pass as an imitation target).
+
+    Teacher context (method): sdpo = question + a passing sibling rollout of the same group ("Correct solution"),
+    never the rollout itself, else the failed attempt's feedback (a lone passing rollout gets no teacher);
+    opsd = question + the task's reference solution. Teacher weights: "ema" (theta_T <- (1 - r) theta_T + r theta
+    after every optimizer step, r = ema_rate), "live" (the current policy), "initial" (adapter disabled),
+    "auto" = ema for sdpo, initial for opsd.
+
+    Loss, per completion token t, p = student (with gradient), q = teacher (no gradient):
+        support "topk"/"full": D_t = alpha-divergence over the teacher's top_k tokens + a tail bucket (or the whole
+            vocabulary): alpha = 0 forward KL(q || p), alpha = 1 reverse KL(p || q), between: the generalized JSD
+            a KL(p || m) + (1 - a) KL(q || m), m = a p + (1 - a) q;  D_t <- min(D_t, token_clip) if token_clip > 0
+            L = grpo_weight * L_GRPO(A_i) + (1 - grpo_weight) * sum_t D_t / (number of completion tokens)
+        support "sampled": the policy gradient with per-token reward log q(y_t) - log p(y_t) (SDPO's sampled-token
+            mode), through the clipped surrogate: A_{i,t} = grpo_weight * A_i + (1 - grpo_weight) * d_{i,t},
+            d clipped to +-token_clip if token_clip > 0
+    grpo_weight = 0 is pure distillation (SDPO's public code, OPSD).
+    """
+
+    grpo_weight: float = 0.0
+    support: str = "topk"  # sampled | topk | full
+    top_k: int = 100
+    alpha: float = 0.5
+    teacher: str = "auto"  # auto | ema | live | initial
+    ema_rate: float = 0.05
+    token_clip: float = 0.0  # 0 = no per-token clipping
+
+
 @dataclass
 class TrainConfig:
     method: str = "grpo"
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     scpo: ScpoConfig = field(default_factory=ScpoConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     seed: int = 0
     steps: int = 40
     prompts_per_step: int = 8
@@ -142,7 +177,7 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
     target = data
     for part in parts[:-1]:
         if not isinstance(target.get(part), dict):
-            raise ConfigError(f"{key}: '{part}' is not a section; sections: model, task, scpo")
+            raise ConfigError(f"{key}: '{part}' is not a section; sections: model, task, scpo, distill")
         target = target[part]
     target[parts[-1]] = value
 
@@ -221,6 +256,15 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"scpo.top_k: got {cfg.scpo.top_k!r}; must be an integer >= 0 (0 = full vocabulary)")
     if not 0 < cfg.scpo.jsd_alpha < 1:
         raise ConfigError(f"scpo.jsd_alpha: got {cfg.scpo.jsd_alpha!r}; must be in (0, 1)")
+    d = cfg.distill
+    for name in ("grpo_weight", "alpha", "ema_rate"):
+        value = getattr(d, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+            raise ConfigError(f"distill.{name}: got {value!r}; must be in [0, 1]")
+    _one_of("distill.support", d.support, DISTILL_SUPPORTS)
+    _one_of("distill.teacher", d.teacher, DISTILL_TEACHERS)
+    _positive_int("distill.top_k", d.top_k)
+    _positive("distill.token_clip", d.token_clip, allow_zero=True)
 
 
 def _build(cls, data: Any, path: str):

@@ -12,6 +12,8 @@ T completion positions (RIGHT padded), V vocabulary. Masks are 1 on real tokens,
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -105,15 +107,15 @@ def backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn
     return backbone, head
 
 
-def chunk_logprobs(head: torch.nn.Module, h: Tensor, targets: Tensor, temperature: float, with_entropy: bool):
-    """log pi(target) and entropy for one chunk of hidden states h [B, c, H] -> ([B, c], [B, c] or None)."""
+def chunk_logprobs(head: torch.nn.Module, h: Tensor, targets: Tensor, temperature: float, with_entropy: bool,
+                   support: Tensor | None = None):
+    """log pi(target), entropy and log pi at `support` ids for one chunk of hidden states h [B, c, H]
+    -> ([B, c], [B, c] or None, [B, c, k] or None)."""
     logits = head(h).float() / temperature  # z / tau, [B, c, V] (only this chunk's)
     logp_all = F.log_softmax(logits, dim=-1)  # log softmax(z / tau)
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # log pi(y_t)
-    if not with_entropy:
-        return logp, None
-    entropy = -(logp_all.exp() * logp_all).sum(-1)  # H_t = -sum_v p_v log p_v
-    return logp, entropy
+    entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None  # H_t = -sum_v p_v log p_v
+    return logp, entropy, None if support is None else logp_all.gather(-1, support)
 
 
 def completion_logprobs(
@@ -126,8 +128,10 @@ def completion_logprobs(
     chunk_size: int = 64,
     with_entropy: bool = True,
     group_size: int = 1,
+    support_ids: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Per-token log pi(y_t | x, y_<t) [B, T] and entropy [B, T] (or None) of the completion tokens.
+    """Per-token log pi(y_t | x, y_<t) [B, T] and entropy [B, T] (or None) of the completion tokens; with
+    `support_ids` [B, T, k] also the log-probs at those token ids [B, T, k] (a third output, for distillation).
 
     prompt_ids/prompt_mask [B, P] are LEFT padded, completion_ids/completion_mask [B, T] RIGHT padded.
     The backbone runs once (gradients follow torch.is_grad_enabled()); the lm_head, softmax and gather run on
@@ -161,18 +165,22 @@ def completion_logprobs(
     targets = input_ids[:, P:]  # the completion tokens y_1 .. y_T (pads set to 0 above)
 
     use_ckpt = torch.is_grad_enabled()
-    logps, entropies = [], []
+    logps, entropies, supports = [], [], []
     for s in range(0, T, chunk_size):
-        args = (head, h[:, s : s + chunk_size], targets[:, s : s + chunk_size], temperature, with_entropy)
+        args = (head, h[:, s : s + chunk_size], targets[:, s : s + chunk_size], temperature, with_entropy,
+                None if support_ids is None else support_ids[:, s : s + chunk_size])
         if use_ckpt:
-            lp, ent = checkpoint(chunk_logprobs, *args, use_reentrant=False)
+            lp, ent, sup = checkpoint(chunk_logprobs, *args, use_reentrant=False)
         else:
-            lp, ent = chunk_logprobs(*args)
+            lp, ent, sup = chunk_logprobs(*args)
         logps.append(lp)
         entropies.append(ent)
+        supports.append(sup)
 
     logp = torch.where(mask, torch.cat(logps, dim=1), 0.0)  # 0 at padding
     entropy = torch.where(mask, torch.cat(entropies, dim=1), 0.0) if with_entropy else None
+    if support_ids is not None:
+        return logp, entropy, torch.cat(supports, dim=1)
     return logp, entropy
 
 
@@ -304,3 +312,46 @@ def policy_loss(
             "clip_ratio/high": float(masked_mean(high, mask)),
         }
     return loss, stats
+
+
+def divergence(log_p: torch.Tensor, log_q: torch.Tensor, kind: str, alpha: float = 0.5) -> torch.Tensor:
+    """Per-position divergence between distributions given as log-probs over the last dim (p = student,
+    q = teacher): reverse-kl KL(p || q), forward-kl KL(q || p), jsd a KL(p || m) + (1 - a) KL(q || m)."""
+    def kl(log_a, log_b):
+        return (log_a.exp() * (log_a - log_b)).sum(-1)  # KL(a || b) = sum_v a_v (log a_v - log b_v)
+
+    if kind == "reverse-kl":
+        return kl(log_p, log_q)
+    if kind == "forward-kl":
+        return kl(log_q, log_p)
+    if kind == "jsd":
+        log_m = torch.logsumexp(torch.stack([log_p + math.log(alpha), log_q + math.log(1 - alpha)]), 0)  # m
+        return alpha * kl(log_p, log_m) + (1 - alpha) * kl(log_q, log_m)
+    raise ValueError(f"scpo.signal: unknown {kind!r}; allowed: reverse-kl, forward-kl, jsd")
+
+
+def with_tail(dist_logprobs: torch.Tensor) -> torch.Tensor:
+    """[..., k] log-probs of k tokens -> [..., k + 1] with the tail bucket log(1 - sum_k p) appended."""
+    tail = torch.log1p(-dist_logprobs.exp().sum(-1).clamp(max=1 - 1e-6))  # log of the mass outside the support
+    return torch.cat([dist_logprobs, tail[..., None]], dim=-1)
+
+
+def distill_divergence(student: Tensor, teacher: Tensor, alpha: float) -> Tensor:
+    """Per-token D_alpha(student, teacher) over the last dim (log-probs, tail bucket included):
+    alpha = 0 forward KL(q || p), alpha = 1 reverse KL(p || q), between: generalized JSD with m = a p + (1 - a) q."""
+    if alpha == 0:
+        return divergence(student, teacher, "forward-kl")
+    if alpha == 1:
+        return divergence(student, teacher, "reverse-kl")
+    return divergence(student, teacher, "jsd", alpha)
+
+
+def distill_loss(student_support: Tensor, teacher_support: Tensor, mask: Tensor, alpha: float, token_clip: float,
+                 n_tokens: float) -> tuple[Tensor, Tensor]:
+    """sum_t min(D_t, clip) / n_tokens over masked-in tokens, D_t on the support + one tail bucket each side.
+    Returns (loss, per-token D detached). Gradients reach the student only."""
+    d = distill_divergence(with_tail(student_support), with_tail(teacher_support.detach()), alpha)  # [B, T]
+    if token_clip > 0:
+        d = d.clamp(max=token_clip)  # OPSD: a few style tokens carry most of the divergence
+    d = d * mask
+    return d.sum() / n_tokens, d.detach()

@@ -12,7 +12,7 @@ log pi(y_{i,t} | x, y_{i,<t}). No gradient flows through it: it is an evaluator,
 Distributions, for critics that compare whole next-token distributions rather than the sampled token: with
 `top_k=k` the pass also returns, per completion position, the k largest log-probs and their token ids; with
 `support_ids` it returns its log-probs at given ids instead (the student's top-k, so both sides share a
-support). The remaining mass is one tail bucket, log(1 - sum_k p), computed by `with_tail`. The same pass with
+support). The remaining mass is one tail bucket, log(1 - sum_k p), computed by `objective.with_tail`. The same pass with
 `context=student_messages` (no grader's note) gives the student's distributions.
 """
 
@@ -44,7 +44,11 @@ def student_messages(prompt: list[dict], verdict) -> list[dict]:
 
 def privileged_messages(prompt: list[dict], verdict) -> list[dict]:
     """The problem's chat prompt with the verifier's outcome and feedback added to the last user turn."""
-    note = GRADER_NOTE.format(feedback=verdict.feedback)
+    return with_note(prompt, GRADER_NOTE.format(feedback=verdict.feedback))
+
+
+def with_note(prompt: list[dict], note: str) -> list[dict]:
+    """A copy of the chat prompt with `note` appended to its last user turn."""
     messages = [dict(m) for m in prompt]
     last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
     messages[last_user]["content"] = messages[last_user]["content"] + note
@@ -60,16 +64,10 @@ class TeacherOutput:
     student: "TeacherOutput | None" = None  # the student's pass on the same support, when a critic needs it
 
 
-def with_tail(dist_logprobs: torch.Tensor) -> torch.Tensor:
-    """[..., k] log-probs of k tokens -> [..., k + 1] with the tail bucket log(1 - sum_k p) appended."""
-    tail = torch.log1p(-dist_logprobs.exp().sum(-1).clamp(max=1 - 1e-6))  # log of the mass outside the support
-    return torch.cat([dist_logprobs, tail[..., None]], dim=-1)
-
-
 @torch.no_grad()
 def teacher_pass(policy, batch: RolloutBatch, verdicts, *, temperature: float = 1.0,
                  micro_batch_size: int = 16, context=privileged_messages, top_k: int | None = None,
-                 support_ids: torch.Tensor | None = None) -> TeacherOutput:
+                 support_ids: torch.Tensor | None = None, messages: list[list[dict]] | None = None) -> TeacherOutput:
     """Teacher-forced forward of the policy (adapter on: the live policy) over context(prompt, verdict) + rollout.
 
     Cost, which the lab's budget depends on: the contexts of one group differ only after the question (each
@@ -82,8 +80,9 @@ def teacher_pass(policy, batch: RolloutBatch, verdicts, *, temperature: float = 
     """
     model, tok, device = policy.model, policy.tokenizer, policy.device
     backbone, head = backbone_and_head(model)
-    texts = [tok.apply_chat_template(context(p.prompt, v), tokenize=False, add_generation_prompt=True)
-             for p, v in zip(batch.problems, verdicts)]
+    if messages is None:  # one context per row: context(prompt, verdict), or given whole in `messages`
+        messages = [context(p.prompt, v) for p, v in zip(batch.problems, verdicts)]
+    texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages]
     contexts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     B, G = len(batch), batch.group_size if len(batch) % batch.group_size == 0 else 1
     group_of = [r // G for r in range(B)]
@@ -127,7 +126,7 @@ def teacher_pass(policy, batch: RolloutBatch, verdicts, *, temperature: float = 
         targets = body_ids.gather(1, (at + 1).clamp(max=body_ids.shape[1] - 1))
         row_index = torch.tensor(rows, device=device)
         if not k:
-            logp, _ = chunk_logprobs(head, h, targets, temperature, False)
+            logp, _, _ = chunk_logprobs(head, h, targets, temperature, False)
         else:
             logp_all = torch.log_softmax(head(h).float() / temperature, dim=-1)  # [b, T, V]
             logp = logp_all.gather(-1, targets[..., None]).squeeze(-1)

@@ -27,8 +27,8 @@ import torch
 
 from scpo_lab.config import ConfigError, TrainConfig
 from scpo_lab.critics import make_critic
-from scpo_lab.objective import (completion_logprobs, group_advantages, group_reward_std, loss_denominator,
-                                 policy_loss)
+from scpo_lab.objective import (completion_logprobs, distill_loss, group_advantages, group_reward_std,
+                                 loss_denominator, policy_loss)
 from scpo_lab.rollout import RolloutBatch, sample_rollouts
 from scpo_lab.runs import RunDir
 from scpo_lab.tasks import get_task
@@ -100,6 +100,8 @@ def train(config: TrainConfig, policy=None, *, progress: bool = True, runs_dir: 
         policy.load_adapter(ckpt / "adapter")
         optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
         state = json.loads((ckpt / "trainer_state.json").read_text())
+        if critic is not None and (ckpt / "critic.pt").is_file():
+            critic.load_state_dict(torch.load(ckpt / "critic.pt", weights_only=True))
         log.info("resuming %s from step %d", run.path.name, start_step)
     elif config.steps > 0:
         policy.reset_adapter(seed=config.seed)  # a fresh run starts from the same LoRA init whatever ran before
@@ -115,7 +117,7 @@ def train(config: TrainConfig, policy=None, *, progress: bool = True, runs_dir: 
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(reward=f"{row['reward']:.2f}", zero_std=f"{row['frac_reward_zero_std']:.2f}")
         if step % config.save_every == 0 or step == config.steps:
-            _save_checkpoint(run, policy, optimizer, step, state)
+            _save_checkpoint(run, policy, optimizer, step, state, critic)
     policy.save_adapter(run.path / "final")
     run.mark_done()
     return Run(config, run)
@@ -159,18 +161,21 @@ def training_step(config, policy, task, train_problems, optimizer, params, criti
 
     # 3. advantages: A_i = (r_i - mean_group r) / (std_group r + eps), then the critic's signal
     advantages = group_advantages(rewards, config.group_size, scale=config.scale_rewards)
-    extra, times["teacher"] = {}, 0.0
+    extra, times["teacher"], target = {}, 0.0, None
     if critic is not None:
         t0 = time.perf_counter()
         teacher = critic.teacher_pass(policy, batch, temperature=config.temperature,
                                       micro_batch_size=config.micro_batch_size)
         advantages, extra = critic.advantages(batch, advantages, teacher)
+        target = critic.distillation_target(batch, teacher)  # sdpo / opsd: an imitation loss in the update
         state["flops"] += 2 * n_params * teacher.tokens_read  # a forward pass costs 2 N FLOPs per token
         times["teacher"] = time.perf_counter() - t0
 
     # 4. update
     t0 = time.perf_counter()
-    update = _update(config, policy, batch, advantages, optimizer, params)
+    update = _update(config, policy, batch, advantages, optimizer, params, target)
+    if critic is not None:
+        critic.after_update(policy)
     times["update"] = time.perf_counter() - t0
 
     # 5. log (TRL's metric names where they mean the same thing)
@@ -201,8 +206,9 @@ def training_step(config, policy, task, train_problems, optimizer, params, criti
     return row
 
 
-def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params) -> dict:
-    """mu passes of micro-batched forward/backward over the rollouts, one optimizer step per pass."""
+def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, target=None) -> dict:
+    """mu passes of micro-batched forward/backward over the rollouts, one optimizer step per pass.
+    `target` (a critics.DistillTarget) adds weight * objective.distill_loss on the rows that have a teacher."""
     model = policy.model
     model.train()
     mask = batch.completion_mask
@@ -216,20 +222,30 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params) 
     if config.beta > 0:
         with torch.no_grad(), policy.reference():
             ref_logp = [completion_logprobs(model, *inputs, with_entropy=False, **forward)[0] for _, inputs in micro]
-    sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0}
+    sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0, "distill": 0.0}
     grad_norms = []
     for _ in range(config.num_iterations):
         optimizer.zero_grad(set_to_none=True)
         for i, (rows, inputs) in enumerate(micro):
             width = inputs[2].shape[1]
             micro_mask = inputs[3]
-            logp, entropy = completion_logprobs(model, *inputs, **forward)
+            if target is None:
+                logp, entropy = completion_logprobs(model, *inputs, **forward)
+            else:
+                logp, entropy, support = completion_logprobs(model, *inputs, support_ids=target.ids[rows, :width],
+                                                             **forward)
             # mu = 1: the batch was sampled from this very policy, so old = current (ratio 1 up to numerics)
             old = logp.detach() if config.num_iterations == 1 else batch.logprobs[rows, :width]
             loss, stats = policy_loss(logp, old, advantages[rows, :width] if dense else advantages[rows], micro_mask,
                                       ref_logp=None if ref_logp is None else ref_logp[i], beta=config.beta,
                                       eps_low=config.epsilon, eps_high=config.epsilon_high, loss_agg=config.loss_agg,
                                       max_completion_length=config.max_new_tokens, normalizer=normalizer)
+            if target is not None:
+                distill_mask = micro_mask * target.rows[rows, None]
+                distill, _ = distill_loss(support, target.logprobs[rows, :width], distill_mask, target.alpha,
+                                          target.token_clip, float(mask.sum()))
+                loss = loss + target.weight * distill  # L = lam L_GRPO + (1 - lam) sum_t D_t / n_tokens
+                sums["distill"] += float(distill.detach())
             loss.backward()
             weight = float(micro_mask.sum()) / float(mask.sum())  # token share of this micro-batch
             sums["loss"] += float(loss.detach())
@@ -244,7 +260,8 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params) 
     n = config.num_iterations
     return {"loss": sums["loss"] / n, "kl": sums["kl"] / n if config.beta > 0 else float("nan"),
             "clip_ratio": sums["clip_ratio"] / n, "entropy": sums["entropy"] / n,
-            "grad_norm": sum(grad_norms) / n, "learning_rate": config.learning_rate}
+            "grad_norm": sum(grad_norms) / n, "learning_rate": config.learning_rate,
+            **({"distill/loss": sums["distill"] / n} if target is not None else {})}
 
 
 def _micro_batches(batch: RolloutBatch, size: int):
@@ -266,10 +283,12 @@ def _sample_rows(step, batch: RolloutBatch, rewards) -> list[dict]:
             for p, g, text, r, v in zip(batch.problems, batch.group_ids, batch.texts, rewards, batch.verdicts)]
 
 
-def _save_checkpoint(run: RunDir, policy, optimizer, step: int, state: dict) -> None:
+def _save_checkpoint(run: RunDir, policy, optimizer, step: int, state: dict, critic=None) -> None:
     path = run.checkpoint_dir(step)
     path.mkdir(parents=True, exist_ok=True)
     policy.save_adapter(path / "adapter")
     torch.save(optimizer.state_dict(), path / "optimizer.pt")
+    if critic is not None and critic.state_dict():
+        torch.save(critic.state_dict(), path / "critic.pt")  # e.g. sdpo's EMA teacher
     (path / "trainer_state.json").write_text(json.dumps({**state, "step": step}))
     run.mark_complete(path)  # written last: a checkpoint without it is ignored on resume

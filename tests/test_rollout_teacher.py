@@ -204,7 +204,7 @@ def test_line_aggregation_uses_newline_tokens(policy):
 
 
 def test_divergences_hand_computed():
-    from scpo_lab.critics.divergence import divergence
+    from scpo_lab.objective import divergence
     p, q = torch.tensor([[0.5, 0.5]]), torch.tensor([[0.9, 0.1]])
     rkl = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
     fkl = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)
@@ -218,7 +218,7 @@ def test_divergences_hand_computed():
 
 
 def test_tail_bucket_holds_the_missing_mass():
-    from scpo_lab.teacher import with_tail
+    from scpo_lab.objective import with_tail
     out = with_tail(torch.tensor([[math.log(0.5), math.log(0.3)]]))
     torch.testing.assert_close(out.exp(), torch.tensor([[0.5, 0.3, 0.2]]))
 
@@ -246,3 +246,72 @@ def test_teacher_pass_distributions_match_a_direct_forward(policy, problems):
             else:
                 torch.testing.assert_close(teacher.dist_logprobs[row, :n],
                                            full.gather(-1, student.dist_ids[row, :n]), atol=1e-4, rtol=0)
+
+
+def test_distill_loss_hand_computed_and_gradient_reaches_the_student_only():
+    from scpo_lab.objective import distill_loss
+    student = torch.log(torch.tensor([[[0.5, 0.3]], [[0.1, 0.1]]])).requires_grad_()  # tails 0.2 and 0.8
+    teacher = torch.log(torch.tensor([[[0.6, 0.2]], [[0.1, 0.1]]])).requires_grad_()
+    mask = torch.tensor([[1], [0]])
+    loss, per_token = distill_loss(student, teacher, mask, alpha=1.0, token_clip=0.0, n_tokens=4.0)
+    rkl = 0.5 * math.log(0.5 / 0.6) + 0.3 * math.log(0.3 / 0.2) + 0.2 * math.log(0.2 / 0.2)  # KL(p || q), 3 buckets
+    assert loss.item() == pytest.approx(rkl / 4, abs=1e-6) and per_token[1, 0] == 0
+    fkl = 0.6 * math.log(0.6 / 0.5) + 0.2 * math.log(0.2 / 0.3)
+    assert distill_loss(student, teacher, mask, 0.0, 0.0, 1.0)[0].item() == pytest.approx(fkl, abs=1e-6)
+    assert distill_loss(student, teacher, mask, 1.0, 0.01, 1.0)[0].item() == pytest.approx(0.01)  # clipped
+    loss.backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0 and teacher.grad is None
+
+
+def _verdict(passed):
+    return Verdict(float(passed), passed, "The expected answer is 5. " + ("Correct." if passed else "Wrong."))
+
+
+def test_sdpo_contexts_use_a_passing_sibling_never_the_rollout_itself():
+    from scpo_lab.critics.selfdistill import SdpoCritic
+    problem = get_task("arithmetic").problems("train", n=1, seed=0)[0]
+    passed = [True, False, True, False, False, False]  # group 0 (rows 0-2): two successes; group 1: none
+    batch = RolloutBatch(prompt_ids=None, prompt_mask=None, completion_ids=None, completion_mask=None,
+                         logprobs=None, texts=[f"attempt {i}" for i in range(6)], problems=[problem] * 6,
+                         group_ids=None, truncated=None, group_size=3, verdicts=[_verdict(p) for p in passed])
+    messages, has_teacher, stats = SdpoCritic(make_config("smoke", method="sdpo")).contexts(batch)
+    text = [m[-1]["content"] for m in messages]
+    assert "Correct solution:\nattempt 2" in text[0]  # the other success, not itself
+    assert "Correct solution:\nattempt 0" in text[1] and "Correct solution:\nattempt 0" in text[2]
+    for i in (3, 4, 5):  # no success in the group: the failed attempt's own feedback
+        assert "feedback from your unsuccessful earlier attempt" in text[i] and "Wrong." in text[i]
+    assert has_teacher.all() and stats["distill/sibling_frac"] == 0.5
+    lone = RolloutBatch(prompt_ids=None, prompt_mask=None, completion_ids=None, completion_mask=None, logprobs=None,
+                        texts=["a", "b"], problems=[problem] * 2, group_ids=None, truncated=None, group_size=2,
+                        verdicts=[_verdict(True), _verdict(False)])
+    messages, has_teacher, _ = SdpoCritic(make_config("smoke", method="sdpo")).contexts(lone)
+    assert has_teacher.tolist() == [False, True]  # a lone success has nothing to learn from
+    assert messages[0] == problem.prompt and "Correct solution:\na" in messages[1][-1]["content"]
+
+
+def test_opsd_reference_solutions():
+    from scpo_lab.critics.selfdistill import reference_solution
+    arithmetic = get_task("arithmetic").problems("train", n=1, seed=0)[0]
+    assert reference_solution(arithmetic) == f"{arithmetic.meta['expression']} = {arithmetic.answer}"
+    gsm = get_task("gsm8k").problems("train", n=1, seed=0)[0]
+    assert reference_solution(gsm) == gsm.meta["solution"] and "####" in gsm.meta["solution"]
+
+
+def test_ema_teacher_moves_as_specified_and_the_live_weights_come_back(policy, problems):
+    from scpo_lab.critics.selfdistill import SdpoCritic
+    cfg = make_config("smoke", method="sdpo", **{"distill.ema_rate": 0.25})
+    critic = SdpoCritic(cfg)
+    lora = {n: p for n, p in policy.model.named_parameters() if p.requires_grad}
+    name = next(iter(lora))
+    start = lora[name].detach().clone()
+    critic.after_update(policy)  # first call: the EMA starts at the current weights
+    with torch.no_grad():
+        lora[name].add_(1.0)
+    critic.after_update(policy)  # theta_T <- 0.75 theta_T + 0.25 theta
+    torch.testing.assert_close(critic.ema[name], start + 0.25)
+    live = lora[name].detach().clone()
+    with critic.teacher_weights(policy):
+        torch.testing.assert_close(lora[name].detach(), start + 0.25)  # the pass runs the EMA weights
+    torch.testing.assert_close(lora[name].detach(), live)  # and the live ones are back
+    with torch.no_grad():
+        lora[name].sub_(1.0)

@@ -54,8 +54,9 @@ def test_update_moves_only_lora_weights(tmp_path):
     assert changed and all("lora_" in n for n in changed)
 
 
-def test_resume_after_a_kill_has_no_duplicated_or_missing_rows(tmp_path, monkeypatch):
-    cfg = smoke(tmp_path, steps=4, save_every=2)
+@pytest.mark.parametrize("method", ["grpo", "sdpo"])  # sdpo: its EMA teacher must come back from the checkpoint
+def test_resume_after_a_kill_has_no_duplicated_or_missing_rows(tmp_path, monkeypatch, method):
+    cfg = smoke(tmp_path, steps=4, save_every=2, method=method, learning_rate=0.05)
     reference = train(cfg.replace(runs_dir=str(tmp_path / "ref")), progress=False).metrics
 
     real_step = trainer_module.training_step
@@ -79,7 +80,8 @@ def test_resume_after_a_kill_has_no_duplicated_or_missing_rows(tmp_path, monkeyp
     resumed = train(cfg, progress=False).metrics
     assert resumed["step"].tolist() == [1, 2, 3, 4]
     # steps 3 and 4 were replayed from the step-2 checkpoint with the same draws: same numbers as an unbroken run
-    for column in ("reward", "completions/mean_length", "loss"):
+    columns = ("reward", "completions/mean_length", "loss") + (("distill/loss",) if method == "sdpo" else ())
+    for column in columns:
         assert resumed[column].tolist() == pytest.approx(reference[column].tolist(), abs=1e-5), column
 
 
@@ -111,3 +113,17 @@ def test_divergence_critic_options_train_end_to_end(tmp_path, options):
     row = run.metrics.iloc[0]
     assert row[["loss", "scpo/signal_mean", "scpo/rescued_frac"]].notna().all()
     assert row["scpo/signal_std"] >= 0 and 0 <= row["scpo/signal_top1pct_share"] <= 1
+
+
+@pytest.mark.parametrize("method, options", [
+    ("sdpo", {"distill.support": "topk", "distill.top_k": 5, "distill.grpo_weight": 0.3}),
+    ("sdpo", {"distill.support": "sampled", "distill.token_clip": 1.0, "distill.teacher": "live"}),
+    ("opsd", {"distill.support": "full", "distill.alpha": 1.0, "distill.token_clip": 0.5}),
+])
+def test_distillation_baselines_train_end_to_end(tmp_path, method, options):
+    run = train(smoke(tmp_path, method=method, steps=2, **options), progress=False)
+    df = run.metrics
+    assert df[["loss", "grad_norm", "scpo/rescued_frac", "distill/no_teacher_frac"]].notna().all().all()
+    assert ("distill/loss" in df.columns) == (options["distill.support"] != "sampled")
+    if method == "opsd":  # arithmetic always has a reference solution
+        assert (df["distill/no_teacher_frac"] == 0).all()

@@ -6,10 +6,12 @@ verifier and the teacher pass, and uses what it returns as the advantage of ever
 
 from __future__ import annotations
 
-from scpo_lab.critics.base import Critic
+from scpo_lab.critics.base import Critic, DistillTarget
 from scpo_lab.critics.divergence import DivergenceCritic
+from scpo_lab.critics.selfdistill import OpsdCritic, SdpoCritic
 
-CRITICS: dict[str, type[Critic]] = {"scpo-divergence": DivergenceCritic}
+# sdpo / opsd are baselines, not self-critics, but they use the same teacher pass and hooks
+CRITICS: dict[str, type[Critic]] = {"scpo-divergence": DivergenceCritic, "sdpo": SdpoCritic, "opsd": OpsdCritic}
 
 
 def make_critic(method: str, config, tokenizer=None) -> Critic | None:
@@ -19,4 +21,4 @@ def make_critic(method: str, config, tokenizer=None) -> Critic | None:
     return cls(config, tokenizer) if cls else None
 
 
-__all__ = ["CRITICS", "Critic", "DivergenceCritic", "make_critic"]
+__all__ = ["CRITICS", "Critic", "DistillTarget", "DivergenceCritic", "OpsdCritic", "SdpoCritic", "make_critic"]

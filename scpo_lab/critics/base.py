@@ -1,8 +1,20 @@
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 
 import torch
+
+
+@dataclass
+class DistillTarget:
+    """What a distillation baseline adds to the update: pull the student toward these teacher log-probs."""
+    ids: torch.Tensor  # [B, T, k] support token ids
+    logprobs: torch.Tensor  # [B, T, k] teacher log-probs on the support (no gradient)
+    rows: torch.Tensor  # [B] bool: the row has a teacher
+    weight: float  # multiplies the distillation loss (1 - grpo_weight)
+    alpha: float  # 0 forward KL, 1 reverse KL, between: generalized JSD
+    token_clip: float  # 0 = off
 
 
 class Critic(abc.ABC):
@@ -26,6 +38,20 @@ class Critic(abc.ABC):
     @abc.abstractmethod
     def advantages(self, batch, group_advantages: torch.Tensor, teacher) -> tuple[torch.Tensor, dict]:
         ...
+
+    def distillation_target(self, batch, teacher) -> DistillTarget | None:
+        """An extra distillation loss for the update (baselines only); evaluators return None."""
+        return None
+
+    def after_update(self, policy) -> None:
+        """Called after each optimizer step (e.g. to move an EMA teacher)."""
+
+    def state_dict(self) -> dict:
+        """What a checkpoint must keep so a resumed run continues exactly (empty: stateless)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 def signal_stats(signal: torch.Tensor, mask: torch.Tensor, group_advantages: torch.Tensor, group_size: int) -> dict:

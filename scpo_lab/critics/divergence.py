@@ -18,12 +18,11 @@ a few tokens from dominating (OPSD reports style tokens with 6-15x the average d
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from scpo_lab.critics.base import Critic, signal_stats
-from scpo_lab.teacher import student_messages, teacher_pass, with_tail
+from scpo_lab.objective import divergence, with_tail
+from scpo_lab.teacher import student_messages, teacher_pass
 
 
 class DivergenceCritic(Critic):
@@ -102,22 +101,6 @@ class DivergenceCritic(Critic):
             vocab = len(self.tokenizer)
             self._line_ends = torch.tensor(["\n" in self.tokenizer.decode([i]) for i in range(vocab)])
         return self._line_ends
-
-
-def divergence(log_p: torch.Tensor, log_q: torch.Tensor, kind: str, alpha: float = 0.5) -> torch.Tensor:
-    """Per-position divergence between distributions given as log-probs over the last dim (p = student,
-    q = teacher): reverse-kl KL(p || q), forward-kl KL(q || p), jsd a KL(p || m) + (1 - a) KL(q || m)."""
-    def kl(log_a, log_b):
-        return (log_a.exp() * (log_a - log_b)).sum(-1)  # KL(a || b) = sum_v a_v (log a_v - log b_v)
-
-    if kind == "reverse-kl":
-        return kl(log_p, log_q)
-    if kind == "forward-kl":
-        return kl(log_q, log_p)
-    if kind == "jsd":
-        log_m = torch.logsumexp(torch.stack([log_p + math.log(alpha), log_q + math.log(1 - alpha)]), 0)  # m
-        return alpha * kl(log_p, log_m) + (1 - alpha) * kl(log_q, log_m)
-    raise ValueError(f"scpo.signal: unknown {kind!r}; allowed: reverse-kl, forward-kl, jsd")
 
 
 def span_mean(values: torch.Tensor, mask: torch.Tensor, units: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,181 @@
+"""The self-distillation baselines SCPO is measured against: `sdpo` and `opsd` (options: config.DistillConfig).
+
+Both reuse the self-teacher pass, but as an imitation target: the student's next-token distribution is pulled
+toward the teacher's (objective.distill_loss, added to the update), or, in sampled-token mode, the per-token
+reward log pi_teacher(y_t) - log pi_student(y_t) enters the clipped surrogate. They differ in what the teacher
+reads and which weights it runs:
+
+    sdpo  question + a passing sibling ("Correct solution: ...", never the rollout itself), else the failed
+          attempt's feedback; a lone passing rollout has no teacher. Teacher weights: EMA of the LoRA adapter.
+    opsd  question + the task's reference solution (GSM8K's worked answer; "a + b = c" for arithmetic; the
+          canonical program for MBPP+). Teacher weights: the initial model (adapter disabled).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from scpo_lab.critics.base import Critic, DistillTarget, signal_stats
+from scpo_lab.teacher import TeacherOutput, student_messages, teacher_pass, with_note
+
+SDPO_SOLUTION = "\n\nCorrect solution:\n{solution}\n\nCorrectly solve the original question."
+SDPO_FEEDBACK = ("\n\nThe following is feedback from your unsuccessful earlier attempt:\n{feedback}\n\n"
+                 "Correctly solve the original question.")
+OPSD_REFERENCE = ("\n\nHere is a reference solution to this problem:\n{solution}\n\nAfter understanding the "
+                  "reference solution, solve the problem yourself.")
+
+
+def reference_solution(problem) -> str | None:
+    """A worked solution for OPSD's teacher, or None when the task has none."""
+    meta = problem.meta or {}
+    if meta.get("solution"):
+        return str(meta["solution"])
+    if meta.get("expression"):
+        return f"{meta['expression']} = {problem.answer}"
+    if meta.get("entry_point") and problem.answer:
+        return f"```python\n{problem.answer}\n```"
+    return None
+
+
+class SelfDistillation(Critic):
+    """Shared by sdpo and opsd: teacher contexts per row, teacher weights, the distillation target."""
+
+    default_teacher = "live"
+
+    def __init__(self, config, tokenizer=None):
+        super().__init__(config, tokenizer)
+        self.ema: dict[str, torch.Tensor] | None = None
+
+    # which rows get a teacher, and what it reads
+    def contexts(self, batch) -> tuple[list[list[dict]], torch.Tensor, dict]:
+        raise NotImplementedError
+
+    @property
+    def teacher_kind(self) -> str:
+        kind = self.config.distill.teacher
+        return self.default_teacher if kind == "auto" else kind
+
+    def teacher_pass(self, policy, batch, *, temperature: float, micro_batch_size: int):
+        cfg = self.config.distill
+        messages, has_teacher, stats = self.contexts(batch)
+        k = None if cfg.support == "sampled" else (len(policy.tokenizer) if cfg.support == "full" else cfg.top_k)
+        with self.teacher_weights(policy):
+            out = teacher_pass(policy, batch, batch.verdicts, temperature=temperature,
+                               micro_batch_size=micro_batch_size, top_k=k, messages=messages)
+        out.has_teacher, out.context_stats = has_teacher, stats
+        return out
+
+    @contextlib.contextmanager
+    def teacher_weights(self, policy):
+        kind = self.teacher_kind
+        if kind == "initial":
+            with policy.reference():
+                yield
+            return
+        if kind == "live":
+            yield
+            return
+        live = self._lora(policy)  # "ema": swap the EMA values into the adapter for the pass, then back
+        if self.ema is None:
+            self.ema = {n: p.detach().clone() for n, p in live.items()}
+        saved = {n: p.detach().clone() for n, p in live.items()}
+        try:
+            with torch.no_grad():
+                for n, p in live.items():
+                    p.copy_(self.ema[n])
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in live.items():
+                    p.copy_(saved[n])
+
+    def after_update(self, policy) -> None:
+        """EMA teacher: theta_T <- (1 - r) theta_T + r theta after each update."""
+        if self.teacher_kind != "ema":
+            return
+        live = self._lora(policy)
+        if self.ema is None:
+            self.ema = {n: p.detach().clone() for n, p in live.items()}
+            return
+        rate = self.config.distill.ema_rate
+        with torch.no_grad():
+            for n, p in live.items():
+                self.ema[n].mul_(1 - rate).add_(p.detach(), alpha=rate)
+
+    def state_dict(self) -> dict:
+        return {"ema": self.ema} if self.ema is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema = state.get("ema")
+
+    @staticmethod
+    def _lora(policy) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in policy.model.named_parameters() if p.requires_grad}
+
+    def advantages(self, batch, group_advantages, teacher: TeacherOutput):
+        cfg = self.config.distill
+        mask = batch.completion_mask.float()
+        rows = teacher.has_teacher.float()[:, None]
+        lam = cfg.grpo_weight
+        if cfg.support == "sampled":  # A_{i,t} = lam A_i + (1 - lam) d_{i,t}, d = log q(y_t) - log p(y_t)
+            d = (teacher.logprobs - batch.logprobs) * mask * rows
+            if cfg.token_clip > 0:
+                d = d.clamp(-cfg.token_clip, cfg.token_clip)
+            signal = (1 - lam) * d
+            advantages = (lam * group_advantages[:, None] + signal) * mask
+        else:  # the distillation loss carries the teacher; the surrogate keeps lam A_i
+            signal = (1 - lam) * rows * mask  # non-zero wherever a token is distilled (for the accounting)
+            advantages = lam * group_advantages
+        stats = {**teacher.context_stats, **signal_stats(signal, mask, group_advantages, batch.group_size)}
+        if cfg.support != "sampled":  # the magnitudes are in distill/loss; only the rescue accounting is meaningful
+            for key in ("scpo/signal_mean", "scpo/signal_std", "scpo/signal_top1pct_share"):
+                stats.pop(key)
+        return advantages, stats
+
+    def distillation_target(self, batch, teacher: TeacherOutput) -> DistillTarget | None:
+        cfg = self.config.distill
+        if cfg.support == "sampled" or cfg.grpo_weight >= 1:
+            return None
+        return DistillTarget(ids=teacher.dist_ids, logprobs=teacher.dist_logprobs, rows=teacher.has_teacher,
+                             weight=1 - cfg.grpo_weight, alpha=cfg.alpha, token_clip=cfg.token_clip)
+
+
+class SdpoCritic(SelfDistillation):
+    default_teacher = "ema"
+
+    def contexts(self, batch):
+        G = batch.group_size
+        messages, has_teacher = [], []
+        n_sibling = n_feedback = 0
+        for i, (problem, verdict) in enumerate(zip(batch.problems, batch.verdicts)):
+            group = range(i - i % G, i - i % G + G)
+            sibling = next((j for j in group if j != i and batch.verdicts[j].passed), None)
+            if sibling is not None:
+                messages.append(with_note(problem.prompt, SDPO_SOLUTION.format(solution=batch.texts[sibling])))
+                n_sibling += 1
+            elif not verdict.passed:
+                messages.append(with_note(problem.prompt, SDPO_FEEDBACK.format(feedback=verdict.feedback)))
+                n_feedback += 1
+            else:  # a lone success: nothing to show it, no teacher (as in SDPO)
+                messages.append(student_messages(problem.prompt, verdict))
+            has_teacher.append(sibling is not None or not verdict.passed)
+        B = max(1, len(batch.verdicts))
+        stats = {"distill/sibling_frac": n_sibling / B, "distill/feedback_frac": n_feedback / B,
+                 "distill/no_teacher_frac": 1 - (n_sibling + n_feedback) / B}
+        return messages, torch.tensor(has_teacher, dtype=torch.bool), stats
+
+
+class OpsdCritic(SelfDistillation):
+    default_teacher = "initial"
+
+    def contexts(self, batch):
+        messages, has_teacher = [], []
+        for problem, verdict in zip(batch.problems, batch.verdicts):
+            solution = reference_solution(problem)
+            note = OPSD_REFERENCE.format(solution=solution) if solution is not None else None
+            messages.append(with_note(problem.prompt, note) if note else student_messages(problem.prompt, verdict))
+            has_teacher.append(solution is not None)
+        has = torch.tensor(has_teacher, dtype=torch.bool)
+        return messages, has, {"distill/no_teacher_frac": float(1 - has.float().mean()) if len(has) else 0.0}
