@@ -10,6 +10,12 @@ Workloads:
              its base + plus inputs (~100 calls) by the functional harness, as a candidate is graded
 
 Each cell runs every program once (after one warm-up run) and reports N / wall seconds.
+
+    python benchmarks/sandbox_speed.py --mbppplus-all          # also: all 378 canonical solutions, end to end
+
+--mbppplus-all times, with an empty cache (a temporary $SCPO_LAB_CACHE), (1) computing the expected outputs of
+all 378 MBPP+ tasks from their canonical solutions and (2) grading those same solutions as completions through
+MBPPPlusTask.verify_batch, and counts how many pass.
 """
 
 from __future__ import annotations
@@ -47,11 +53,34 @@ def measure(jobs: list[SandboxJob], workers: int) -> tuple[float, int]:
     return len(jobs) / elapsed, ok
 
 
+def mbppplus_all(workers: int) -> None:
+    """Expected outputs for all 378 tasks, then every canonical solution graded as a completion."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="scpo-sandbox-bench-") as cache:
+        os.environ["SCPO_LAB_CACHE"] = cache
+        from scpo_lab.tasks.mbppplus import MBPPPlusTask, expected_outputs
+
+        task = MBPPPlusTask(workers=workers)
+        problems = task.problems("train") + task.problems("test")
+        start = time.perf_counter()
+        expected_outputs(problems, workers)
+        t_expected = time.perf_counter() - start
+        start = time.perf_counter()
+        verdicts = task.verify_batch(problems, [f"```python\n{p.answer}\n```" for p in problems])
+        t_verify = time.perf_counter() - start
+    n_tests = sum(v.details["tests_total"] for v in verdicts)
+    print(f"\nMBPP+ canonical solutions, workers={workers}: {sum(v.passed for v in verdicts)}/{len(problems)} pass; "
+          f"expected outputs {t_expected:.1f} s, grading {t_verify:.1f} s ({len(problems) / t_verify:.1f} "
+          f"programs/s, {n_tests} test calls)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", default="1,2,4", help="comma-separated worker counts")
     parser.add_argument("--programs", type=int, default=48, help="programs per cell")
     parser.add_argument("--workloads", default="trivial,mbppplus")
+    parser.add_argument("--mbppplus-all", action="store_true", help="also time all 378 canonical solutions")
     args = parser.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
     print_load()
@@ -68,6 +97,8 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- |")
     for workload, w, n, rate, ok in rows:
         print(f"| {workload} | {w} | {n} | {rate:.1f} | {ok}/{n} |")
+    if args.mbppplus_all:
+        mbppplus_all(max(workers))
 
 
 if __name__ == "__main__":

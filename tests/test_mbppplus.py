@@ -52,6 +52,8 @@ def test_inputs_take_the_example_call_container_types():
     assert conform([[4, "b"], [5, "c"]], templates[1]) == [(4, "b"), (5, "c")]
     assert conform(3, templates[0]) == 3
     assert conform(["0", "1j"], (0, 1j)) == (0, 1j)  # complex numbers are stored as text
+    nested = (4, 5, (7, 6, (2, 4)), 6, 8)  # inputs nest deeper, and elsewhere, than the example
+    assert conform([1, [2, [3, [4, [5]]]], 6, [7]], nested) == (1, (2, (3, (4, (5,)))), 6, (7,))
     assert example_templates("assert g(x) == 1", "f") is None
 
 

@@ -34,7 +34,7 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "mbppplus"
 DATA_FILE = DATA_DIR / "MbppPlus-v0.2.0.jsonl"
 TEST_SETS = ("plus", "base")   # plus = base + plus inputs (the MBPP+ score); base = the original MBPP tests
 TEST_ONE_IN = 3                # a task is in the test split iff sha256(task_id) % 3 == 0 (~126 of 378)
-HARNESS_VERSION = "2"          # bump when the harness or input conversion changes: expected outputs are recomputed
+HARNESS_VERSION = "3"          # bump when the harness or input conversion changes: expected outputs are recomputed
 CANONICAL_LIMITS = Limits(wall_s=120.0, cpu_s=120, memory_mb=2048)
 INSTRUCTION = ("Write a Python function `{entry_point}` that solves this task. Your code must pass the example "
                "assert above. Reply with the complete code (imports included) in one ```python code block.")
@@ -61,11 +61,25 @@ def example_templates(assertion: str, entry_point: str) -> list | None:
     return None
 
 
+_CONTAINERS = (tuple, list, set)
+
+
+def _item_template(items: list, i: int, value, template):
+    """Which part of the template shapes value[i]: the item at the same place if it is of the same kind
+    (container or not); for a container, else the template's first container item, else the template itself
+    (nested inputs often go deeper than the example: ((1, (2, 3)),) shapes [1, [2, [3, [4]]]] all the way)."""
+    if i < len(items) and isinstance(value, list) == isinstance(items[i], _CONTAINERS):
+        return items[i]
+    if isinstance(value, list):
+        return next((t for t in items if isinstance(t, _CONTAINERS)), template)
+    return items[min(i, len(items) - 1)] if items else None
+
+
 def conform(value, template):
     """`value` (from JSON) with the container types of `template` (a literal from the example call)."""
-    if isinstance(value, list) and isinstance(template, (tuple, list, set)):
+    if isinstance(value, list) and isinstance(template, _CONTAINERS):
         items = list(template)
-        shaped = [conform(v, items[min(i, len(items) - 1)] if items else None) for i, v in enumerate(value)]
+        shaped = [conform(v, _item_template(items, i, v, template)) for i, v in enumerate(value)]
         if isinstance(template, tuple):
             return tuple(shaped)
         if isinstance(template, set):
