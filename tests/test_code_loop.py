@@ -3,7 +3,8 @@ with the sandbox's feedback text inside the teacher's context."""
 
 import pytest
 
-import scpo_lab.teacher as teacher_module
+from transformers import PreTrainedTokenizerBase
+
 from scpo_lab.config import make_config
 from scpo_lab.tasks import Task, Verdict, get_task, mbppplus
 from scpo_lab.trainer import train
@@ -16,15 +17,16 @@ HEADLINES = ("Accepted", "Wrong Answer", "Runtime Error", "Time Limit Exceeded",
 def test_scpo_divergence_trains_on_code_and_teacher_reads_sandbox_feedback(tmp_path, monkeypatch, task_name):
     # expected outputs in a fresh folder; the model cache (the tiny policy's tokenizer) stays where it is
     monkeypatch.setattr(mbppplus, "_cache_dir", lambda: tmp_path / "expected")
-    contexts = []
-    real = teacher_module.privileged_messages
+    rendered = []  # every chat the tokenizer renders: rollout prompts and the teacher's contexts
+    real = PreTrainedTokenizerBase.apply_chat_template
 
-    def recording(prompt, verdict):
-        messages = real(prompt, verdict)
-        contexts.append((verdict, messages[-1]["content"]))
-        return messages
+    def recording(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        if isinstance(out, str):
+            rendered.append(out)
+        return out
 
-    monkeypatch.setattr(teacher_module, "privileged_messages", recording)
+    monkeypatch.setattr(PreTrainedTokenizerBase, "apply_chat_template", recording)
     config = make_config("smoke", method="scpo-divergence", runs_dir=str(tmp_path / "runs"),
                          task={"name": task_name, "options": {"workers": 2}})
     run = train(config, progress=False)
@@ -33,11 +35,11 @@ def test_scpo_divergence_trains_on_code_and_teacher_reads_sandbox_feedback(tmp_p
     assert df[["loss", "grad_norm"]].notna().all().all()
     samples = run.samples()
     assert len(samples) == config.steps * config.prompts_per_step * config.group_size
-    assert samples["feedback"].map(lambda f: f.startswith(HEADLINES)).all()
-    assert contexts
-    for verdict, text in contexts:  # the grader's note in the teacher context is the sandbox's feedback
-        assert verdict.feedback in text and "tests passed" in verdict.feedback
-        assert "status" in verdict.details
+    assert samples["feedback"].map(lambda f: f.startswith(HEADLINES) and "tests passed" in f).all()
+    teacher_contexts = [text for text in rendered if "Grader's note" in text]
+    assert teacher_contexts
+    for feedback in samples["feedback"]:  # the sandbox's feedback, verbatim, in what the teacher read
+        assert any(feedback in text for text in teacher_contexts), feedback[:200]
 
 
 def test_verify_batch_default_loops_over_verify():
