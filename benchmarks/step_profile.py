@@ -31,7 +31,7 @@ from common import peak_rss_mib, print_load, run_child, scratch_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download: every model here is local
 
-METHODS = ("grpo", "scpo-divergence")
+METHODS = ("grpo", "scpo-divergence", "sdpo", "opsd")  # every method with a different step
 PHASES = ("generation", "verification", "teacher", "update", "step")
 MARKER = "STEP_PROFILE_JSON "  # prefix of the one JSON line a child process prints for its parent
 TEACHER_TARGET = 0.25  # teacher seconds / grpo step seconds
@@ -119,9 +119,17 @@ def print_table(results: list[dict]) -> None:
               f"its total is in 'step 1 s')")
     else:
         print("only 1 step: it is the warm-up step and is reported as is (use --steps >= 2 to exclude it)")
-    head = ("method", "generation", "verification", "teacher", "update", "total", "step 1 s", "tokens/step",
-            "gen tok/s", "peak RSS MiB")
-    rows = [(r["method"], *(f"{r['seconds'][p]:.3f}" for p in PHASES), f"{r['first_step_seconds']:.3f}",
+    grpo = next((r["seconds"] for r in results if r["method"] == "grpo"), None)
+
+    def added(r):  # what the method adds to a GRPO step: its teacher pass, and the whole-step difference
+        if grpo is None or r["method"] == "grpo":
+            return "-"
+        teacher, whole = r["seconds"]["teacher"] / grpo["step"], r["seconds"]["step"] / grpo["step"] - 1
+        return f"{100 * teacher:+.0f}% / {100 * whole:+.0f}%"
+
+    head = ("method", "generation", "verification", "teacher", "update", "total", "added vs grpo", "step 1 s",
+            "tokens/step", "gen tok/s", "peak RSS MiB")
+    rows = [(r["method"], *(f"{r['seconds'][p]:.3f}" for p in PHASES), added(r), f"{r['first_step_seconds']:.3f}",
              f"{r['tokens_per_step']:.0f}", f"{r['generation_tokens_per_s']:.1f}", f"{r['peak_rss_mib']:.0f}")
             for r in results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
@@ -130,6 +138,8 @@ def print_table(results: list[dict]) -> None:
     print("-" * len(line))
     for row in rows:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    print("added vs grpo = teacher-pass seconds / grpo step seconds, then the whole step's difference to grpo (from "
+          "step 2 on the policies differ, so completion lengths and generation times can too)")
     print("peak RSS = ru_maxrss of the process that trained the method (its peak so far, model load included)")
 
 
@@ -160,6 +170,8 @@ def print_targets(results: list[dict]) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", choices=METHODS, help="profile only this method, in this process")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"comma-separated methods, each in its own subprocess (default: {','.join(METHODS)})")
     parser.add_argument("--steps", type=int, default=3, help="training steps per method; step 1 is warm-up")
     parser.add_argument("--model", default=None, help="'embedded' (cpu profile default), 'tiny', or a folder")
     parser.add_argument("--prompts", type=int, default=None, help="prompts per step (default: cpu profile's)")
@@ -179,13 +191,17 @@ def main(argv=None) -> int:
             print(MARKER + json.dumps(result), flush=True)
             return 0
         print_load()
-        results = [r for r in (run_in_subprocess(m, args, runs_dir) for m in METHODS) if r is not None]
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            parser.error(f"--methods: unknown {unknown[0]!r}; allowed: {', '.join(METHODS)}")
+        results = [r for r in (run_in_subprocess(m, args, runs_dir) for m in methods) if r is not None]
         if not results:
             print("no method finished", file=sys.stderr)
             return 1
         print_table(results)
         print_targets(results)
-        return 0 if len(results) == len(METHODS) else 1
+        return 0 if len(results) == len(methods) else 1
 
 
 if __name__ == "__main__":
