@@ -128,6 +128,9 @@ def _run_in(folder: str, job: SandboxJob) -> SandboxResult:
             proc = subprocess.Popen([sys.executable, "-S", "-s", str(PRELUDE), *map(str, config)], cwd=folder,
                                     env=_minimal_env(folder), stdin=stdin, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, pass_fds=(report_write,), start_new_session=True)
+        except BaseException:
+            os.close(report_read)
+            raise
         finally:
             os.close(report_write)  # the child holds its own copy; EOF arrives when the child exits
     out, stopped = _collect(proc, report_read, start + limits.wall_s, limits)
@@ -202,7 +205,7 @@ def _result(returncode, buffers, stopped, wall, limits: Limits) -> SandboxResult
         status, trace = "syntax_error", kinds["syntax_error"].get("trace", "SyntaxError")
     elif "memory" in kinds or (returncode != 0 and "MemoryError" in last_err):
         status, trace = "memory", f"Memory limit exceeded ({limits.memory_mb} MB): MemoryError"
-    elif returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+    elif returncode in (-signal.SIGXCPU, -signal.SIGKILL):  # soft, then hard RLIMIT_CPU (or the OOM killer)
         status, trace = "timeout", f"Time limit exceeded: CPU {limits.cpu_s} s"
     elif returncode is not None and returncode < 0:
         name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)

@@ -124,6 +124,21 @@ def test_bad_options():
         MBPPPlusTask().verify_batch([], ["x"])
 
 
+def test_hostile_programs_as_completions_get_failed_verdicts(task, tmp_path, monkeypatch):
+    from test_sandbox import hostile_programs
+
+    monkeypatch.setenv("SCPO_TEST_SECRET", "hunter2")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("original")
+    problem = by_id(task, "Mbpp/4")
+    programs = hostile_programs(victim, "SCPO_TEST_SECRET")
+    verdicts = task.verify_batch([problem] * len(programs), [fenced(code) for code, _ in programs.values()])
+    for name, verdict in zip(programs, verdicts):
+        assert not verdict.passed and verdict.reward == 0.0, name
+        assert verdict.details["status"] != "passed" and "hunter2" not in verdict.feedback, name
+    assert victim.read_text() == "original"
+
+
 @pytest.mark.slow
 def test_all_canonical_solutions_pass_their_own_tests(task):
     problems = task.problems("train") + task.problems("test")

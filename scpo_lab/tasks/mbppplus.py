@@ -214,7 +214,8 @@ class MBPPPlusTask(Task):
             outputs = expected[problem.id]["outputs"][:len(inputs)]
             keep = [i for i, o in enumerate(outputs) if o is not None]  # inputs the canonical solution rejects
             wall = 4.0 + 3.0 * expected[problem.id]["wall_s"]  # generous: the canonical run is the yardstick
-            limits = Limits(wall_s=wall, cpu_s=math.ceil(wall), memory_mb=1024)
+            # the reference's memory limit: a correct candidate never fails a limit its reference passed
+            limits = Limits(wall_s=wall, cpu_s=math.ceil(wall), memory_mb=CANONICAL_LIMITS.memory_mb)
             jobs.append(functional_job(code, meta["entry_point"], [inputs[i] for i in keep], limits))
             plans.append((problem, code, [inputs[i] for i in keep], [outputs[i] for i in keep]))
         verdicts = []
