@@ -4,9 +4,9 @@
     results = run_programs([SandboxJob(code_a), SandboxJob(code_b)], workers=4)
 
 Each program gets a fresh interpreter (`python -S -s`: no site-packages, so only the standard library, and a
-start in ~7 ms instead of ~20; its environment is built from scratch, so no PYTHON* variable but ours; the prelude
-takes its own folder off sys.path) started in its own session and process group, in its own temporary folder (deleted afterwards), with
-a minimal environment (nothing inherited: no secrets, no tokens). Inside, sandbox_prelude.py sets rlimits (CPU
+start in ~7 ms instead of ~20; the prelude takes its own folder off sys.path) started in its own session and
+process group, in its own temporary folder (deleted afterwards), with an environment built from scratch (nothing
+inherited: no secrets, no tokens, no PYTHON* variable but ours). Inside, sandbox_prelude.py sets rlimits (CPU
 seconds, address space, file size, no core files, no child processes) and installs an audit hook that refuses
 sockets, subprocesses, fork, signals, ctypes and file writes (and most reads) outside its folder, then runs it.
 Out here: a wall-clock limit after which the whole process group is SIGKILLed, and caps on stdout+stderr and on
@@ -17,7 +17,7 @@ Status (SandboxResult.status):
     failed        it raised an uncaught exception / exited non-zero (trace: the error's last lines)
     timeout       wall-clock or CPU limit
     memory        MemoryError (address-space limit)
-    crash         killed by a signal (e.g. segfault from unbounded recursion), output limit, or lost reports
+    crash         killed by a signal (e.g. segfault from unbounded recursion) or past the output caps
     syntax_error  main.py does not compile; it never ran
 What is NOT isolated (see README "Code tasks and the sandbox"): same user id, same kernel, same filesystem view
 (reads are limited by the hook, not by the kernel); the hook is in-process, so a C-level escape is not stopped.
