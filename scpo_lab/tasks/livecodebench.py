@@ -111,7 +111,8 @@ def load_upstream(path: str | Path, start_date: str | None = None, end_date: str
                              "platform": row.get("platform", ""), "difficulty": row.get("difficulty", ""),
                              "func_name": metadata.get("func_name"),
                              "public": check_tests(public, "public_test_cases"),
-                             "private": decode_private_tests(row.get("private_test_cases") or "")})
+                             # kept encoded: decoded, a release's private tests can take gigabytes
+                             "private": row.get("private_test_cases") or ""})
     return rows
 
 
@@ -124,7 +125,7 @@ def load_v5(split: str) -> list[dict]:
         starter = record.get("starter_code") or ""
         rows.append({"id": f"lcb-v5-{split}-{index}", "question": record["problem"], "starter_code": starter,
                      "date": "", "platform": "", "difficulty": "", "func_name": method_name(starter),
-                     "public": check_tests(record["tests"], "tests"), "private": []})
+                     "public": check_tests(record["tests"], "tests"), "private": ""})
     return rows
 
 
@@ -139,7 +140,8 @@ def method_name(starter_code: str) -> str | None:
 
 class LiveCodeBenchTask(Task):
     """Problem ids "lcb-<question_id>" (upstream) or "lcb-v5-<split>-<index>"; meta: testtype ("stdin" |
-    "functional"), func_name, starter_code, public, private, date, platform, difficulty, split."""
+    "functional"), func_name, starter_code, public (tests), private (still encoded: decoded when a verdict needs
+    them), date, platform, difficulty, split."""
 
     name = "livecodebench"
 
@@ -179,7 +181,7 @@ class LiveCodeBenchTask(Task):
         meta = problem.meta
         if meta["split"] == "train" and self.feedback_tests == "half":
             return meta["public"][:math.ceil(len(meta["public"]) / 2)]
-        return meta["public"] + meta["private"]
+        return meta["public"] + decode_private_tests(meta["private"])
 
     def verify(self, problem: Problem, completion: str) -> Verdict:
         return self.verify_batch([problem], [completion])[0]
@@ -187,11 +189,13 @@ class LiveCodeBenchTask(Task):
     def verify_batch(self, problems: list[Problem], completions: list[str]) -> list[Verdict]:
         if len(problems) != len(completions):
             raise ValueError(f"completions: got {len(completions)} for {len(problems)} problems; must be equal")
-        jobs, plans = [], []
+        jobs, plans, tests_of = [], [], {}
         for problem, completion in zip(problems, completions):
             functional = problem.meta["testtype"] == "functional"
             code = extract_code(completion, wants="class Solution" if functional else None)
-            tests = self.tests_for(problem)
+            if problem.id not in tests_of:  # once per problem of the batch: its G rollouts share the tests
+                tests_of[problem.id] = self.tests_for(problem)
+            tests = tests_of[problem.id]
             first = len(jobs)
             if functional:
                 args = [[json.loads(line) for line in t["input"].split("\n") if line.strip()] for t in tests]
