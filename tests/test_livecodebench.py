@@ -153,6 +153,20 @@ def test_v5_problem_wrong_program_gets_public_test_feedback():
     assert problem.meta["public"][0]["input"].strip()[:20] in verdict.feedback
 
 
+def test_v5_reference_solutions_pass():
+    task = get_task("livecodebench", workers=2)
+    by_id = {p.id: p for p in task.problems("test")}
+    second, smallest = by_id["lcb-v5-test-0"], by_id["lcb-v5-test-249"]  # second largest (stdin); all-ones >= n
+    assert (second.meta["testtype"], smallest.meta["testtype"]) == ("stdin", "functional")
+    second_ok = "n = int(input())\na = list(map(int, input().split()))\nprint(a.index(sorted(a)[-2]) + 1)\n"
+    smallest_ok = ("class Solution:\n    def smallestNumber(self, n: int) -> int:\n        x = 1\n"
+                   "        while x < n:\n            x = 2 * x + 1\n        return x\n")
+    verdicts = task.verify_batch([second, smallest, smallest], [fenced(second_ok), fenced(smallest_ok),
+                                                                fenced(smallest_ok.replace("2 * x + 1", "2 * x"))])
+    assert [v.passed for v in verdicts] == [True, True, False]
+    assert "Expected: 7" in verdicts[2].feedback and "Output: 8" in verdicts[2].feedback
+
+
 def test_method_name_and_bad_options():
     assert method_name(TWO_SUM_STARTER) == "twoSum"
     assert method_name("def f(x): pass") is None
