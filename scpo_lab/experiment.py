@@ -15,6 +15,7 @@ import pandas as pd
 from scpo_lab.config import TrainConfig, eval_settings
 from scpo_lab.evaluation import EvalResult, evaluate
 from scpo_lab.runs import config_hash, default_runs_dir
+from scpo_lab.stats import mean_ci
 from scpo_lab.tasks import get_task
 from scpo_lab.trainer import Run, policy_for, train
 
@@ -51,14 +52,23 @@ def _evaluate(policy, config: TrainConfig, settings: dict) -> EvalResult:
     return evaluate(policy, task, max_new_tokens=config.max_new_tokens, temperature=config.temperature, **settings)
 
 
-def evaluate_run(run: Run, settings: dict | None = None, policy=None) -> EvalResult:
-    """The run's final adapter on held-out problems; cached in the run folder's eval.json."""
+def evaluate_run(run: Run, settings: dict | None = None, policy=None, step: int | None = None) -> EvalResult:
+    """The run's final adapter (or its checkpoint at `step`) on held-out problems; cached in the run folder's
+    eval.json."""
     settings = settings or {}
-    key = _eval_key(run.config, settings)
+    key = _eval_key(run.config, settings) | ({} if step is None else {"step": step})
     for record in run.dir.read_eval():
         if record.get("key") == key:
             return _from_dict(record["result"])
-    policy = run.load_policy(policy)
+    if step is None:
+        policy = run.load_policy(policy)
+    else:
+        folders = dict(run.dir.checkpoints())
+        if step not in folders:
+            raise ValueError(f"step: run {run.path.name} has no complete checkpoint at step {step}; "
+                             f"available: {sorted(folders) or 'none'}")
+        policy = policy or policy_for(run.config)
+        policy.load_adapter(folders[step] / "adapter")
     result = _evaluate(policy, run.config, settings)
     run.dir.add_eval({"key": key, "result": result.to_dict()})
     return result
@@ -70,6 +80,7 @@ class Experiment:
 
     runs: dict[str, Run]
     evals: dict[str, EvalResult]
+    curve: pd.DataFrame | None = None  # held-out pass@1 at each checkpoint (run_experiment(checkpoint_evals=True))
 
     @property
     def metrics(self) -> pd.DataFrame:
@@ -87,11 +98,15 @@ class Experiment:
 
 
 def run_experiment(configs: dict[str, TrainConfig], profile: str, *, include_base: bool = True,
-                   progress: bool = True) -> Experiment:
+                   progress: bool = True, settings: dict | None = None, evaluate: bool = True,
+                   checkpoint_evals: bool = False) -> Experiment:
     """Train (or load) each config, evaluate the base model once and every final adapter on the same problems.
     One policy is loaded (lazily, only when something must be computed) and shared: each run resets its LoRA
-    adapter before training, evaluation loads the run's adapter into it."""
-    settings = eval_settings(profile)
+    adapter before training, evaluation loads the run's adapter into it.
+
+    settings: evaluation sizes (default: the profile's, config.EVAL_SETTINGS); evaluate=False trains only;
+    checkpoint_evals=True also evaluates every saved checkpoint (Experiment.curve: pass@1 along training)."""
+    settings = dict(settings or eval_settings(profile))
     shared: dict = {}
 
     def policy():
@@ -99,13 +114,22 @@ def run_experiment(configs: dict[str, TrainConfig], profile: str, *, include_bas
             shared["policy"] = policy_for(next(iter(configs.values())))
         return shared["policy"]
 
-    runs, evals = {}, {}
-    if include_base:
+    runs, evals, curve = {}, {}, []
+    if include_base and evaluate:
         evals["base"] = evaluate_base(next(iter(configs.values())), settings, policy=_Lazy(policy))
     for label, config in configs.items():
         runs[label] = train(config, _Lazy(policy), progress=progress)
+        if not evaluate:
+            continue
         evals[label] = evaluate_run(runs[label], settings, policy=_Lazy(policy))
-    return Experiment(runs=runs, evals=evals)
+        if checkpoint_evals:
+            tokens = {int(r["step"]): r["generated_tokens"] for r in runs[label].dir.read_metrics()}
+            for step, _ in runs[label].dir.checkpoints():
+                result = evaluate_run(runs[label], settings, policy=_Lazy(policy), step=step)
+                curve.append({"label": label, "method": config.method, "seed": config.seed, "step": step,
+                              "generated_tokens": tokens.get(step), "pass@1": result.pass_at_1,
+                              "ci_low": result.ci_low, "ci_high": result.ci_high})
+    return Experiment(runs=runs, evals=evals, curve=pd.DataFrame(curve))
 
 
 class _Lazy:
@@ -116,6 +140,35 @@ class _Lazy:
 
     def __getattr__(self, name):
         return getattr(self._factory(), name)
+
+
+def seed_summary(evals: dict[str, EvalResult], arm_of: dict[str, str]) -> pd.DataFrame:
+    """One row per arm: pass@1 mean over its seeds' runs with a Student-t 95% interval over seeds (stats.mean_ci),
+    the seeds' values, and the mean of the per-run bootstrap intervals' widths (evaluation noise)."""
+    rows = []
+    for arm in dict.fromkeys(arm_of.values()):
+        results = [evals[label] for label, a in arm_of.items() if a == arm and label in evals]
+        if not results:
+            continue
+        mean, low, high = mean_ci([r.pass_at_1 for r in results])
+        rows.append({"arm": arm, "seeds": len(results), "mean": mean, "ci_low": low, "ci_high": high,
+                     "values": [r.pass_at_1 for r in results],
+                     "eval_ci_width": sum(r.ci_high - r.ci_low for r in results) / len(results)})
+    return pd.DataFrame(rows)
+
+
+def compare_arms(summary: pd.DataFrame, arm: str, reference: str) -> str:
+    """One sentence from a seed summary: is `arm` above/below `reference` beyond both intervals over seeds?"""
+    a, b = (summary.set_index("arm").loc[name] for name in (arm, reference))
+    text = (f"{arm} pass@1 {a['mean']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] vs {reference} {b['mean']:.3f} "
+            f"[{b['ci_low']:.3f}, {b['ci_high']:.3f}] over {int(a['seeds'])} and {int(b['seeds'])} seeds: ")
+    if a["seeds"] < 2 or b["seeds"] < 2:
+        return text + "one seed on a side, no interval over seeds: no claim."
+    if a["ci_low"] > b["ci_high"]:
+        return text + f"{arm} is better, beyond both intervals."
+    if a["ci_high"] < b["ci_low"]:
+        return text + f"{arm} is worse, beyond both intervals."
+    return text + "the intervals overlap: no difference shown."
 
 
 def compare(a: EvalResult, b: EvalResult, name_a: str, name_b: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 # Readable names for the logged metrics (TRL's names are kept in the logs themselves).
@@ -87,5 +88,70 @@ def phase_times(df: pd.DataFrame, hue: str = "method"):
     ax.set_xlabel("")
     ax.tick_params(axis="x", rotation=0)
     ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def pass_at_1_vs_tokens(curve: pd.DataFrame, hue: str = "arm", base: float | None = None,
+                        title: str = "held-out pass@1 along training (mean over seeds; band: min..max)"):
+    """Held-out pass@1 of each checkpoint against generated tokens so far: one line per `hue` value (the mean
+    over seeds at each checkpoint step, x = mean generated tokens), a min..max band over seeds."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for label, part in curve.groupby(hue, sort=True):
+        by_step = part.groupby("step").agg(tokens=("generated_tokens", "mean"), mean=("pass@1", "mean"),
+                                           low=("pass@1", "min"), high=("pass@1", "max"), n=("pass@1", "size"))
+        line, = ax.plot(by_step["tokens"], by_step["mean"], marker="o", label=f"{label} (n={int(by_step.n.max())})")
+        ax.fill_between(by_step["tokens"], by_step["low"], by_step["high"], alpha=0.15, color=line.get_color())
+    if base is not None:
+        ax.axhline(base, color="gray", linestyle="--", linewidth=1, label="base model")
+    ax.set_xlabel("generated tokens (training)")
+    ax.set_ylabel("held-out pass@1")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def seed_bars(summary: pd.DataFrame, title: str = "held-out pass@1: mean over seeds, 95% t-interval; dots = seeds"):
+    """Bars from a seed summary (columns arm, mean, ci_low, ci_high, values) with each seed's value as a dot."""
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(summary), 3.6))
+    x = range(len(summary))
+    ax.bar(x, summary["mean"], yerr=[summary["mean"] - summary["ci_low"], summary["ci_high"] - summary["mean"]],
+           capsize=5, color=plt.cm.tab10.colors[: len(summary)], alpha=0.8)
+    for i, values in zip(x, summary["values"]):
+        ax.scatter([i] * len(values), values, color="black", s=12, zorder=3)
+    ax.set_xticks(list(x), summary["arm"], rotation=20)
+    ax.set_ylabel("pass@1")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def signal_heat_strip(samples: pd.DataFrame, value: str = "token_advantage", n: int = 6, max_tokens: int = 40,
+                      title: str | None = None):
+    """Rows = a few logged rollouts, cells = their completion tokens coloured by a per-token signal (blue < 0 <
+    red), the token text written in each cell: where in a completion a dense signal concentrates."""
+    rows = samples[samples[value].notna()].head(n) if value in samples else samples.head(0)
+    fig, ax = plt.subplots(figsize=(min(18, 0.42 * max_tokens + 2), 0.55 * max(1, len(rows)) + 1.0))
+    if rows.empty:
+        ax.text(0.5, 0.5, f"no samples carry '{value}'", ha="center", va="center")
+        ax.axis("off")
+        return fig
+    grid = np.full((len(rows), max_tokens), np.nan)
+    for r, (_, row) in enumerate(rows.iterrows()):
+        vals = list(row[value])[:max_tokens]
+        grid[r, : len(vals)] = vals
+    limit = float(np.nanmax(np.abs(grid))) or 1.0
+    ax.imshow(grid, cmap="coolwarm", vmin=-limit, vmax=limit, aspect="auto")
+    for r, (_, row) in enumerate(rows.iterrows()):
+        for t, token in enumerate(list(row["tokens"])[:max_tokens]):
+            ax.text(t, r, str(token).replace("Ġ", " ").replace("Ċ", "\\n")[:6], ha="center", va="center",
+                    fontsize=6)
+    ax.set_yticks(range(len(rows)), [f"{'pass' if p else 'fail'} r={rw:.0f}" for p, rw in
+                                     zip(rows["passed"], rows["reward"])], fontsize=7)
+    ax.set_xlabel("completion token")
+    ax.set_title(title or f"{value} per token (colour range +-{limit:.2f})", fontsize=10)
     fig.tight_layout()
     return fig

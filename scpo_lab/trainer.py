@@ -161,7 +161,7 @@ def training_step(config, policy, task, train_problems, optimizer, params, criti
 
     # 3. advantages: A_i = (r_i - mean_group r) / (std_group r + eps), then the critic's signal
     advantages = group_advantages(rewards, config.group_size, scale=config.scale_rewards)
-    extra, times["teacher"], target = {}, 0.0, None
+    extra, times["teacher"], target, teacher = {}, 0.0, None, None
     if critic is not None:
         t0 = time.perf_counter()
         teacher = critic.teacher_pass(policy, batch, temperature=config.temperature,
@@ -202,7 +202,7 @@ def training_step(config, policy, task, train_problems, optimizer, params, criti
     }
     row["time/step"] = sum(times.values())
     if step % config.samples_every == 0 or step == config.steps:
-        run.append_samples(_sample_rows(step, batch, rewards))
+        run.append_samples(_sample_rows(step, batch, rewards, policy.tokenizer, advantages, teacher))
     return row
 
 
@@ -276,11 +276,25 @@ def _micro_batches(batch: RolloutBatch, size: int):
                      completion_mask[:, :width])
 
 
-def _sample_rows(step, batch: RolloutBatch, rewards) -> list[dict]:
-    return [{"step": step, "problem_id": p.id, "group": int(g), "prompt": p.prompt[-1]["content"],
+def _sample_rows(step, batch: RolloutBatch, rewards, tokenizer=None, advantages=None, teacher=None) -> list[dict]:
+    """One row per rollout. With a teacher pass or per-token advantages, also the completion's tokens and, per
+    token, the teacher-minus-student log-ratio and the advantage (for heat strips of where a signal lands)."""
+    rows = [{"step": step, "problem_id": p.id, "group": int(g), "prompt": p.prompt[-1]["content"],
              "completion": text, "reward": float(r), "passed": v.passed, "feedback": v.feedback,
              "extracted": v.extracted, "answer": p.answer}
             for p, g, text, r, v in zip(batch.problems, batch.group_ids, batch.texts, rewards, batch.verdicts)]
+    dense = advantages is not None and advantages.dim() == 2
+    if tokenizer is None or (teacher is None and not dense):
+        return rows
+    lengths = batch.completion_mask.sum(1).tolist()
+    for i, row in enumerate(rows):
+        n = int(lengths[i])
+        row["tokens"] = tokenizer.convert_ids_to_tokens(batch.completion_ids[i, :n].tolist())
+        if teacher is not None:
+            row["token_log_ratio"] = [round(x, 4) for x in (teacher.logprobs[i, :n] - batch.logprobs[i, :n]).tolist()]
+        if dense:
+            row["token_advantage"] = [round(x, 4) for x in advantages[i, :n].tolist()]
+    return rows
 
 
 def _save_checkpoint(run: RunDir, policy, optimizer, step: int, state: dict, critic=None) -> None:

@@ -29,3 +29,14 @@ def test_quickstart_executes_on_the_smoke_profile(tmp_path, monkeypatch):
 def test_unknown_notebook_name_is_a_clear_error():
     with pytest.raises(ValueError, match="^notebooks: unknown"):
         notebook_paths(names=["99_nothing"])
+
+
+def test_supervision_level_executes_on_the_smoke_profile(tmp_path, monkeypatch):
+    from scpo_lab.reports import execute_notebook
+
+    monkeypatch.setenv("SCPO_LAB_RUNS", str(tmp_path / "runs"))
+    path = notebook_paths(names=["01_supervision_level"])[0]
+    html = execute_notebook(path, tmp_path / "reports", {"profile": "smoke", "seeds": [0, 1]}).read_text()
+    assert html.count("data:image/png;base64") >= 7  # bars, curve, 2 training panels, heat strips, gsm8k, cost
+    assert "Conclusion" in html and "only show that the code runs" in html and "Traceback" not in html
+    assert "GSM8K, mean over steps" in html and "scpo-sequence" in html
