@@ -34,8 +34,10 @@ lab: setup
 	$(BIN)/jupyter lab notebooks/
 
 benchmarks: setup
+	$(BIN)/python benchmarks/rollout_speed.py --profile
 	$(BIN)/python benchmarks/step_profile.py
 	$(BIN)/python benchmarks/vs_trl.py
+	$(BIN)/python benchmarks/sandbox_speed.py
 
 clean-runs:
 	rm -rf runs reports/_executed

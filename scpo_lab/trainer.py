@@ -3,7 +3,7 @@
     for step in 1..steps:
         problems   <- draw prompts_per_step training problems           (seeded by (seed, step))
         rollouts   <- G samples per problem, sampler log-probs recorded  (rollout.sample_rollouts)
-        verdicts   <- task.verify(problem, completion)                   (reward, passed, feedback)
+        verdicts   <- task.verify_batch(problems, completions)          (reward, passed, feedback)
         teacher    <- policy re-reads each rollout with its verdict       (teacher.teacher_pass; skipped by grpo)
         advantages <- group-relative advantages [+ the critic's signal]  (objective / critics)
         update     <- clipped surrogate (+ beta * k3 KL), AdamW on LoRA weights, grad clipping
