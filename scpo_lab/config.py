@@ -48,7 +48,7 @@ class TaskConfig:
 SCPO_CENTERS = ("none", "group")
 SCPO_AGGREGATIONS = ("token", "span", "line", "sequence")
 SCPO_GROUNDINGS = ("additive", "rlsd")
-SCPO_SIGNALS = ("log-ratio", "reverse-kl", "forward-kl", "jsd")
+SCPO_SIGNALS = ("log-ratio", "reverse-kl", "forward-kl", "jsd", "pairwise-rank", "probe")
 
 
 @dataclass
@@ -65,6 +65,14 @@ class ScpoConfig:
         d_{i,t} = -KL(q || p)            signal = "forward-kl"
         d_{i,t} = -[a KL(p || m) + (1 - a) KL(q || m)],  m = a p + (1 - a) q      signal = "jsd" (a = jsd_alpha)
     (the distribution signals need a second, student-context pass: about one more teacher pass of compute)
+    Two learned or relational extractors:
+        signal = "pairwise-rank" (DPO-style): implicit reward R_i = rank_beta * sum_t log-ratio_{i,t}; within the
+            group d_{i,t} = mean_{j != i} sigmoid(R_i - R_j) - 1/2 for every token of rollout i (a ranking reward)
+        signal = "probe": a linear probe z = v . h + b on the teacher pass's hidden states h_{i,t} at depth
+            probe_depth (0 = embeddings, 1 = last layer), trained online (Adam, probe_lr, one step per training
+            step, after its signal is read) to predict the verifier outcome of rollout i from every token's state
+            (binary cross-entropy); d_{i,t} = sigmoid(z_{i,t}) - sigmoid(z_{i,t-1}) (sigmoid(z_{i,-1}) = 1/2): where
+            along the rollout the outcome-aware states shift the predicted success
     center = "group":  d_{i,t} <- d_{i,t} - mean_{j in g} dbar_j,  dbar_j = token mean of d over rollout j
                        (a group baseline: the signal moves credit between siblings instead of pulling every
                        token toward the teacher, which is reverse-KL distillation since E_student[d] = -KL <= 0)
@@ -85,6 +93,9 @@ class ScpoConfig:
     signal: str = "log-ratio"  # log-ratio | reverse-kl | forward-kl | jsd
     top_k: int = 100  # support of the distribution signals: student's top-k + tail; 0 = full vocabulary
     jsd_alpha: float = 0.5  # a in the generalized JSD
+    rank_beta: float = 1.0  # beta of the implicit reward, signal = "pairwise-rank"
+    probe_depth: float = 0.5  # which hidden layer the probe reads, as a fraction of the depth
+    probe_lr: float = 1e-3
 
 
 DISTILL_SUPPORTS = ("sampled", "topk", "full")
@@ -256,6 +267,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"scpo.top_k: got {cfg.scpo.top_k!r}; must be an integer >= 0 (0 = full vocabulary)")
     if not 0 < cfg.scpo.jsd_alpha < 1:
         raise ConfigError(f"scpo.jsd_alpha: got {cfg.scpo.jsd_alpha!r}; must be in (0, 1)")
+    _positive("scpo.rank_beta", cfg.scpo.rank_beta)
+    _positive("scpo.probe_lr", cfg.scpo.probe_lr)
+    if not isinstance(cfg.scpo.probe_depth, (int, float)) or not 0 <= cfg.scpo.probe_depth <= 1:
+        raise ConfigError(f"scpo.probe_depth: got {cfg.scpo.probe_depth!r}; must be in [0, 1]")
     d = cfg.distill
     for name in ("grpo_weight", "alpha", "ema_rate"):
         value = getattr(d, name)

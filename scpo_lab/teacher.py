@@ -62,12 +62,14 @@ class TeacherOutput:
     dist_logprobs: torch.Tensor | None = None  # [B, T, k] log-probs on a support (top_k or support_ids)
     dist_ids: torch.Tensor | None = None  # [B, T, k] the support's token ids
     student: "TeacherOutput | None" = None  # the student's pass on the same support, when a critic needs it
+    hidden: torch.Tensor | None = None  # [B, T, H] states of layer `hidden_layer` after reading each completion token
 
 
 @torch.no_grad()
 def teacher_pass(policy, batch: RolloutBatch, verdicts, *, temperature: float = 1.0,
                  micro_batch_size: int = 16, context=privileged_messages, top_k: int | None = None,
-                 support_ids: torch.Tensor | None = None, messages: list[list[dict]] | None = None) -> TeacherOutput:
+                 support_ids: torch.Tensor | None = None, messages: list[list[dict]] | None = None,
+                 hidden_layer: int | None = None) -> TeacherOutput:
     """Teacher-forced forward of the policy (adapter on: the live policy) over context(prompt, verdict) + rollout.
 
     Cost, which the lab's budget depends on: the contexts of one group differ only after the question (each
@@ -107,6 +109,7 @@ def teacher_pass(policy, batch: RolloutBatch, verdicts, *, temperature: float = 
     k = support_ids.shape[-1] if support_ids is not None else top_k
     dist = torch.zeros((*batch.completion_ids.shape, k), dtype=torch.float32, device=device) if k else None
     dist_ids = support_ids if support_ids is not None else (torch.zeros_like(dist, dtype=torch.long) if k else None)
+    layer_states = None
     for start in range(0, B, micro_batch_size):
         rows = order[start:start + micro_batch_size]
         index = torch.tensor([group_of[r] for r in rows], device=device)
@@ -116,8 +119,9 @@ def teacher_pass(policy, batch: RolloutBatch, verdicts, *, temperature: float = 
         row_cache = DynamicCache(ddp_cache_data=[(k[index], v[index]) for k, v in prefix_kv])
         attention = torch.cat([prefix_mask[index], body_mask], dim=1)
         positions = prefix_mask[index].sum(1, keepdim=True) + torch.arange(body_ids.shape[1], device=device)
-        hidden = backbone(input_ids=body_ids, attention_mask=attention, position_ids=positions,
-                          past_key_values=row_cache, use_cache=True).last_hidden_state  # [b, S+T, H]
+        out = backbone(input_ids=body_ids, attention_mask=attention, position_ids=positions,
+                       past_key_values=row_cache, use_cache=True, output_hidden_states=hidden_layer is not None)
+        hidden = out.last_hidden_state  # [b, S+T, H]
         # completion token t of a row sits at body index len(tail) + t and is predicted by the state before it
         T = max(lengths[r] for r in rows) or 1
         at = torch.tensor([len(tails[r]) for r in rows], device=device)[:, None] + torch.arange(T, device=device) - 1
@@ -125,6 +129,12 @@ def teacher_pass(policy, batch: RolloutBatch, verdicts, *, temperature: float = 
         h = hidden.gather(1, at[..., None].expand(-1, -1, hidden.shape[-1]))
         targets = body_ids.gather(1, (at + 1).clamp(max=body_ids.shape[1] - 1))
         row_index = torch.tensor(rows, device=device)
+        if hidden_layer is not None:  # the state right after token t was read: index at + 1
+            states = out.hidden_states[hidden_layer]
+            if layer_states is None:
+                layer_states = torch.zeros((*batch.completion_ids.shape, states.shape[-1]), device=device)
+            after = (at + 1).clamp(max=states.shape[1] - 1)
+            layer_states[row_index, :T] = states.gather(1, after[..., None].expand(-1, -1, states.shape[-1])).float()
         if not k:
             logp, _, _ = chunk_logprobs(head, h, targets, temperature, False)
         else:
@@ -136,7 +146,8 @@ def teacher_pass(policy, batch: RolloutBatch, verdicts, *, temperature: float = 
                 dist[row_index, :T], dist_ids[row_index, :T] = logp_all.topk(k, dim=-1)
         logprobs[row_index, :T] = logp * batch.completion_mask[row_index, :T]
     model.train(was_training)
-    return TeacherOutput(logprobs=logprobs, tokens_read=read, dist_logprobs=dist, dist_ids=dist_ids)
+    return TeacherOutput(logprobs=logprobs, tokens_read=read, dist_logprobs=dist, dist_ids=dist_ids,
+                         hidden=layer_states)
 
 
 def _common_prefix_length(sequences: list[list[int]]) -> int:

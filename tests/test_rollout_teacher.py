@@ -315,3 +315,37 @@ def test_ema_teacher_moves_as_specified_and_the_live_weights_come_back(policy, p
     torch.testing.assert_close(lora[name].detach(), live)  # and the live ones are back
     with torch.no_grad():
         lora[name].sub_(1.0)
+
+
+def test_pairwise_rank_reward_hand_computed():
+    from scpo_lab.critics.divergence import pairwise_rank_reward
+    log_ratio = torch.tensor([[0.5, 0.5], [0.0, 0.0], [-1.0, 0.0], [2.0, 9.0]])
+    mask = torch.tensor([[1, 1], [1, 1], [1, 0], [1, 0]])
+    r = pairwise_rank_reward(log_ratio, mask, group_size=2, beta=0.5)
+    # group 0: R = [0.5, 0]; group 1: R = [-0.5, 1.0] (masked 9.0 ignored)
+    s = lambda x: 1 / (1 + math.exp(-x))
+    expected = [s(0.5) - 0.5, s(-0.5) - 0.5, s(-1.5) - 0.5, s(1.5) - 0.5]
+    assert r.tolist() == pytest.approx(expected, abs=1e-6)
+    assert r.view(2, 2).sum(1).tolist() == pytest.approx([0.0, 0.0], abs=1e-6)  # zero-sum within a group
+
+
+def test_probe_signal_starts_at_zero_learns_the_outcome_and_resumes(policy, problems):
+    cfg = make_config("smoke", method="scpo-divergence", **{"scpo.signal": "probe", "scpo.probe_lr": 0.05,
+                                                            "scpo.probe_depth": 0.5})
+    batch = sample_rollouts(policy, problems, group_size=2, max_new_tokens=6, seed=1)
+    batch.verdicts = [Verdict(float(i % 2), bool(i % 2), "The expected answer is 3.") for i in range(len(batch))]
+    critic = DivergenceCritic(cfg, policy.tokenizer)
+    teacher = critic.teacher_pass(policy, batch, temperature=1.0, micro_batch_size=4)
+    assert teacher.hidden.shape == (*batch.completion_ids.shape, 64)
+    first = critic.signal(batch, teacher)
+    assert first.abs().max() == 0  # the probe starts at p = 1/2: no signal before it has learned
+    losses = []
+    for _ in range(30):
+        critic.signal(batch, teacher)
+        losses.append(critic.last_probe_loss)
+    assert losses[-1] < losses[0]
+    state = critic.state_dict()
+    twin = DivergenceCritic(cfg, policy.tokenizer)
+    twin.load_state_dict(state)
+    mask = batch.completion_mask.float()
+    torch.testing.assert_close(twin.signal(batch, teacher) * mask, critic.signal(batch, teacher) * mask)

@@ -54,9 +54,11 @@ def test_update_moves_only_lora_weights(tmp_path):
     assert changed and all("lora_" in n for n in changed)
 
 
-@pytest.mark.parametrize("method", ["grpo", "sdpo"])  # sdpo: its EMA teacher must come back from the checkpoint
-def test_resume_after_a_kill_has_no_duplicated_or_missing_rows(tmp_path, monkeypatch, method):
-    cfg = smoke(tmp_path, steps=4, save_every=2, method=method, learning_rate=0.05)
+# sdpo: its EMA teacher, scpo-divergence with a probe: the probe and its optimizer must come back from the checkpoint
+@pytest.mark.parametrize("method, options", [("grpo", {}), ("sdpo", {}),
+                                             ("scpo-divergence", {"scpo.signal": "probe", "scpo.probe_lr": 0.1})])
+def test_resume_after_a_kill_has_no_duplicated_or_missing_rows(tmp_path, monkeypatch, method, options):
+    cfg = smoke(tmp_path, steps=4, save_every=2, method=method, learning_rate=0.05, **options)
     reference = train(cfg.replace(runs_dir=str(tmp_path / "ref")), progress=False).metrics
 
     real_step = trainer_module.training_step
@@ -80,7 +82,8 @@ def test_resume_after_a_kill_has_no_duplicated_or_missing_rows(tmp_path, monkeyp
     resumed = train(cfg, progress=False).metrics
     assert resumed["step"].tolist() == [1, 2, 3, 4]
     # steps 3 and 4 were replayed from the step-2 checkpoint with the same draws: same numbers as an unbroken run
-    columns = ("reward", "completions/mean_length", "loss") + (("distill/loss",) if method == "sdpo" else ())
+    columns = ("reward", "completions/mean_length", "loss") + (("distill/loss",) if method == "sdpo" else ()) \
+        + (("scpo/probe_loss",) if options else ())
     for column in columns:
         assert resumed[column].tolist() == pytest.approx(reference[column].tolist(), abs=1e-5), column
 
@@ -107,6 +110,8 @@ def test_non_finite_gradients_stop_with_a_clear_error_and_keep_checkpoints(tmp_p
     {"scpo.signal": "jsd", "scpo.top_k": 5, "scpo.aggregation": "line", "scpo.center": "group"},
     {"scpo.signal": "reverse-kl", "scpo.top_k": 0, "scpo.aggregation": "sequence", "scpo.grounding": "rlsd"},
     {"scpo.signal": "forward-kl", "scpo.aggregation": "span", "scpo.span_tokens": 3},
+    {"scpo.signal": "pairwise-rank", "scpo.rank_beta": 0.5},
+    {"scpo.signal": "probe", "scpo.probe_depth": 1.0},
 ])
 def test_divergence_critic_options_train_end_to_end(tmp_path, options):
     run = train(smoke(tmp_path, method="scpo-divergence", steps=1, **options), progress=False)

@@ -26,9 +26,21 @@ from scpo_lab.teacher import student_messages, teacher_pass
 
 
 class DivergenceCritic(Critic):
+    DISTRIBUTION_SIGNALS = ("reverse-kl", "forward-kl", "jsd")
+
+    def __init__(self, config, tokenizer=None):
+        super().__init__(config, tokenizer)
+        self.probe: torch.nn.Linear | None = None  # signal = "probe": built on first use (needs the hidden size)
+        self.probe_optimizer = None
+        self._pending_probe_state = None
+
     def teacher_pass(self, policy, batch, *, temperature: float, micro_batch_size: int):
         cfg = self.config.scpo
-        if cfg.signal == "log-ratio":
+        if cfg.signal == "probe":
+            layers = policy.model.config.num_hidden_layers  # peft forwards .config to the base model
+            return teacher_pass(policy, batch, batch.verdicts, temperature=temperature,
+                                micro_batch_size=micro_batch_size, hidden_layer=round(cfg.probe_depth * layers))
+        if cfg.signal not in self.DISTRIBUTION_SIGNALS:
             return super().teacher_pass(policy, batch, temperature=temperature, micro_batch_size=micro_batch_size)
         # distributions: the student's top-k (its own context), then the teacher's log-probs on those tokens
         k = cfg.top_k or len(policy.tokenizer)
@@ -44,6 +56,11 @@ class DivergenceCritic(Critic):
         cfg = self.config.scpo
         if cfg.signal == "log-ratio":
             return teacher.logprobs - batch.logprobs
+        if cfg.signal == "pairwise-rank":
+            return pairwise_rank_reward(teacher.logprobs - batch.logprobs, batch.completion_mask, batch.group_size,
+                                        cfg.rank_beta)[:, None].expand_as(teacher.logprobs)
+        if cfg.signal == "probe":
+            return self.probe_signal(batch, teacher)
         if teacher.student is None:
             raise ValueError(f"scpo.signal: {cfg.signal!r} needs the distributions of DivergenceCritic.teacher_pass")
         return -divergence(with_tail(teacher.student.dist_logprobs), with_tail(teacher.dist_logprobs), cfg.signal,
@@ -76,8 +93,50 @@ class DivergenceCritic(Critic):
             "scpo/log_ratio_passed": float(seq_ratio[passed].mean()) if passed.any() else float("nan"),
             "scpo/log_ratio_failed": float(seq_ratio[~passed].mean()) if (~passed).any() else float("nan"),
             **signal_stats(advantages - a * mask, mask, group_advantages, batch.group_size),
+            **({"scpo/probe_loss": self.last_probe_loss} if cfg.signal == "probe" else {}),
         }
         return advantages, stats
+
+    def probe_signal(self, batch, teacher) -> torch.Tensor:
+        """d_{i,t} = sigmoid(z_{i,t}) - sigmoid(z_{i,t-1}) from the probe as it stands, then one training step of
+        the probe on this batch (label: the verifier outcome of the rollout, on every completion token)."""
+        if teacher.hidden is None:
+            raise ValueError("scpo.signal: 'probe' needs the hidden states of DivergenceCritic.teacher_pass")
+        h = teacher.hidden.detach()
+        if self.probe is None:
+            self.probe = torch.nn.Linear(h.shape[-1], 1)
+            torch.nn.init.zeros_(self.probe.weight)  # starts at p = 1/2 everywhere: no signal before it learns
+            torch.nn.init.zeros_(self.probe.bias)
+            self.probe_optimizer = torch.optim.Adam(self.probe.parameters(), lr=self.config.scpo.probe_lr)
+            if self._pending_probe_state is not None:
+                self._load_probe(self._pending_probe_state)
+        mask = batch.completion_mask.float()
+        with torch.no_grad():
+            p = torch.sigmoid(self.probe(h).squeeze(-1))  # predicted success after each token
+            previous = torch.cat([torch.full_like(p[:, :1], 0.5), p[:, :-1]], dim=1)
+            signal = (p - previous) * mask
+        labels = torch.tensor([float(v.passed) for v in batch.verdicts])[:, None].expand_as(mask)
+        logits = self.probe(h).squeeze(-1)
+        loss = (torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none") * mask).sum() \
+            / mask.sum().clamp(min=1)
+        self.probe_optimizer.zero_grad()
+        loss.backward()
+        self.probe_optimizer.step()
+        self.last_probe_loss = float(loss.detach())
+        return signal
+
+    def state_dict(self) -> dict:
+        if self.probe is None:
+            return {}
+        return {"probe": self.probe.state_dict(), "probe_optimizer": self.probe_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "probe" in state:
+            self._pending_probe_state = state  # applied when the probe is built (its size comes from the model)
+
+    def _load_probe(self, state: dict) -> None:
+        self.probe.load_state_dict(state["probe"])
+        self.probe_optimizer.load_state_dict(state["probe_optimizer"])
 
     def unit_ids(self, batch, aggregation: str, span_tokens: int) -> torch.Tensor:
         """[B, T] index of the aggregation unit each completion token belongs to (units never cross rows)."""
@@ -101,6 +160,16 @@ class DivergenceCritic(Critic):
             vocab = len(self.tokenizer)
             self._line_ends = torch.tensor(["\n" in self.tokenizer.decode([i]) for i in range(vocab)])
         return self._line_ends
+
+
+def pairwise_rank_reward(log_ratio: torch.Tensor, mask: torch.Tensor, group_size: int, beta: float) -> torch.Tensor:
+    """DPO-style ranking within each group: R_i = beta * sum_t log-ratio_{i,t} (the implicit reward), then
+    r_i = mean_{j != i} sigmoid(R_i - R_j) - 1/2, the Bradley-Terry chance of beating a sibling, centred. [B]"""
+    implicit = beta * (log_ratio * mask).sum(1)  # R_i
+    groups = implicit.view(-1, group_size)
+    wins = torch.sigmoid(groups[:, :, None] - groups[:, None, :])  # P(i beats j)
+    off_diagonal = 1 - torch.eye(group_size)
+    return ((wins * off_diagonal).sum(-1) / max(1, group_size - 1) - 0.5).reshape(-1)
 
 
 def span_mean(values: torch.Tensor, mask: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
