@@ -1,6 +1,7 @@
 """Problem, Verdict and the Task interface (docs/interfaces.md), plus the checks every task shares."""
 
 import abc
+import random
 from dataclasses import dataclass, field
 
 from scpo_lab.tasks.answers import answers_match, extract_final_answer
@@ -65,3 +66,13 @@ def verify_final_answer(problem: Problem, completion: str) -> Verdict:
     if answers_match(extracted, expected):
         return Verdict(1.0, True, f"The expected answer is {expected}. Your final answer {extracted} is correct.", extracted)
     return Verdict(0.0, False, f"The expected answer is {expected}. Your final answer {extracted} is wrong.", extracted)
+
+
+def sample_pool(pool: list, task_name: str, split: str, n, seed: int) -> list:
+    """All of a fixed split (n=None) or n of them drawn with a seed of their own (task, split, seed)."""
+    if n is None:
+        return list(pool)
+    check_count(n)
+    if n > len(pool):
+        raise ValueError(f"n: {n} exceeds the {len(pool)} {task_name} {split} problems")
+    return random.Random(f"{task_name}:{split}:{seed}").sample(pool, n)

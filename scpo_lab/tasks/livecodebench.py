@@ -22,14 +22,13 @@ import io
 import json
 import math
 import pickle
-import random
 import re
 import zlib
 from functools import partial
 from pathlib import Path
 
 from scpo_lab.sandbox import Limits, SandboxJob, default_workers, run_programs
-from scpo_lab.tasks.base import Problem, Task, Verdict, check_count, check_split
+from scpo_lab.tasks.base import Problem, Task, Verdict, check_split, sample_pool
 from scpo_lab.tasks.code import (code_verdict, cut, extract_code, functional_job, grade_functional, grade_stdio,
                                  values_equal)
 
@@ -168,13 +167,7 @@ class LiveCodeBenchTask(Task):
 
     def problems(self, split: str, n: int | None = None, seed: int = 0) -> list[Problem]:
         check_split(split)
-        pool = self._load()[split]
-        if n is None:
-            return list(pool)
-        check_count(n)
-        if n > len(pool):
-            raise ValueError(f"n: {n} exceeds the {len(pool)} livecodebench {split} problems")
-        return random.Random(f"livecodebench:{split}:{seed}").sample(pool, n)
+        return sample_pool(self._load()[split], "livecodebench", split, n, seed)
 
     def tests_for(self, problem: Problem) -> list[dict]:
         """The tests a verdict uses: half the public ones for training problems (feedback_tests="half"), else all."""

@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import re
 import tempfile
 from functools import partial
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from scpo_lab import sandbox_codec
 from scpo_lab.sandbox import Limits, default_workers, run_programs
-from scpo_lab.tasks.base import Problem, Task, Verdict, check_count, check_split
+from scpo_lab.tasks.base import Problem, Task, Verdict, check_split, sample_pool
 from scpo_lab.tasks.code import (as_set, code_verdict, cut, extract_code, functional_job, grade_functional,
                                  values_equal)
 
@@ -191,13 +190,7 @@ class MBPPPlusTask(Task):
 
     def problems(self, split: str, n: int | None = None, seed: int = 0) -> list[Problem]:
         check_split(split)
-        pool = self._load()[split]
-        if n is None:
-            return list(pool)
-        check_count(n)
-        if n > len(pool):
-            raise ValueError(f"n: {n} exceeds the {len(pool)} mbppplus {split} problems")
-        return random.Random(f"mbppplus:{split}:{seed}").sample(pool, n)
+        return sample_pool(self._load()[split], "mbppplus", split, n, seed)
 
     def verify(self, problem: Problem, completion: str) -> Verdict:
         return self.verify_batch([problem], [completion])[0]
