@@ -77,7 +77,8 @@ class DivergenceCritic(Critic):
             baseline = seq_mean.view(-1, batch.group_size).mean(1).repeat_interleave(batch.group_size)
             d = (d - baseline[:, None]) * mask
         units = self.unit_ids(batch, cfg.aggregation, cfg.span_tokens)
-        s = span_mean(d, mask, units).clamp(-cfg.clip, cfg.clip) * mask  # s_{i,t}
+        unit_mean = span_mean(d, mask, units)
+        s = unit_mean.clamp(-cfg.clip, cfg.clip) * mask  # s_{i,t}
         a = group_advantages[:, None]
         if cfg.grounding == "additive":
             advantages = (a + cfg.weight * s) * mask  # A_{i,t} = A_i + w s_{i,t}
@@ -89,7 +90,7 @@ class DivergenceCritic(Critic):
         stats = {
             "scpo/log_ratio_mean": float(log_ratio.sum() / n),
             "scpo/log_ratio_abs_mean": float(log_ratio.abs().sum() / n),
-            "scpo/clipped_frac": float(((span_mean(d, mask, units).abs() > cfg.clip) & (mask > 0)).sum() / n),
+            "scpo/clipped_frac": float(((unit_mean.abs() > cfg.clip) & (mask > 0)).sum() / n),
             "scpo/log_ratio_passed": float(seq_ratio[passed].mean()) if passed.any() else float("nan"),
             "scpo/log_ratio_failed": float(seq_ratio[~passed].mean()) if (~passed).any() else float("nan"),
             **signal_stats(advantages - a * mask, mask, group_advantages, batch.group_size),
@@ -111,12 +112,11 @@ class DivergenceCritic(Critic):
             if self._pending_probe_state is not None:
                 self._load_probe(self._pending_probe_state)
         mask = batch.completion_mask.float()
-        with torch.no_grad():
-            p = torch.sigmoid(self.probe(h).squeeze(-1))  # predicted success after each token
-            previous = torch.cat([torch.full_like(p[:, :1], 0.5), p[:, :-1]], dim=1)
-            signal = (p - previous) * mask
+        logits = self.probe(h).squeeze(-1)  # one forward: its values give the signal, its graph the update
+        p = torch.sigmoid(logits.detach())  # predicted success after each token
+        previous = torch.cat([torch.full_like(p[:, :1], 0.5), p[:, :-1]], dim=1)
+        signal = (p - previous) * mask
         labels = torch.tensor([float(v.passed) for v in batch.verdicts])[:, None].expand_as(mask)
-        logits = self.probe(h).squeeze(-1)
         loss = (torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none") * mask).sum() \
             / mask.sum().clamp(min=1)
         self.probe_optimizer.zero_grad()
