@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Where a training step's time goes, and what the self-teacher pass costs: grpo vs scpo-divergence.
+"""Where a training step's time goes, and what the self-teacher pass costs: grpo vs the two-pass methods.
 
 For each method this trains a few steps on the `cpu` profile (embedded SmolLM2-135M-Instruct, arithmetic task,
 the profile's default sizes unless flags say otherwise) in a fresh run folder, and reads the trainer's own per-step
@@ -31,7 +31,12 @@ from common import peak_rss_mib, print_load, run_child, scratch_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download: every model here is local
 
-METHODS = ("grpo", "scpo-divergence", "sdpo", "opsd")  # every method with a different step
+# every method with a different step: label -> (method, config overrides)
+VARIANTS = {"grpo": ("grpo", {}), "scpo-divergence": ("scpo-divergence", {}), "scpo-head": ("scpo-head", {}),
+            "scpo-critic": ("scpo-critic", {}),
+            "scpo-critic-separate": ("scpo-critic", {"value.critic": "separate"}),
+            "sdpo": ("sdpo", {}), "opsd": ("opsd", {})}
+METHODS = tuple(VARIANTS)
 PHASES = ("generation", "verification", "teacher", "update", "step")
 MARKER = "STEP_PROFILE_JSON "  # prefix of the one JSON line a child process prints for its parent
 TEACHER_TARGET = 0.25  # teacher seconds / grpo step seconds
@@ -58,7 +63,8 @@ def profile_method(method: str, args, runs_dir: str) -> dict:
     from scpo_lab.config import make_config
     from scpo_lab.trainer import policy_for, train
 
-    config = make_config("cpu", method=method, **_overrides(args))
+    name, options = VARIANTS[method]
+    config = make_config("cpu", method=name, **options, **_overrides(args))
     t0 = time.perf_counter()
     policy = policy_for(config)
     load_s = time.perf_counter() - t0
@@ -92,6 +98,7 @@ def profile_method(method: str, args, runs_dir: str) -> dict:
         "tokens_per_step": sum(measured_tokens) / len(measured),
         "generation_tokens_per_s": sum(measured_tokens) / gen_time if gen_time > 0 else float("nan"),
         "peak_rss_mib": peak_rss_mib(),
+        "extra_params": int(rows[-1].get("params/extra", 0)),
         "load_s": load_s,
         "train_s": train_s,
         "torch_threads": torch.get_num_threads(),
@@ -128,9 +135,10 @@ def print_table(results: list[dict]) -> None:
         return f"{100 * teacher:+.0f}% / {100 * whole:+.0f}%"
 
     head = ("method", "generation", "verification", "teacher", "update", "total", "added vs grpo", "step 1 s",
-            "tokens/step", "gen tok/s", "peak RSS MiB")
+            "tokens/step", "gen tok/s", "extra params", "peak RSS MiB")
     rows = [(r["method"], *(f"{r['seconds'][p]:.3f}" for p in PHASES), added(r), f"{r['first_step_seconds']:.3f}",
-             f"{r['tokens_per_step']:.0f}", f"{r['generation_tokens_per_s']:.1f}", f"{r['peak_rss_mib']:.0f}")
+             f"{r['tokens_per_step']:.0f}", f"{r['generation_tokens_per_s']:.1f}", f"{r.get('extra_params', 0):,}",
+             f"{r['peak_rss_mib']:.0f}")
             for r in results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths)))
@@ -140,6 +148,8 @@ def print_table(results: list[dict]) -> None:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
     print("added vs grpo = teacher-pass seconds / grpo step seconds, then the whole step's difference to grpo (from "
           "step 2 on the policies differ, so completion lengths and generation times can too)")
+    print("extra params = parameters the method adds beyond the policy and its LoRA adapter (value heads, critic "
+          "adapters, a separate critic model)")
     print("peak RSS = ru_maxrss of the process that trained the method (its peak so far, model load included)")
 
 

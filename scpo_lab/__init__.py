@@ -11,10 +11,11 @@ The public API (see README):
 
 __version__ = "0.1.0"
 
-from scpo_lab.config import ConfigError, TrainConfig, eval_settings, load_config, make_config  # noqa: E402
+from scpo_lab.config import (ConfigError, TrainConfig, comparison_settings, eval_settings, load_config,  # noqa: E402
+                             make_config)
 from scpo_lab.evaluation import EvalResult, evaluate  # noqa: E402
-from scpo_lab.experiment import (compare, compare_arms, evaluate_base, evaluate_run, run_experiment,  # noqa: E402
-                                 seed_summary)
+from scpo_lab.experiment import (compare, compare_arms, evaluate_base, evaluate_run,  # noqa: E402
+                                 expected_calibration_error, run_experiment, seed_summary, value_calibration)
 from scpo_lab.models import LoraConfig, Policy, load_policy, tiny_policy  # noqa: E402
 from scpo_lab.runs import load_eval, load_runs, load_samples  # noqa: E402
 from scpo_lab.tasks import TASK_NAMES, get_task  # noqa: E402
@@ -22,6 +23,6 @@ from scpo_lab.tasks.base import Problem, Verdict  # noqa: E402
 from scpo_lab.trainer import Run, train  # noqa: E402
 
 __all__ = ["ConfigError", "EvalResult", "LoraConfig", "Policy", "Problem", "Run", "TASK_NAMES", "TrainConfig",
-           "Verdict", "compare", "compare_arms", "eval_settings", "evaluate", "evaluate_base", "evaluate_run",
+           "Verdict", "compare", "compare_arms", "comparison_settings", "eval_settings", "evaluate", "evaluate_base", "evaluate_run",
            "get_task", "load_config", "load_eval", "load_policy", "load_runs", "load_samples", "make_config",
-           "run_experiment", "seed_summary", "tiny_policy", "train"]
+           "expected_calibration_error", "run_experiment", "seed_summary", "tiny_policy", "train", "value_calibration"]

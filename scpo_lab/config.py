@@ -17,8 +17,8 @@ import yaml
 
 # Methods implemented now. Names reserved for later issues are listed so that a typo and a not-yet-built method
 # get different messages.
-METHODS = ("grpo", "scpo-divergence", "sdpo", "opsd", "random-reward")
-PLANNED_METHODS = ("scpo-head", "scpo-critic", "scpo-judge", "scpo-irl")
+METHODS = ("grpo", "scpo-divergence", "scpo-head", "scpo-critic", "sdpo", "opsd", "random-reward")
+PLANNED_METHODS = ("scpo-judge", "scpo-irl")
 BACKENDS = ("auto", "hf", "unsloth")
 LOSS_AGGREGATIONS = ("sequence-mean", "token-mean", "constant")
 REWARD_SCALINGS = ("group", "batch", "none")
@@ -132,6 +132,64 @@ class DistillConfig:
     token_clip: float = 0.0  # 0 = no per-token clipping
 
 
+VALUE_HEADS = ("linear", "mlp")
+HEAD_REWARDS = ("shaping", "score")
+CRITIC_BACKBONES = ("shared", "separate")
+
+
+@dataclass
+class ValueConfig:
+    """Options of the methods that add parameters: `scpo-head` (V1) and `scpo-critic` (V4).
+
+    scpo-head: a head V(h) = sigmoid(head(h)) on the policy's final hidden states h, trained online by binary
+    cross-entropy against the verifier outcome of the rollout, at every completion state of two passes:
+    the update's own forward (student context: an on-policy value V(s_t)) and the self-teacher pass (privileged
+    context in front of the re-read rollout: its hindsight version). Reward, from the teacher-context values:
+        reward = "shaping":  r_t = gamma * Phi_t - Phi_{t-1},  Phi_t = V(state after token t) for 1 <= t < T,
+                             Phi_0 = Phi_T = 1/2 (the uninformed prior at the start and the terminal state), so
+                             sum_t gamma^(t-1) r_t = (gamma^T - 1) / 2 whatever the values (0 for gamma = 1):
+                             potential-based shaping, it cannot change which policies are optimal (Ng et al. 1999)
+                             A_{i,t} = A_i + weight * r_{i,t}
+        reward = "score":    r_i <- r_i + weight * V(state after the last token); A_i group-relative again
+    train_lora: the head's student-context loss (x head_loss_coef) also reaches the LoRA weights (else detached).
+
+    scpo-critic: a value model V(s_t) (value head on a backbone with its own LoRA adapter) updated every step:
+        critic = "shared":   a second LoRA adapter on the policy's own base weights (one model in memory; the
+                             trainer switches adapters around the critic's forward)
+        critic = "separate": another model (critic_model; same tokenizer as the policy) with its own adapter
+        asymmetric:          the critic reads the privileged context (question + verifier's note), the actor not
+        GAE, verifier reward R at the last token:  delta_t = gamma V_{t+1} - V_t (+ R at t = T, V_{T+1} = 0),
+                             A^GAE_t = sum_l (gamma lambda)^l delta_{t+l}
+        A_{i,t} = group_mix * A_i + (1 - group_mix) * A^GAE_{i,t}
+        loss = 1/2 max((V - G)^2, (V_old + clip(V - V_old, +-value_clip) - G)^2), G = A^GAE + V_old clipped to
+               [0, 1] (the range of the verifier's reward); its own AdamW (lr), critic_epochs passes per step;
+               for the first warmup_steps steps only the critic trains (the actor waits for a useful baseline)
+    """
+
+    head: str = "linear"  # linear | mlp
+    head_hidden: int = 64  # width of the mlp head
+    lr: float = 1e-3  # the head's (scpo-head) or the critic's (head + adapter, scpo-critic) learning rate
+    reward: str = "shaping"  # shaping | score (scpo-head)
+    weight: float = 0.5
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    train_lora: bool = False  # scpo-head: head loss gradient reaches the policy's LoRA weights
+    head_loss_coef: float = 0.1  # scpo-head with train_lora: weight of the head loss in the policy's loss
+    critic: str = "shared"  # shared | separate (scpo-critic)
+    critic_model: str = "embedded"  # critic = separate: any loadable model with the policy's tokenizer
+    critic_lora_r: int = 16
+    asymmetric: bool = False
+    group_mix: float = 0.5
+    value_clip: float = 0.2
+    critic_epochs: int = 1
+    warmup_steps: int = 0
+
+
+# Sections added after run folders were cached: left out of the run hash while they hold their defaults, so a
+# cached run of a method that never reads them is still found (the full config is still written to config.json).
+LATE_SECTIONS = ("value",)
+
+
 @dataclass
 class TrainConfig:
     method: str = "grpo"
@@ -139,6 +197,7 @@ class TrainConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     scpo: ScpoConfig = field(default_factory=ScpoConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    value: ValueConfig = field(default_factory=ValueConfig)
     seed: int = 0
     steps: int = 40
     prompts_per_step: int = 8
@@ -146,7 +205,7 @@ class TrainConfig:
     max_new_tokens: int = 48
     temperature: float = 1.0
     top_p: float = 1.0
-    rollout_engine: str = "auto"  # static (engine.py: static KV cache, merged LoRA) | hf (HF forward) | auto
+    rollout_engine: str = "auto"  # static (engine.py, for rollouts and the teacher pass) | hf (HF forward) | auto
     learning_rate: float = 2e-4  # LoRA learning rates are ~10x full fine-tuning ones
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -178,6 +237,11 @@ class TrainConfig:
             _set_dotted(data, key, value)
         return from_dict(data)
 
+    def hash_exclude(self) -> tuple[str, ...]:
+        """Keys the run hash leaves out for this config (see LATE_SECTIONS)."""
+        return tuple(name for name in LATE_SECTIONS
+                     if getattr(self, name) == type(getattr(self, name))())
+
     def validate(self) -> "TrainConfig":
         validate(self)
         return self
@@ -188,7 +252,7 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
     target = data
     for part in parts[:-1]:
         if not isinstance(target.get(part), dict):
-            raise ConfigError(f"{key}: '{part}' is not a section; sections: model, task, scpo, distill")
+            raise ConfigError(f"{key}: '{part}' is not a section; sections: model, task, scpo, distill, value")
         target = target[part]
     target[parts[-1]] = value
 
@@ -280,6 +344,29 @@ def validate(cfg: TrainConfig) -> None:
     _one_of("distill.teacher", d.teacher, DISTILL_TEACHERS)
     _positive_int("distill.top_k", d.top_k)
     _positive("distill.token_clip", d.token_clip, allow_zero=True)
+    v = cfg.value
+    _one_of("value.head", v.head, VALUE_HEADS)
+    _positive_int("value.head_hidden", v.head_hidden)
+    _positive("value.lr", v.lr)
+    _one_of("value.reward", v.reward, HEAD_REWARDS)
+    _positive("value.weight", v.weight, allow_zero=True)
+    for name in ("gamma", "gae_lambda", "group_mix"):
+        value = getattr(v, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+            raise ConfigError(f"value.{name}: got {value!r}; must be in [0, 1]")
+    for name in ("train_lora", "asymmetric"):
+        if not isinstance(getattr(v, name), bool):
+            raise ConfigError(f"value.{name}: got {getattr(v, name)!r}; must be true or false")
+    _positive("value.head_loss_coef", v.head_loss_coef, allow_zero=True)
+    _one_of("value.critic", v.critic, CRITIC_BACKBONES)
+    if not isinstance(v.critic_model, str) or is_missing_model_path(v.critic_model):
+        raise ConfigError(f"value.critic_model: got {v.critic_model!r}; use 'embedded', 'tiny', a local model "
+                          "folder or a hub id")
+    _positive_int("value.critic_lora_r", v.critic_lora_r)
+    _positive("value.value_clip", v.value_clip)
+    _positive_int("value.critic_epochs", v.critic_epochs)
+    if not isinstance(v.warmup_steps, int) or isinstance(v.warmup_steps, bool) or v.warmup_steps < 0:
+        raise ConfigError(f"value.warmup_steps: got {v.warmup_steps!r}; must be an integer >= 0")
 
 
 def _build(cls, data: Any, path: str):
@@ -328,6 +415,22 @@ EVAL_SETTINGS: dict[str, dict] = {
     "cpu": {"n_problems": 150, "n_samples": 8, "batch_prompts": 8},  # the default task has 158 test problems
     "gpu": {"n_problems": 500, "n_samples": 8, "batch_prompts": 64},
 }
+
+
+# Multi-arm, multi-seed comparisons (notebooks 01, 02, ...): smaller runs than a single quickstart run, so that
+# every arm x seed fits the cpu report budget; one definition, so the notebooks share (and cache) identical runs.
+COMPARISON_SIZES: dict[str, dict] = {
+    "smoke": {"steps": 2, "save_every": 1},
+    "cpu": {"steps": 10, "prompts_per_step": 4, "group_size": 8, "max_new_tokens": 32, "save_every": 5},
+    "gpu": {"steps": 100, "save_every": 25},
+}
+COMPARISON_EVAL: dict[str, dict] = {"cpu": {"n_problems": 100, "n_samples": 4, "batch_prompts": 16}}
+
+
+def comparison_settings(profile: str) -> tuple[dict, dict]:
+    """(run size overrides, evaluation settings) of a comparison notebook on this profile."""
+    _one_of("profile", profile, PROFILES)
+    return dict(COMPARISON_SIZES[profile]), dict(COMPARISON_EVAL.get(profile, EVAL_SETTINGS[profile]))
 
 
 def eval_settings(profile: str) -> dict:

@@ -145,17 +145,22 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + rotated * sin  # RoPE: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)
 
 
-def _forward(w: DecoderWeights, tokens: torch.Tensor, positions: torch.Tensor, cache_k: list, cache_v: list,
-             start: int, attn_mask: torch.Tensor) -> torch.Tensor:
+def _forward_states(w: DecoderWeights, tokens: torch.Tensor, positions: torch.Tensor, cache_k: list,
+                    cache_v: list, start: int, attn_mask: torch.Tensor, record_layer: int | None = None):
     """Run tokens [B, S] at cache slots start..start+S-1; attn_mask [B, 1, S, start+S] (True = may attend).
-    Writes their keys/values into the cache and returns the last position's hidden state [B, D]."""
+    Writes their keys/values into the cache and returns the hidden states [B, S, D] after the last layer
+    (before the final norm) and, when `record_layer` is given, the input of that layer [B, S, D] (HF's
+    `hidden_states[record_layer]`; record_layer == len(layers) is the normed output)."""
     b, s = tokens.shape
     h = w.embed[tokens]  # [B, S, D]
     cos, sin = w.rotary(h, positions)  # [B, S, hd]
     cos, sin = cos[:, None], sin[:, None]
     q_size, kv_size = w.n_heads * w.head_dim, w.n_kv_heads * w.head_dim
     end = start + s
+    recorded = None
     for i, layer in enumerate(w.layers):
+        if i == record_layer:
+            recorded = h
         qkv = layer.qkv(_rms_norm(h, layer.ln_attn, w.eps))
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
         q = _rotate(q.view(b, s, w.n_heads, w.head_dim).transpose(1, 2), cos, sin)
@@ -166,7 +171,61 @@ def _forward(w: DecoderWeights, tokens: torch.Tensor, positions: torch.Tensor, c
         h = h + layer.o(out.transpose(1, 2).reshape(b, s, q_size))
         gate, up = layer.gate_up(_rms_norm(h, layer.ln_mlp, w.eps)).chunk(2, dim=-1)
         h = h + layer.down(F.silu(gate) * up)  # SwiGLU MLP
+    if record_layer == len(w.layers):
+        recorded = _rms_norm(h, w.ln_final, w.eps)
+    return h, recorded
+
+
+def _forward(w: DecoderWeights, tokens: torch.Tensor, positions: torch.Tensor, cache_k: list, cache_v: list,
+             start: int, attn_mask: torch.Tensor) -> torch.Tensor:
+    """`_forward_states` for decoding: the last position's normed hidden state [B, D]."""
+    h, _ = _forward_states(w, tokens, positions, cache_k, cache_v, start, attn_mask)
     return _rms_norm(h[:, -1], w.ln_final, w.eps)
+
+
+def _empty_cache(w: DecoderWeights, rows: int, slots: int, device) -> tuple[list, list]:
+    shape = (rows, w.n_kv_heads, slots, w.head_dim)
+    return ([torch.empty(shape, dtype=w.embed.dtype, device=device) for _ in w.layers],
+            [torch.empty(shape, dtype=w.embed.dtype, device=device) for _ in w.layers])
+
+
+def _prefill_mask(mask: torch.Tensor) -> torch.Tensor:
+    """[n, P] left-padded key mask -> [n, 1, P, P] causal attention mask; pad query rows attend to themselves
+    so that no softmax row is empty."""
+    width = mask.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=mask.device).tril()
+    eye = torch.eye(width, dtype=torch.bool, device=mask.device)
+    return ((causal & mask.bool()[:, None, :]) | eye)[:, None]
+
+
+@torch.no_grad()
+def prefill(w: DecoderWeights, ids: torch.Tensor, mask: torch.Tensor, extra_slots: int = 0):
+    """Left-padded prompts [n, P] -> (cache_k, cache_v with P + extra_slots slots, positions [n, P], the last
+    position's normed hidden state [n, D])."""
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: the first real token is position 0
+    cache_k, cache_v = _empty_cache(w, ids.shape[0], ids.shape[1] + extra_slots, ids.device)
+    hidden = _forward(w, ids, positions, cache_k, cache_v, 0, _prefill_mask(mask))
+    return cache_k, cache_v, positions, hidden
+
+
+@torch.no_grad()
+def forward_after_prefix(w: DecoderWeights, prefix_k: list, prefix_v: list, prefix_mask: torch.Tensor,
+                         body_ids: torch.Tensor, body_mask: torch.Tensor, record_layer: int | None = None):
+    """Teacher forcing of right-padded bodies [b, S] after their (left-padded) cached prefixes [b, P]:
+    -> (normed hidden states [b, S, D], input of layer `record_layer` [b, S, D] or None). Body token j sits at
+    position (real prefix length + j) and attends to the real prefix tokens and to body tokens <= j."""
+    b, width = body_ids.shape
+    prefix_len = prefix_mask.shape[1]
+    cache_k, cache_v = _empty_cache(w, b, prefix_len + width, body_ids.device)
+    for layer in range(len(w.layers)):
+        cache_k[layer][:, :, :prefix_len] = prefix_k[layer]
+        cache_v[layer][:, :, :prefix_len] = prefix_v[layer]
+    causal = torch.ones(width, width, dtype=torch.bool, device=body_ids.device).tril()
+    attn_mask = torch.cat([prefix_mask.bool()[:, None, :].expand(b, width, prefix_len),
+                           causal.expand(b, width, width)], dim=2)[:, None]  # [b, 1, S, P + S]
+    positions = prefix_mask.sum(1, keepdim=True) + torch.arange(width, device=body_ids.device)
+    h, recorded = _forward_states(w, body_ids, positions, cache_k, cache_v, prefix_len, attn_mask, record_layer)
+    return _rms_norm(h, w.ln_final, w.eps), recorded
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator,
@@ -206,16 +265,7 @@ def generate(model, prompt_ids, prompt_mask, *, repeats: int, max_new_tokens: in
     batch, total = n_prompts * repeats, prompt_len + max_new_tokens
     w = snapshot(model, batch_hint=batch)
     device, dtype = prompt_ids.device, w.embed.dtype
-    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: the first real token is position 0
-
-    # prefill each prompt once; the pad query rows attend to themselves so no softmax row is empty
-    causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=device).tril()
-    eye = torch.eye(prompt_len, dtype=torch.bool, device=device)
-    prefill_mask = (causal & prompt_mask.bool()[:, None, :]) | eye  # [n, P, P]
-    shape = (n_prompts, w.n_kv_heads, total, w.head_dim)
-    cache_k = [torch.empty(shape, dtype=dtype, device=device) for _ in w.layers]
-    cache_v = [torch.empty(shape, dtype=dtype, device=device) for _ in w.layers]
-    hidden = _forward(w, prompt_ids, positions, cache_k, cache_v, 0, prefill_mask[:, None])
+    cache_k, cache_v, positions, hidden = prefill(w, prompt_ids, prompt_mask, extra_slots=max_new_tokens)
     last_logits = w.lm_head(hidden)
     if repeats > 1:  # prefix sharing: G copies of each prompt's cache, one prefill
         cache_k = [c.repeat_interleave(repeats, 0) for c in cache_k]

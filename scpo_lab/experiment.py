@@ -142,6 +142,55 @@ class _Lazy:
         return getattr(self._factory(), name)
 
 
+def value_calibration(run: Run, n_problems: int = 32, group_size: int = 4, policy=None,
+                      seed: int = 0) -> pd.DataFrame:
+    """How well a scpo-head / scpo-critic run's value predicts the verifier on HELD-OUT rollouts, at each of its
+    checkpoints: the checkpoint's adapter samples group_size rollouts for n_problems test problems, the verifier
+    grades them, and the checkpoint's head or critic predicts each one's success (critic.predict_success).
+    -> rows (step, predicted, passed). Cached in the run folder (calibration.json), keyed by the arguments."""
+    import torch
+
+    from scpo_lab.critics import make_critic
+    from scpo_lab.rollout import sample_rollouts
+
+    key = {"n_problems": n_problems, "group_size": group_size, "seed": seed}
+    cache = run.path / "calibration.json"
+    if cache.is_file():
+        stored = json.loads(cache.read_text())
+        if stored.get("key") == key:
+            return pd.DataFrame(stored["rows"])
+    config = run.config
+    if config.method not in ("scpo-head", "scpo-critic"):
+        raise ValueError(f"run: method {config.method!r} has no value to calibrate; allowed: scpo-head, scpo-critic")
+    task = get_task(config.task.name, **config.task.options)
+    problems = task.problems("test", n=n_problems, seed=seed)
+    policy = policy or policy_for(config)
+    rows = []
+    for step, folder in run.dir.checkpoints():
+        policy.load_adapter(folder / "adapter")
+        critic = make_critic(config.method, config, policy.tokenizer)
+        critic.load_state_dict(torch.load(folder / "critic.pt", weights_only=True))
+        batch = sample_rollouts(policy, problems, group_size=group_size, max_new_tokens=config.max_new_tokens,
+                                temperature=config.temperature, top_p=config.top_p, seed=seed,
+                                engine=config.rollout_engine)
+        batch.verdicts = task.verify_batch(batch.problems, batch.texts)
+        predicted = critic.predict_success(policy, batch, config.micro_batch_size)
+        rows += [{"step": step, "predicted": float(p), "passed": bool(v.passed)}
+                 for p, v in zip(predicted.tolist(), batch.verdicts)]
+    cache.write_text(json.dumps({"key": key, "rows": rows}))
+    return pd.DataFrame(rows)
+
+
+def expected_calibration_error(predicted, passed, bins: int = 10) -> float:
+    """ECE = sum_b (n_b / n) |mean predicted_b - pass rate_b| over equal-width bins of the prediction."""
+    frame = pd.DataFrame({"p": list(predicted), "y": [float(x) for x in passed]})
+    if frame.empty:
+        return float("nan")
+    frame["bin"] = (frame["p"].clip(0, 1) * bins).astype(int).clip(upper=bins - 1)
+    per_bin = frame.groupby("bin").agg(p=("p", "mean"), y=("y", "mean"), n=("y", "size"))
+    return float((per_bin["n"] / len(frame) * (per_bin["p"] - per_bin["y"]).abs()).sum())
+
+
 def seed_summary(evals: dict[str, EvalResult], arm_of: dict[str, str]) -> pd.DataFrame:
     """One row per arm: pass@1 mean over its seeds' runs with a Student-t 95% interval over seeds (stats.mean_ci),
     the seeds' values, and the mean of the per-run bootstrap intervals' widths (evaluation noise)."""

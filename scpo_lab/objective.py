@@ -129,9 +129,12 @@ def completion_logprobs(
     with_entropy: bool = True,
     group_size: int = 1,
     support_ids: Tensor | None = None,
+    return_states: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Per-token log pi(y_t | x, y_<t) [B, T] and entropy [B, T] (or None) of the completion tokens; with
-    `support_ids` [B, T, k] also the log-probs at those token ids [B, T, k] (a third output, for distillation).
+    `support_ids` [B, T, k] also the log-probs at those token ids [B, T, k] (a third output, for distillation);
+    with `return_states` also the final hidden states that predict each completion token [B, T, H] (last output,
+    for value heads trained on the update's own forward).
 
     prompt_ids/prompt_mask [B, P] are LEFT padded, completion_ids/completion_mask [B, T] RIGHT padded.
     The backbone runs once (gradients follow torch.is_grad_enabled()); the lm_head, softmax and gather run on
@@ -143,24 +146,11 @@ def completion_logprobs(
     tokens instead of B * (P + T). Gradients flow through the shared cache into the prompt positions; values and
     gradients equal the unshared computation (tested).
     """
-    if prompt_ids.shape[1] < 1:
-        raise ValueError("prompt_ids: need at least one prompt position (P >= 1)")
     if chunk_size < 1:
         raise ValueError(f"chunk_size: must be >= 1; got {chunk_size}")
-    backbone, head = backbone_and_head(model)
+    _, head = backbone_and_head(model)
+    h, input_ids = completion_states(model, prompt_ids, prompt_mask, completion_ids, completion_mask, group_size)
     P, T = prompt_ids.shape[1], completion_ids.shape[1]
-
-    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).long()  # [B, P+T]
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+T]
-    input_ids = input_ids.masked_fill(attention_mask == 0, 0)  # pad ids may be anything (e.g. -100); unseen anyway
-    if group_size > 1 and _prompts_shared(prompt_ids, prompt_mask, group_size):
-        h = _shared_prompt_hidden(backbone, input_ids, attention_mask, P, group_size)
-    else:
-        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # position = #real tokens before it
-        hidden = backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state  # [B, P+T, H], no logits
-        h = hidden[:, P - 1 : P + T - 1]  # the state at position j predicts token j+1: positions P-1 .. P+T-2
     mask = completion_mask.bool()
     targets = input_ids[:, P:]  # the completion tokens y_1 .. y_T (pads set to 0 above)
 
@@ -179,9 +169,29 @@ def completion_logprobs(
 
     logp = torch.where(mask, torch.cat(logps, dim=1), 0.0)  # 0 at padding
     entropy = torch.where(mask, torch.cat(entropies, dim=1), 0.0) if with_entropy else None
-    if support_ids is not None:
-        return logp, entropy, torch.cat(supports, dim=1)
-    return logp, entropy
+    out = (logp, entropy) + ((torch.cat(supports, dim=1),) if support_ids is not None else ())
+    return out + (h,) if return_states else out
+
+
+def completion_states(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                      completion_mask: Tensor, group_size: int = 1) -> tuple[Tensor, Tensor]:
+    """Final (normed) hidden states at the positions that predict each completion token [B, T, H] -- state t
+    has read the prompt and y_<t, i.e. it is the state s_t in which y_t is chosen -- and the input ids [B, P+T]
+    with pads set to 0. Left-padded prompts, right-padded completions; gradients follow torch.is_grad_enabled().
+    group_size > 1 runs a prompt shared by a block of rows once (see completion_logprobs)."""
+    if prompt_ids.shape[1] < 1:
+        raise ValueError("prompt_ids: need at least one prompt position (P >= 1)")
+    backbone, _ = backbone_and_head(model)
+    P, T = prompt_ids.shape[1], completion_ids.shape[1]
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).long()  # [B, P+T]
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+T]
+    input_ids = input_ids.masked_fill(attention_mask == 0, 0)  # pad ids may be anything (e.g. -100); unseen anyway
+    if group_size > 1 and _prompts_shared(prompt_ids, prompt_mask, group_size):
+        return _shared_prompt_hidden(backbone, input_ids, attention_mask, P, group_size), input_ids
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # position = #real tokens before it
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      use_cache=False).last_hidden_state  # [B, P+T, H], no logits
+    return hidden[:, P - 1: P + T - 1], input_ids  # the state at position j predicts token j+1
 
 
 def _prompts_shared(prompt_ids: Tensor, prompt_mask: Tensor, group_size: int) -> bool:

@@ -155,3 +155,43 @@ def signal_heat_strip(samples: pd.DataFrame, value: str = "token_advantage", n: 
     ax.set_title(title or f"{value} per token (colour range +-{limit:.2f})", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def reliability_diagram(calibration: pd.DataFrame, hue: str = "step", bins: int = 10,
+                        title: str = "calibration on held-out rollouts"):
+    """Predicted success (binned) against the verifier's pass rate in each bin, one line per `hue` value; the
+    diagonal is perfect calibration; marker size ~ rollouts in the bin. `calibration`: columns predicted, passed,
+    and `hue` (experiment.value_calibration's rows, optionally with an arm column)."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="perfect")
+    for label, part in calibration.groupby(hue, sort=True):
+        b = (part["predicted"].clip(0, 1) * bins).astype(int).clip(upper=bins - 1)
+        per_bin = part.assign(bin=b, y=part["passed"].astype(float)).groupby("bin").agg(
+            p=("predicted", "mean"), y=("y", "mean"), n=("y", "size"))
+        ax.plot(per_bin["p"], per_bin["y"], marker="o", label=f"{hue} {label} (n={len(part)})")
+        ax.scatter(per_bin["p"], per_bin["y"], s=10 + 2 * per_bin["n"], alpha=0.3)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted success")
+    ax.set_ylabel("verifier pass rate")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def cost_bars(costs: pd.DataFrame, title: str = "what each method adds to a GRPO step"):
+    """Two panels from a table with columns arm, extra_params, extra_seconds (per step, vs grpo)."""
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.6 * len(costs), 3.4))
+    colors = plt.cm.tab10.colors[: len(costs)]
+    axes[0].bar(costs["arm"], costs["extra_params"] / 1e6, color=colors)
+    axes[0].set_ylabel("extra parameters (millions)")
+    axes[1].bar(costs["arm"], costs["extra_seconds"], color=colors)
+    axes[1].set_ylabel("extra seconds per step vs grpo")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=25)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -30,7 +30,7 @@ from scpo_lab.critics import make_critic
 from scpo_lab.objective import (completion_logprobs, distill_loss, group_advantages, group_reward_std,
                                  loss_denominator, policy_loss)
 from scpo_lab.rollout import RolloutBatch, sample_rollouts
-from scpo_lab.runs import RunDir
+from scpo_lab.runs import DEFAULT_EXCLUDE, RunDir
 from scpo_lab.tasks import get_task
 
 log = logging.getLogger("scpo_lab")
@@ -83,7 +83,8 @@ def train(config: TrainConfig, policy=None, *, progress: bool = True, runs_dir: 
     train_problems = _training_problems(task, config)
     if not train_problems:
         raise ConfigError(f"task.name: {config.task.name!r} yielded no training problems; check its data or options")
-    run = RunDir.create(config.to_dict(), name=config.method, runs_dir=runs_dir or config.runs_dir)
+    run = RunDir.create(config.to_dict(), name=config.method, runs_dir=runs_dir or config.runs_dir,
+                        exclude=DEFAULT_EXCLUDE + config.hash_exclude())
     if run.is_finished():
         log.info("run %s already finished: loading it", run.path.name)
         return Run(config, run)
@@ -119,6 +120,8 @@ def train(config: TrainConfig, policy=None, *, progress: bool = True, runs_dir: 
         if step % config.save_every == 0 or step == config.steps:
             _save_checkpoint(run, policy, optimizer, step, state, critic)
     policy.save_adapter(run.path / "final")
+    if critic is not None and critic.state_dict():
+        torch.save(critic.state_dict(), run.path / "final" / "critic.pt")  # heads and critics live with the adapter
     run.mark_done()
     return Run(config, run)
 
@@ -171,11 +174,17 @@ def training_step(config, policy, task, train_problems, optimizer, params, criti
         state["flops"] += 2 * n_params * teacher.tokens_read  # a forward pass costs 2 N FLOPs per token
         times["teacher"] = time.perf_counter() - t0
 
-    # 4. update
+    if not torch.isfinite(advantages).all():  # stop before the update: the last checkpoint stays the good one
+        raise FloatingPointError(f"advantages at step {step} are not finite ({config.method}); the run stops and "
+                                 "its last checkpoint is kept — lower learning_rate or the critic's weight")
+
+    # 4. update (a critic in warm-up keeps the actor still), then the critic's own update
     t0 = time.perf_counter()
-    update = _update(config, policy, batch, advantages, optimizer, params, target)
+    update = {}
+    if critic is None or critic.updates_actor():
+        update = _update(config, policy, batch, advantages, optimizer, params, target, critic)
     if critic is not None:
-        critic.after_update(policy)
+        extra.update(critic.after_update(policy) or {})
     times["update"] = time.perf_counter() - t0
 
     # 5. log (TRL's metric names where they mean the same thing)
@@ -196,6 +205,7 @@ def training_step(config, policy, task, train_problems, optimizer, params, criti
         "completions/clipped_ratio": float(batch.truncated.float().mean()),
         "generated_tokens": state["generated_tokens"],
         "flops": state["flops"],
+        "params/extra": critic.extra_parameters() if critic is not None else 0,  # heads, critics (not the LoRA)
         **update,
         **extra,
         **{f"time/{k}": v for k, v in times.items()},
@@ -206,9 +216,10 @@ def training_step(config, policy, task, train_problems, optimizer, params, criti
     return row
 
 
-def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, target=None) -> dict:
+def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, target=None, critic=None) -> dict:
     """mu passes of micro-batched forward/backward over the rollouts, one optimizer step per pass.
-    `target` (a critics.DistillTarget) adds weight * objective.distill_loss on the rows that have a teacher."""
+    `target` (a critics.DistillTarget) adds weight * objective.distill_loss on the rows that have a teacher;
+    a critic with `wants_states` (scpo-head) adds its loss on the forward's final hidden states."""
     model = policy.model
     model.train()
     mask = batch.completion_mask
@@ -222,18 +233,18 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
     if config.beta > 0:
         with torch.no_grad(), policy.reference():
             ref_logp = [completion_logprobs(model, *inputs, with_entropy=False, **forward)[0] for _, inputs in micro]
-    sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0, "distill": 0.0}
+    sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0, "distill": 0.0, "head": 0.0}
     grad_norms = []
     for _ in range(config.num_iterations):
         optimizer.zero_grad(set_to_none=True)
         for i, (rows, inputs) in enumerate(micro):
             width = inputs[2].shape[1]
             micro_mask = inputs[3]
-            if target is None:
-                logp, entropy = completion_logprobs(model, *inputs, **forward)
-            else:
-                logp, entropy, support = completion_logprobs(model, *inputs, support_ids=target.ids[rows, :width],
-                                                             **forward)
+            wants_states = getattr(critic, "wants_states", False)
+            support_ids = None if target is None else target.ids[rows, :width]
+            out = completion_logprobs(model, *inputs, support_ids=support_ids, return_states=wants_states, **forward)
+            logp, entropy = out[0], out[1]
+            support = out[2] if target is not None else None
             # mu = 1: the batch was sampled from this very policy, so old = current (ratio 1 up to numerics)
             old = logp.detach() if config.num_iterations == 1 else batch.logprobs[rows, :width]
             loss, stats = policy_loss(logp, old, advantages[rows, :width] if dense else advantages[rows], micro_mask,
@@ -246,6 +257,10 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
                                           target.token_clip, float(mask.sum()))
                 loss = loss + target.weight * distill  # L = lam L_GRPO + (1 - lam) sum_t D_t / n_tokens
                 sums["distill"] += float(distill.detach())
+            if wants_states:  # the head learns the outcome from the student-context states of this very forward
+                head_loss = critic.state_loss(out[-1], rows, micro_mask, float(mask.sum()))
+                loss = loss + head_loss
+                sums["head"] += float(head_loss.detach())
             loss.backward()
             weight = float(micro_mask.sum()) / float(mask.sum())  # token share of this micro-batch
             sums["loss"] += float(loss.detach())
@@ -261,7 +276,8 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
     return {"loss": sums["loss"] / n, "kl": sums["kl"] / n if config.beta > 0 else float("nan"),
             "clip_ratio": sums["clip_ratio"] / n, "entropy": sums["entropy"] / n,
             "grad_norm": sum(grad_norms) / n, "learning_rate": config.learning_rate,
-            **({"distill/loss": sums["distill"] / n} if target is not None else {})}
+            **({"distill/loss": sums["distill"] / n} if target is not None else {}),
+            **({"head/loss_student": sums["head"] / n} if getattr(critic, "wants_states", False) else {})}
 
 
 def _micro_batches(batch: RolloutBatch, size: int):
@@ -290,7 +306,9 @@ def _sample_rows(step, batch: RolloutBatch, rewards, tokenizer=None, advantages=
     for i, row in enumerate(rows):
         n = int(lengths[i])
         row["tokens"] = tokenizer.convert_ids_to_tokens(batch.completion_ids[i, :n].tolist())
-        if teacher is not None:
+        if teacher is not None and teacher.values is not None:
+            row["token_value"] = [round(x, 4) for x in teacher.values[i, :n].tolist()]
+        if teacher is not None and teacher.logprobs is not None:
             row["token_log_ratio"] = [round(x, 4) for x in (teacher.logprobs[i, :n] - batch.logprobs[i, :n]).tolist()]
         if dense:
             row["token_advantage"] = [round(x, 4) for x in advantages[i, :n].tolist()]

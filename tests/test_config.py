@@ -8,7 +8,7 @@ from scpo_lab.config import ConfigError, load_config, make_config
 
 @pytest.mark.parametrize("overrides, field, allowed", [
     ({"method": "ppo"}, "method", "grpo, scpo-divergence"),
-    ({"method": "scpo-head"}, "method", "planned but not built"),
+    ({"method": "scpo-judge"}, "method", "planned but not built"),
     ({"task": {"name": "mathqa"}}, "task.name", "arithmetic, gsm8k"),
     ({"model": {"backend": "jax"}}, "model.backend", "auto, hf, unsloth"),
     ({"steps": 0}, "steps", ">= 1"),

@@ -40,3 +40,16 @@ def test_supervision_level_executes_on_the_smoke_profile(tmp_path, monkeypatch):
     assert html.count("data:image/png;base64") >= 7  # bars, curve, 2 training panels, heat strips, gsm8k, cost
     assert "Conclusion" in html and "only show that the code runs" in html and "Traceback" not in html
     assert "GSM8K, mean over steps" in html and "scpo-sequence" in html
+
+
+def test_external_parameters_executes_on_the_smoke_profile(tmp_path, monkeypatch):
+    from scpo_lab.reports import execute_notebook
+
+    monkeypatch.setenv("SCPO_LAB_RUNS", str(tmp_path / "runs"))
+    path = notebook_paths(names=["02_external_parameters"])[0]
+    html = execute_notebook(path, tmp_path / "reports", {"profile": "smoke", "seeds": [0, 1],
+                                                         "calibration_problems": 4}).read_text()
+    # seed bars, pass@1 curve, cost bars, head and critic diagnostics, 3 reliability diagrams
+    assert html.count("data:image/png;base64") >= 8
+    assert "Conclusion" in html and "only show that the code runs" in html and "Traceback" not in html
+    assert "scpo-critic-separate" in html and "extra parameters" in html and "ECE" in html

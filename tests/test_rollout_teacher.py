@@ -92,11 +92,12 @@ def test_privileged_context_carries_the_verdict_and_keeps_the_question():
     assert messages[1]["content"].endswith("The expected answer is 4. Your final answer 5 is wrong.]")
 
 
-def test_teacher_pass_reads_the_same_completion_tokens_with_another_context(policy, problems):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_teacher_pass_reads_the_same_completion_tokens_with_another_context(policy, problems, engine):
     task = get_task("arithmetic")
     batch = sample_rollouts(policy, problems, group_size=3, max_new_tokens=8, seed=1)
     verdicts = [task.verify(p, t) for p, t in zip(batch.problems, batch.texts)]
-    out = teacher_pass(policy, batch, verdicts, micro_batch_size=4)
+    out = teacher_pass(policy, batch, verdicts, micro_batch_size=4, engine=engine)
     assert out.logprobs.shape == batch.logprobs.shape
     assert (out.logprobs[batch.completion_mask == 0] == 0).all()
     # by hand, row by row: privileged prompt + the same completion, teacher forced, nothing shared
@@ -223,12 +224,14 @@ def test_tail_bucket_holds_the_missing_mass():
     torch.testing.assert_close(out.exp(), torch.tensor([[0.5, 0.3, 0.2]]))
 
 
-def test_teacher_pass_distributions_match_a_direct_forward(policy, problems):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_teacher_pass_distributions_match_a_direct_forward(policy, problems, engine):
     from scpo_lab.teacher import student_messages
     batch = sample_rollouts(policy, problems, group_size=2, max_new_tokens=6, seed=4)
     verdicts = [Verdict(0.0, False, "The expected answer is 3. Your final answer 4 is wrong.")] * len(batch)
-    student = teacher_pass(policy, batch, verdicts, context=student_messages, top_k=4, micro_batch_size=3)
-    teacher = teacher_pass(policy, batch, verdicts, support_ids=student.dist_ids, micro_batch_size=3)
+    student = teacher_pass(policy, batch, verdicts, context=student_messages, top_k=4, micro_batch_size=3,
+                           engine=engine)
+    teacher = teacher_pass(policy, batch, verdicts, support_ids=student.dist_ids, micro_batch_size=3, engine=engine)
     # the student context reproduces the sampler's log-probs; both sides checked against a plain forward, row by row
     torch.testing.assert_close(student.logprobs, batch.logprobs, atol=1e-4, rtol=0)
     for row in range(len(batch)):
@@ -246,6 +249,29 @@ def test_teacher_pass_distributions_match_a_direct_forward(policy, problems):
             else:
                 torch.testing.assert_close(teacher.dist_logprobs[row, :n],
                                            full.gather(-1, student.dist_ids[row, :n]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_teacher_hidden_states_agree_between_engines(policy, problems, layer):
+    """hidden_layer=i is HF's hidden_states[i] (the input of layer i; the last index is the normed output)."""
+    batch = sample_rollouts(policy, problems, group_size=2, max_new_tokens=6, seed=5)
+    verdicts = [Verdict(0.0, False, "Your final answer 4 is wrong.")] * len(batch)
+    static, hf = (teacher_pass(policy, batch, verdicts, micro_batch_size=2, hidden_layer=layer, engine=e)
+                  for e in ENGINES)
+    mask = batch.completion_mask.bool()
+    torch.testing.assert_close(static.hidden[mask], hf.hidden[mask], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(static.logprobs, hf.logprobs, atol=1e-4, rtol=0)
+    assert static.tokens_read == hf.tokens_read
+
+
+def test_static_teacher_refuses_an_unsupported_model(problems):
+    policy = tiny_policy(seed=0)
+    batch = sample_rollouts(policy, problems, group_size=2, max_new_tokens=4, seed=0)
+    policy.model.config.model_type = "gpt2"  # what engine.supports reads
+    with pytest.raises(ValueError, match="engine: 'static'"):
+        teacher_pass(policy, batch, [Verdict(0.0, False, "wrong")] * len(batch), engine="static")
+    out = teacher_pass(policy, batch, [Verdict(0.0, False, "wrong")] * len(batch), engine="auto")  # falls back
+    assert out.logprobs.shape == batch.logprobs.shape
 
 
 def test_distill_loss_hand_computed_and_gradient_reaches_the_student_only():

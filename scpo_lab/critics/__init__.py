@@ -9,9 +9,11 @@ from __future__ import annotations
 from scpo_lab.critics.base import Critic, DistillTarget
 from scpo_lab.critics.divergence import DivergenceCritic
 from scpo_lab.critics.selfdistill import OpsdCritic, SdpoCritic
+from scpo_lab.critics.value import HeadCritic, OnlineCritic
 
 # sdpo / opsd are baselines, not self-critics, but they use the same teacher pass and hooks
-CRITICS: dict[str, type[Critic]] = {"scpo-divergence": DivergenceCritic, "sdpo": SdpoCritic, "opsd": OpsdCritic}
+CRITICS: dict[str, type[Critic]] = {"scpo-divergence": DivergenceCritic, "scpo-head": HeadCritic,
+                                    "scpo-critic": OnlineCritic, "sdpo": SdpoCritic, "opsd": OpsdCritic}
 
 
 def make_critic(method: str, config, tokenizer=None) -> Critic | None:
@@ -21,4 +23,5 @@ def make_critic(method: str, config, tokenizer=None) -> Critic | None:
     return cls(config, tokenizer) if cls else None
 
 
-__all__ = ["CRITICS", "Critic", "DistillTarget", "DivergenceCritic", "OpsdCritic", "SdpoCritic", "make_critic"]
+__all__ = ["CRITICS", "Critic", "DistillTarget", "DivergenceCritic", "HeadCritic", "OnlineCritic", "OpsdCritic",
+           "SdpoCritic", "make_critic"]

@@ -33,7 +33,12 @@ class Critic(abc.ABC):
     def teacher_pass(self, policy, batch, *, temperature: float, micro_batch_size: int):
         """The self-teacher pass this critic reads (default: sampled-token log-probs under privileged context)."""
         from scpo_lab.teacher import teacher_pass
-        return teacher_pass(policy, batch, batch.verdicts, temperature=temperature, micro_batch_size=micro_batch_size)
+        return teacher_pass(policy, batch, batch.verdicts, temperature=temperature, micro_batch_size=micro_batch_size,
+                            engine=self.config.rollout_engine)
+
+    def extra_parameters(self) -> int:
+        """Parameters the method adds beyond the policy and its adapter (heads, critics)."""
+        return 0
 
     @abc.abstractmethod
     def advantages(self, batch, group_advantages: torch.Tensor, teacher) -> tuple[torch.Tensor, dict]:
@@ -43,8 +48,13 @@ class Critic(abc.ABC):
         """An extra distillation loss for the update (baselines only); evaluators return None."""
         return None
 
-    def after_update(self, policy) -> None:
-        """Called after each optimizer step (e.g. to move an EMA teacher)."""
+    def after_update(self, policy) -> dict | None:
+        """Called after each optimizer step (e.g. to move an EMA teacher, or to train a critic); may return
+        statistics for this step's metrics row."""
+
+    def updates_actor(self) -> bool:
+        """False while the policy must wait (a critic's warm-up): the trainer then skips the actor's update."""
+        return True
 
     def state_dict(self) -> dict:
         """What a checkpoint must keep so a resumed run continues exactly (empty: stateless)."""

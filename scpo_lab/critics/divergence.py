@@ -39,12 +39,13 @@ class DivergenceCritic(Critic):
         if cfg.signal == "probe":
             layers = policy.model.config.num_hidden_layers  # peft forwards .config to the base model
             return teacher_pass(policy, batch, batch.verdicts, temperature=temperature,
-                                micro_batch_size=micro_batch_size, hidden_layer=round(cfg.probe_depth * layers))
+                                micro_batch_size=micro_batch_size, hidden_layer=round(cfg.probe_depth * layers),
+                                engine=self.config.rollout_engine)
         if cfg.signal not in self.DISTRIBUTION_SIGNALS:
             return super().teacher_pass(policy, batch, temperature=temperature, micro_batch_size=micro_batch_size)
         # distributions: the student's top-k (its own context), then the teacher's log-probs on those tokens
         k = cfg.top_k or len(policy.tokenizer)
-        kwargs = dict(temperature=temperature, micro_batch_size=micro_batch_size)
+        kwargs = dict(temperature=temperature, micro_batch_size=micro_batch_size, engine=self.config.rollout_engine)
         student = teacher_pass(policy, batch, batch.verdicts, context=student_messages, top_k=k, **kwargs)
         teacher = teacher_pass(policy, batch, batch.verdicts, support_ids=student.dist_ids, **kwargs)
         teacher.student = student

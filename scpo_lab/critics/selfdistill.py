@@ -63,7 +63,8 @@ class SelfDistillation(Critic):
         k = None if cfg.support == "sampled" else (len(policy.tokenizer) if cfg.support == "full" else cfg.top_k)
         with self.teacher_weights(policy):
             out = teacher_pass(policy, batch, batch.verdicts, temperature=temperature,
-                               micro_batch_size=micro_batch_size, top_k=k, messages=messages)
+                               micro_batch_size=micro_batch_size, top_k=k, messages=messages,
+                               engine=self.config.rollout_engine)
         out.has_teacher, out.context_stats = has_teacher, stats
         return out
 

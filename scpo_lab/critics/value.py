@@ -1,0 +1,460 @@
+"""Self-critics that add parameters: a reward head on the policy (V1, `scpo-head`) and an online critic
+(V4, `scpo-critic`). The equations are in config.ValueConfig's docstring; the pieces are below, each small
+enough to test against a hand computation.
+
+Indexing used throughout: for a completion y_1..y_T, s_t is the state in which y_{t+1} is chosen (it has read
+the context and y_1..y_t); `states[:, t]` [B, T, H] holds s_0..s_{T-1}, the final hidden states that predict
+each completion token (objective.completion_states, TeacherOutput.states).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from scpo_lab.critics.base import Critic, signal_stats
+from scpo_lab.objective import completion_states, group_advantages
+from scpo_lab.teacher import privileged_messages, student_messages, teacher_pass
+
+CRITIC_ADAPTER = "critic"  # name of the critic's LoRA adapter on the policy's base weights (critic = "shared")
+
+
+class ValueHead(torch.nn.Module):
+    """h [.., H] -> one logit [..]: linear, or a 2-layer MLP (tanh). The last layer starts at zero, so the head
+    predicts sigmoid(0) = 1/2 (scpo-head) or 0 (scpo-critic) everywhere before it learns: no signal at step 1."""
+
+    def __init__(self, hidden_size: int, kind: str = "linear", width: int = 64):
+        super().__init__()
+        if kind == "mlp":
+            self.net = torch.nn.Sequential(torch.nn.Linear(hidden_size, width), torch.nn.Tanh(),
+                                           torch.nn.Linear(width, 1))
+        else:
+            self.net = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.zeros_(self.net[-1].weight if kind == "mlp" else self.net.weight)
+        torch.nn.init.zeros_(self.net[-1].bias if kind == "mlp" else self.net.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h.float()).squeeze(-1)
+
+
+# ------------------------------------------------------------------------------------------------ the math
+
+def shaping_rewards(values: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Potential-based shaping per completion token, [B, T].
+
+    values[:, t] = V(s_t) for the states s_0..s_{T-1}; potentials Phi_t = V(s_t) for 1 <= t < T_i and
+    Phi_0 = Phi_{T_i} = 1/2 (prior and terminal), so that
+        r_t = gamma * Phi_t - Phi_{t-1}    (t = 1..T_i, stored at column t-1: the reward of choosing y_t)
+    and sum_t gamma^(t-1) r_t = (gamma^T_i - 1) / 2: it does not depend on the values (it telescopes).
+    """
+    mask = mask.float()
+    lengths = mask.sum(1).long()
+    phi = values.detach().float().clone()  # phi[:, t] = Phi_t for t >= 1; column 0 replaced by the prior
+    after = torch.cat([phi[:, 1:], torch.zeros_like(phi[:, :1])], dim=1)  # Phi_{t} for the token at column t-1
+    last = (torch.arange(phi.shape[1])[None, :] == (lengths - 1).clamp(min=0)[:, None])
+    after = torch.where(last, torch.full_like(after, 0.5), after)  # Phi_T: the terminal state's potential
+    before = torch.cat([torch.full_like(phi[:, :1], 0.5), phi[:, 1:]], dim=1)  # Phi_{t-1}
+    return (gamma * after - before) * mask
+
+
+def gae(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalised advantage estimation with the verifier's reward at the last token, -> (advantages, returns),
+    both [B, T]. values[:, t] = V(s_t); V after the last token = 0 (terminal);
+        delta_t = r_t + gamma V(s_{t+1}) - V(s_t),   A_t = delta_t + gamma lambda A_{t+1},   G_t = A_t + V(s_t)."""
+    mask = mask.float()
+    B, T = values.shape
+    lengths = mask.sum(1).long()
+    advantages = torch.zeros(B, T)
+    running = torch.zeros(B)
+    for t in reversed(range(T)):
+        inside = t < lengths  # rows whose completion reaches token t
+        is_last = t == lengths - 1
+        next_value = torch.where(is_last | ~inside, torch.zeros(B), values[:, t + 1] if t + 1 < T else torch.zeros(B))
+        reward = torch.where(is_last, rewards.float(), torch.zeros(B))
+        delta = reward + gamma * next_value - values[:, t]
+        running = torch.where(inside, delta + gamma * lam * torch.where(is_last, torch.zeros(B), running),
+                              torch.zeros(B))
+        advantages[:, t] = running
+    return advantages * mask, (advantages + values) * mask
+
+
+def clipped_value_loss(values, old_values, returns, mask, clip: float) -> torch.Tensor:
+    """PPO's value loss, token mean: 1/2 max((V - G)^2, (V_old + clip(V - V_old, -c, c) - G)^2)."""
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    per_token = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def explained_variance(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(target - predicted) / Var(target) over the masked entries (nan when the target is constant)."""
+    m = mask.bool()
+    y, p = target[m].double(), predicted[m].double()
+    var = float(y.var()) if len(y) > 1 else 0.0
+    return 1.0 - float((y - p).var()) / var if var > 0 else float("nan")
+
+
+def auroc(scores, labels) -> float:
+    """Area under the ROC curve: P(score of a random positive > a random negative), ties count 1/2 (the
+    Mann-Whitney statistic). nan when one class is absent."""
+    scores = torch.as_tensor(scores, dtype=torch.float64).flatten()
+    labels = torch.as_tensor(labels).flatten().bool()
+    pos, neg = scores[labels], scores[~labels]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).double().sum()
+    ties = (pos[:, None] == neg[None, :]).double().sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+
+
+def _outcome_bce(logits: torch.Tensor, passed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Token-mean binary cross-entropy of every state's logit against its rollout's verifier outcome."""
+    labels = passed.float()[:, None].expand_as(logits)
+    loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    return (loss * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _at_last_state(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """values[i, T_i - 1]: the state that has read all of rollout i but its final token."""
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    return values.gather(1, last[:, None]).squeeze(1)
+
+
+def _check_finite(name: str, value: torch.Tensor) -> None:
+    if not torch.isfinite(value).all():
+        raise FloatingPointError(f"{name} is not finite; the run stops and its last checkpoint is kept — lower "
+                                 "value.lr or check the inputs")
+
+
+def _passed(batch) -> torch.Tensor:
+    return torch.tensor([bool(v.passed) for v in batch.verdicts])
+
+
+# ------------------------------------------------------------------------------------------------ V1: reward head
+
+class HeadCritic(Critic):
+    """scpo-head: a value head on the policy's own final hidden states (no second model).
+
+    Each step: the teacher pass (privileged context) returns the states s_t; the head's values there give the
+    reward (shaping or final score); the head then takes one AdamW step on the BCE of both passes -- the
+    teacher-context states (here) and the student-context states of the update's own forward (`state_loss`,
+    called by the trainer on every micro-batch) -- after the actor's update (`after_update`)."""
+
+    wants_states = True  # the trainer hands the update forward's hidden states to state_loss
+
+    def __init__(self, config, tokenizer=None):
+        super().__init__(config, tokenizer)
+        self.head: ValueHead | None = None
+        self.optimizer = None
+        self._pending_state = None
+        self._student_stats: dict = {}
+
+    def _build(self, hidden_size: int) -> None:
+        cfg = self.config.value
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            self.head = ValueHead(hidden_size, cfg.head, cfg.head_hidden)
+        self.optimizer = torch.optim.AdamW(self.head.parameters(), lr=cfg.lr, weight_decay=0.0)
+        if self._pending_state is not None:
+            self.head.load_state_dict(self._pending_state["head"])
+            self.optimizer.load_state_dict(self._pending_state["optimizer"])
+            self._pending_state = None
+
+    def teacher_pass(self, policy, batch, *, temperature: float, micro_batch_size: int):
+        out = teacher_pass(policy, batch, batch.verdicts, temperature=temperature, micro_batch_size=micro_batch_size,
+                           return_states=True, engine=self.config.rollout_engine)
+        if self.head is None:
+            self._build(out.states.shape[-1])
+        return out
+
+    def advantages(self, batch, group_advantages_, teacher):
+        cfg = self.config.value
+        mask = batch.completion_mask.float()
+        passed = _passed(batch)
+        logits = self.head(teacher.states.detach())  # [B, T]: one forward, its values the reward, its graph the loss
+        values = torch.sigmoid(logits.detach())  # V(s_t) under the privileged context: hindsight
+        teacher.values = values
+        final = _at_last_state(values, mask)  # V after reading y_<T
+        if cfg.reward == "shaping":
+            r = shaping_rewards(values, mask, cfg.gamma)
+            advantages = (group_advantages_[:, None] + cfg.weight * r) * mask  # A_{i,t} = A_i + w r_{i,t}
+        else:
+            rewards = torch.tensor([v.reward for v in batch.verdicts], dtype=torch.float32)
+            advantages = group_advantages(rewards + cfg.weight * final, batch.group_size,
+                                          scale=self.config.scale_rewards)  # r_i + w V_T, group-relative
+        loss = _outcome_bce(logits, passed, mask)
+        _check_finite("value head loss (teacher context)", loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # head gradients only (the states carry none); the step comes after the actor's update
+        dense = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(mask)
+        stats = {"head/loss_teacher": float(loss.detach()), "head/auroc_teacher": auroc(final, passed),
+                 "head/value_mean": float((values * mask).sum() / mask.sum().clamp(min=1)),
+                 **self._student_stats,
+                 **signal_stats((dense - group_advantages_[:, None]) * mask, mask, group_advantages_,
+                                batch.group_size)}
+        self._student_stats, self._passed = {}, passed
+        return advantages, stats
+
+    def state_loss(self, states: torch.Tensor, rows, mask: torch.Tensor, n_tokens: float) -> torch.Tensor:
+        """BCE of the head on the update's own (student-context) states of one micro-batch, weighted by its token
+        share; with value.train_lora the gradient also reaches the LoRA weights (x head_loss_coef)."""
+        cfg = self.config.value
+        passed = self._passed[rows]
+        logits = self.head(states if cfg.train_lora else states.detach())
+        loss = _outcome_bce(logits, passed, mask.float()) * float(mask.sum()) / max(n_tokens, 1.0)
+        _check_finite("value head loss (student context)", loss)
+        values = torch.sigmoid(logits.detach()) * mask
+        means = values.sum(1) / mask.sum(1).clamp(min=1)
+        self._student_rows = getattr(self, "_student_rows", []) + list(zip(means.tolist(), passed.tolist()))
+        return loss * (cfg.head_loss_coef if cfg.train_lora else 1.0)
+
+    def after_update(self, policy) -> dict:
+        if self.head is None:
+            return {}
+        for p in self.head.parameters():
+            if p.grad is not None:
+                _check_finite("value head gradient", p.grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        rows = getattr(self, "_student_rows", [])
+        self._student_rows = []
+        if rows:  # logged with the next step's stats: this step's row is already assembled
+            self._student_stats = {"head/auroc_student": auroc([r[0] for r in rows], [r[1] for r in rows])}
+        return {}
+
+    @torch.no_grad()
+    def predict_success(self, policy, batch, micro_batch_size: int = 16) -> torch.Tensor:
+        """P(the verifier passes rollout i) as the head predicts it from the student's context (no verdict), at the
+        last state it reads before the final token, [B] -- what a calibration plot compares with the outcome."""
+        out = teacher_pass(policy, batch, batch.verdicts, context=student_messages, micro_batch_size=micro_batch_size,
+                           return_states=True, engine=self.config.rollout_engine)
+        if self.head is None:
+            self._build(out.states.shape[-1])
+        return _at_last_state(torch.sigmoid(self.head(out.states)), batch.completion_mask)
+
+    def state_dict(self) -> dict:
+        return {} if self.head is None else {"head": self.head.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "head" in state:
+            self._pending_state = state  # applied when the head is built (its size comes from the model)
+
+    def extra_parameters(self) -> int:
+        return 0 if self.head is None else sum(p.numel() for p in self.head.parameters())
+
+
+# ------------------------------------------------------------------------------------------------ V4: online critic
+
+class OnlineCritic(Critic):
+    """scpo-critic: a value model V(s_t) trained on the fly; advantages by GAE mixed with the group-relative one.
+
+    Each step: (1) the value model reads the batch (no gradient; engine-fast) -> V_old; (2) advantages; (3) after
+    the actor's update, critic_epochs passes of the clipped value loss on G = A^GAE + V_old, with gradient through
+    the critic's adapter and head. The critic's context is the student's, or the privileged one (asymmetric)."""
+
+    def __init__(self, config, tokenizer=None):
+        super().__init__(config, tokenizer)
+        self.head: ValueHead | None = None
+        self.optimizer = None
+        self.separate = None  # critic = "separate": the critic's own Policy
+        self._pending_state = None
+        self._pending = None  # what the critic update after the actor's needs: (batch, old values, returns)
+        self.step = 0
+
+    # the value model --------------------------------------------------------------------------------------------
+    def _build(self, policy) -> None:
+        from peft import LoraConfig as PeftLoraConfig
+
+        from scpo_lab.models import LoraConfig, load_policy
+
+        cfg = self.config.value
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed + 1)
+            if cfg.critic == "separate":
+                self.separate = load_policy(cfg.critic_model, backend="hf", seed=self.config.seed + 1,
+                                            lora=LoraConfig(r=cfg.critic_lora_r, alpha=2 * cfg.critic_lora_r))
+                if len(self.separate.tokenizer) != len(policy.tokenizer) or \
+                        self.separate.tokenizer.get_vocab() != policy.tokenizer.get_vocab():
+                    raise ValueError(f"value.critic_model: {cfg.critic_model!r} has another tokenizer than the "
+                                     "policy; allowed: a model with the policy's tokenizer, or value.critic 'shared'")
+                model = self.separate.model
+            else:
+                if not hasattr(policy.model, "add_adapter"):
+                    raise ValueError("value.critic: 'shared' needs a peft policy (add_adapter); allowed: 'separate'")
+                model = policy.model
+                if CRITIC_ADAPTER in model.peft_config:  # a policy reused across runs: a fresh critic adapter
+                    if model.peft_config[CRITIC_ADAPTER].r != cfg.critic_lora_r:
+                        raise ValueError(f"value.critic_lora_r: this policy already holds a critic adapter of rank "
+                                         f"{model.peft_config[CRITIC_ADAPTER].r}; load a fresh policy for rank "
+                                         f"{cfg.critic_lora_r}")
+                    for module in model.modules():
+                        if hasattr(module, "reset_lora_parameters") and CRITIC_ADAPTER in getattr(module, "lora_A", {}):
+                            module.reset_lora_parameters(CRITIC_ADAPTER, True)
+                else:
+                    model.add_adapter(CRITIC_ADAPTER, PeftLoraConfig(
+                        r=cfg.critic_lora_r, lora_alpha=2 * cfg.critic_lora_r, lora_dropout=0.0,
+                        target_modules=list(model.peft_config["default"].target_modules)))
+                for name, param in self._shared_named(model):
+                    param.requires_grad_(False)  # trainable only while switched in (value_model), never by the actor
+            self._policy_model = policy.model
+            hidden = model.config.hidden_size
+            self.head = ValueHead(hidden, cfg.head, cfg.head_hidden)
+        self._adapter = self._adapter_params(policy)
+        params = list(self.head.parameters()) + self._adapter
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        if self._pending_state is not None:
+            self._load(policy, self._pending_state)
+            self._pending_state = None
+
+    def _adapter_params(self, policy) -> list:
+        if self.separate is not None:
+            return [p for n, p in self.separate.model.named_parameters() if "lora_" in n]
+        return [p for n, p in policy.model.named_parameters() if f".{CRITIC_ADAPTER}." in n]
+
+    @contextlib.contextmanager
+    def value_model(self, policy):
+        """The critic's Policy with its adapter active; for "shared" the policy's own model with the critic's
+        adapter switched in, and the policy's adapter (and its requires_grad flags) restored afterwards."""
+        if self.separate is not None:
+            yield self.separate
+            return
+        model = policy.model
+        flags = {n: p.requires_grad for n, p in model.named_parameters()}
+        active = model.active_adapter
+        model.set_adapter(CRITIC_ADAPTER)
+        try:
+            yield policy
+        finally:
+            model.set_adapter(active)
+            for n, p in model.named_parameters():
+                p.requires_grad_(flags[n])
+
+    def _context(self):
+        return privileged_messages if self.config.value.asymmetric else student_messages
+
+    # the hooks ----------------------------------------------------------------------------------------------------
+    def teacher_pass(self, policy, batch, *, temperature: float, micro_batch_size: int):
+        if self.head is None:
+            self._build(policy)
+        with self.value_model(policy) as critic:
+            out = teacher_pass(critic, batch, batch.verdicts, temperature=temperature, context=self._context(),
+                               micro_batch_size=micro_batch_size, return_states=True,
+                               engine=self.config.rollout_engine)
+        with torch.no_grad():
+            out.values = self.head(out.states) * batch.completion_mask  # V_old(s_t)
+        out.logprobs = None  # the critic's context is not the policy's: no teacher-student log-ratio to report
+        return out
+
+    def advantages(self, batch, group_advantages_, teacher):
+        cfg = self.config.value
+        mask = batch.completion_mask.float()
+        rewards = torch.tensor([v.reward for v in batch.verdicts], dtype=torch.float32)
+        values = teacher.values
+        _check_finite("critic values", values)
+        gae_adv, returns = gae(values, rewards, mask, cfg.gamma, cfg.gae_lambda)
+        advantages = (cfg.group_mix * group_advantages_[:, None] + (1 - cfg.group_mix) * gae_adv) * mask
+        self._pending = (batch, values, returns.clamp(0.0, 1.0) * mask)  # value targets clipped to the reward range
+        n = mask.sum().clamp(min=1)
+        mean_value = (values * mask).sum(1) / mask.sum(1).clamp(min=1)
+        stats = {"critic/value_mean": float((values * mask).sum() / n),
+                 "critic/explained_variance": explained_variance(values, returns, mask),
+                 "critic/auroc": auroc(mean_value, _passed(batch)),
+                 "critic/warmup": float(not self.updates_actor()),
+                 **signal_stats(advantages - group_advantages_[:, None] * mask, mask, group_advantages_,
+                                batch.group_size)}
+        return advantages, stats
+
+    def updates_actor(self) -> bool:
+        return self.step >= self.config.value.warmup_steps
+
+    @torch.no_grad()
+    def predict_success(self, policy, batch, micro_batch_size: int = 16) -> torch.Tensor:
+        """The critic's V at the last state before the final token, clipped to [0, 1] (the verifier's reward
+        range), [B]; in the critic's own context (privileged when asymmetric)."""
+        out = self.teacher_pass(policy, batch, temperature=1.0, micro_batch_size=micro_batch_size)
+        return _at_last_state(out.values, batch.completion_mask).clamp(0.0, 1.0)
+
+    def after_update(self, policy) -> dict:
+        """critic_epochs passes of the clipped value loss over the batch, micro-batched, one step each."""
+        cfg = self.config.value
+        batch, old_values, returns = self._pending
+        self._pending = None
+        self.step += 1
+        mb = self.config.micro_batch_size
+        shared = cfg.asymmetric is False and batch.group_size > 1
+        if cfg.asymmetric:
+            from scpo_lab.rollout import encode_prompts
+            prompt_ids, prompt_mask = encode_prompts(policy.tokenizer, [privileged_messages(p.prompt, v)
+                                                     for p, v in zip(batch.problems, batch.verdicts)], policy.device)
+        else:
+            prompt_ids, prompt_mask = batch.prompt_ids, batch.prompt_mask
+        losses = []
+        with self.value_model(policy) as critic:
+            was_training = critic.model.training
+            critic.model.train()
+            mask = batch.completion_mask.float()
+            for _ in range(cfg.critic_epochs):
+                self.optimizer.zero_grad(set_to_none=True)
+                total = 0.0
+                for start in range(0, len(batch), mb):
+                    rows = slice(start, start + mb)
+                    width = max(1, int(batch.completion_mask[rows].sum(1).max()))
+                    first = int((prompt_mask[rows].sum(0) > 0).nonzero()[0])
+                    states, _ = completion_states(critic.model, prompt_ids[rows, first:], prompt_mask[rows, first:],
+                                                  batch.completion_ids[rows, :width],
+                                                  batch.completion_mask[rows, :width],
+                                                  group_size=batch.group_size if shared else 1)
+                    values = self.head(states)
+                    m = mask[rows, :width]
+                    loss = clipped_value_loss(values, old_values[rows, :width], returns[rows, :width], m,
+                                              cfg.value_clip) * float(m.sum()) / float(mask.sum().clamp(min=1))
+                    _check_finite("critic loss", loss.detach())
+                    loss.backward()
+                    total += float(loss.detach())
+                torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                               self.config.max_grad_norm)
+                self.optimizer.step()
+                losses.append(total)
+            critic.model.train(was_training)
+        return {"critic/value_loss": sum(losses) / len(losses)}
+
+    # checkpoints ------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        if self.head is None:
+            return {}
+        if self.separate is not None:
+            adapter = {n: p.detach().clone() for n, p in self.separate.model.named_parameters() if "lora_" in n}
+        else:
+            adapter = {n: p.detach().clone() for n, p in self._shared_named(self._policy_model)}
+        return {"head": self.head.state_dict(), "optimizer": self.optimizer.state_dict(), "adapter": adapter,
+                "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "head" in state:
+            self._pending_state = state
+            self.step = int(state.get("step", 0))
+
+    def _shared_named(self, model):
+        return [(n, p) for n, p in model.named_parameters() if f".{CRITIC_ADAPTER}." in n]
+
+    def _load(self, policy, state: dict) -> None:
+        self.head.load_state_dict(state["head"])
+        named = dict(self.separate.model.named_parameters() if self.separate is not None
+                     else self._shared_named(policy.model))
+        with torch.no_grad():
+            for n, value in state["adapter"].items():
+                named[n].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def extra_parameters(self) -> int:
+        if self.head is None:
+            return 0
+        n = sum(p.numel() for p in self.head.parameters())
+        if self.separate is not None:
+            return n + sum(p.numel() for p in self.separate.model.parameters())  # a whole second model
+        return n + sum(p.numel() for p in self._adapter)  # the critic's adapter on the shared base
+
+
+__all__ = ["HeadCritic", "OnlineCritic", "ValueHead", "auroc", "clipped_value_loss", "explained_variance", "gae",
+           "shaping_rewards"]
