@@ -185,7 +185,8 @@ def cost_bars(costs: pd.DataFrame, title: str = "what each method adds to a GRPO
     """Two panels from a table with columns arm, extra_params, extra_seconds (per step, vs grpo)."""
     fig, axes = plt.subplots(1, 2, figsize=(4 + 1.6 * len(costs), 3.4))
     colors = plt.cm.tab10.colors[: len(costs)]
-    axes[0].bar(costs["arm"], costs["extra_params"] / 1e6, color=colors)
+    bars = axes[0].bar(costs["arm"], costs["extra_params"] / 1e6, color=colors)
+    axes[0].bar_label(bars, [f"{int(n):,}" for n in costs["extra_params"]], fontsize=7)  # small heads stay readable
     axes[0].set_ylabel("extra parameters (millions)")
     axes[1].bar(costs["arm"], costs["extra_seconds"], color=colors)
     axes[1].set_ylabel("extra seconds per step vs grpo")

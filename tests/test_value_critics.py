@@ -224,3 +224,27 @@ def test_default_value_section_leaves_the_run_hash_unchanged():
     changed = cfg.replace(**{"value.gamma": 0.9})
     assert changed.hash_exclude() == ()
     assert config_hash(changed.to_dict(), DEFAULT_EXCLUDE + changed.hash_exclude()) != config_hash(old_style)
+
+
+def test_expected_calibration_error_hand_computed():
+    from scpo_lab.experiment import expected_calibration_error
+    # bins of width 0.1: {0.05} -> pass rate 0, {0.15} -> 1, {0.95, 0.95} -> 1/2
+    ece = expected_calibration_error([0.05, 0.15, 0.95, 0.95], [False, True, True, False])
+    assert ece == pytest.approx((0.05 + 0.85 + 2 * 0.45) / 4)
+    assert expected_calibration_error([0.0, 1.0], [False, True]) == 0.0
+
+
+@pytest.mark.parametrize("method", ["scpo-head", "scpo-critic"])
+def test_value_calibration_reads_every_checkpoint_and_is_cached(tmp_path, monkeypatch, method):
+    import scpo_lab.rollout
+    from scpo_lab.experiment import value_calibration
+    from scpo_lab.trainer import train
+
+    run = train(make_config("smoke", method=method, steps=2, runs_dir=str(tmp_path)), progress=False)
+    cal = value_calibration(run, n_problems=3, group_size=2)
+    assert sorted(cal["step"].unique()) == [1, 2] and len(cal) == 2 * 3 * 2
+    assert cal["predicted"].between(0, 1).all() and cal["passed"].isin([True, False]).all()
+    monkeypatch.setattr(scpo_lab.rollout, "sample_rollouts", lambda *a, **k: pytest.fail("recomputed"))
+    assert value_calibration(run, n_problems=3, group_size=2).equals(cal)
+    with pytest.raises(ValueError, match="^run: method 'grpo' has no value"):
+        value_calibration(train(make_config("smoke", steps=1, runs_dir=str(tmp_path)), progress=False))
