@@ -257,13 +257,13 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
                                           target.token_clip, float(mask.sum()))
                 loss = loss + target.weight * distill  # L = lam L_GRPO + (1 - lam) sum_t D_t / n_tokens
                 sums["distill"] += float(distill.detach())
+            sums["loss"] += float(loss.detach())  # the policy's loss (a head's loss is logged on its own)
             if wants_states:  # the head learns the outcome from the student-context states of this very forward
                 head_loss = critic.state_loss(out[-1], rows, micro_mask, float(mask.sum()))
                 loss = loss + head_loss
                 sums["head"] += float(head_loss.detach())
             loss.backward()
             weight = float(micro_mask.sum()) / float(mask.sum())  # token share of this micro-batch
-            sums["loss"] += float(loss.detach())
             sums["kl"] += stats["kl"] * weight if not math.isnan(stats["kl"]) else 0.0
             sums["clip_ratio"] += stats["clip_ratio"] * weight
             sums["entropy"] += float((entropy.detach() * micro_mask).sum()) / float(mask.sum())
