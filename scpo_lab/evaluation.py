@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from scpo_lab.metrics import reasoning_metrics
 from scpo_lab.rollout import sample_rollouts
 from scpo_lab.stats import pass_at_k, pass_at_k_table
 
@@ -27,6 +28,7 @@ class EvalResult:
     mean_length: float = 0.0
     truncated: float = 0.0
     samples: list[dict] = field(default_factory=list, repr=False)  # a few (problem, completion, passed) examples
+    reasoning: dict = field(default_factory=dict)  # metrics.reasoning_metrics over every sample ({} in old caches)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,6 +59,7 @@ def evaluate(policy, task, n_problems: int = 100, n_samples: int = 4, *, split: 
 
         chunks = tqdm(chunks, desc=f"eval {task.name}", leave=False)
     per_problem, samples, lengths, truncated = [], [], [], []
+    texts, passed, answers = [], [], []  # per problem, for the reasoning metrics
     for i, chunk in enumerate(chunks):
         batch = sample_rollouts(policy, chunk, group_size=n_samples, max_new_tokens=max_new_tokens,
                                 temperature=temperature, top_p=top_p, seed=seed + i)
@@ -67,6 +70,9 @@ def evaluate(policy, task, n_problems: int = 100, n_samples: int = 4, *, split: 
             rows = range(j * n_samples, (j + 1) * n_samples)
             verdicts = [chunk_verdicts[r] for r in rows]
             per_problem.append({"problem_id": problem.id, "n": n_samples, "correct": sum(v.passed for v in verdicts)})
+            texts.append([batch.texts[r] for r in rows])
+            passed.append([bool(v.passed) for v in verdicts])
+            answers.append([v.extracted for v in verdicts])
             if len(samples) < keep_samples:
                 samples.append({"problem_id": problem.id, "prompt": problem.prompt[-1]["content"],
                                 "completion": batch.texts[rows[0]], "passed": verdicts[0].passed,
@@ -82,4 +88,5 @@ def evaluate(policy, task, n_problems: int = 100, n_samples: int = 4, *, split: 
                       pass_at_1=float(sum(p1) / len(p1)), ci_low=float(low), ci_high=float(high),
                       pass_at_k=table.to_dict("records"), per_problem=per_problem,
                       mean_length=float(sum(lengths) / len(lengths)),
-                      truncated=float(sum(truncated) / len(truncated)), samples=samples)
+                      truncated=float(sum(truncated) / len(truncated)), samples=samples,
+                      reasoning=reasoning_metrics(texts, passed, answers))
