@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from scpo_lab.config import TrainConfig, eval_settings
+from scpo_lab.config import TrainConfig, comparison_settings, eval_settings, make_config
 from scpo_lab.evaluation import EvalResult, evaluate
 from scpo_lab.runs import config_hash, default_runs_dir
 from scpo_lab.stats import mean_ci
@@ -20,6 +20,43 @@ from scpo_lab.tasks import get_task
 from scpo_lab.trainer import Run, policy_for, train
 
 log = logging.getLogger("scpo_lab")
+
+
+# The arms the comparison notebooks share: name -> config overrides. One definition, so an arm that appears in
+# several notebooks is the same config (and the same cached run) everywhere.
+ARMS: dict[str, dict] = {
+    "grpo": {"method": "grpo"},
+    "sdpo": {"method": "sdpo"},
+    "opsd": {"method": "opsd"},
+    "scpo-token": {"method": "scpo-divergence", "scpo.center": "group", "scpo.aggregation": "token"},
+    "scpo-span": {"method": "scpo-divergence", "scpo.center": "group", "scpo.aggregation": "span",
+                  "scpo.span_tokens": 8},
+    "scpo-sequence": {"method": "scpo-divergence", "scpo.center": "group", "scpo.aggregation": "sequence"},
+    "scpo-head": {"method": "scpo-head"},
+    "scpo-critic-shared": {"method": "scpo-critic", "value.critic": "shared"},
+    # a second copy of the embedded model (the only local model); the smoke profile uses the tiny one
+    "scpo-critic-separate": {"method": "scpo-critic", "value.critic": "separate", "value.critic_model": "embedded"},
+}
+
+
+def arm_configs(profile: str, arms: list[str], seeds: list[int], sizes: dict | None = None,
+                **overrides) -> tuple[dict[str, TrainConfig], dict[str, str]]:
+    """({"arm/s<seed>": config}, {label: arm}) for every arm x seed: the profile, the comparison sizes (or
+    `sizes`), the arm's options (ARMS) and `overrides`."""
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise ValueError(f"arms: unknown {unknown[0]!r}; known: {', '.join(ARMS)}")
+    sizes = comparison_settings(profile)[0] if sizes is None else sizes
+    configs, arm_of = {}, {}
+    for arm in arms:
+        options = dict(ARMS[arm])
+        if profile == "smoke" and "value.critic_model" in options:
+            options["value.critic_model"] = "tiny"
+        for seed in seeds:
+            label = f"{arm}/s{seed}"
+            configs[label] = make_config(profile, seed=seed, **{**sizes, **overrides}, **options)
+            arm_of[label] = arm
+    return configs, arm_of
 
 
 def _eval_key(config: TrainConfig, settings: dict) -> dict:
@@ -203,6 +240,43 @@ def seed_summary(evals: dict[str, EvalResult], arm_of: dict[str, str]) -> pd.Dat
         rows.append({"arm": arm, "seeds": len(results), "mean": mean, "ci_low": low, "ci_high": high,
                      "values": [r.pass_at_1 for r in results],
                      "eval_ci_width": sum(r.ci_high - r.ci_low for r in results) / len(results)})
+    return pd.DataFrame(rows)
+
+
+def arm_pass_at_k(evals: dict[str, EvalResult], arm_of: dict[str, str]) -> pd.DataFrame:
+    """pass@k per arm and k: mean over the arm's seeds with a Student-t 95% interval over seeds; "base" (if in
+    evals and not in arm_of) is its own arm with its bootstrap interval over problems."""
+    rows = []
+    groups = {arm: [evals[label] for label, a in arm_of.items() if a == arm and label in evals]
+              for arm in dict.fromkeys(arm_of.values())}
+    if "base" in evals and "base" not in arm_of:
+        for r in evals["base"].pass_at_k:
+            rows.append({"arm": "base", "k": r["k"], "mean": r["pass_at_k"], "ci_low": r["ci_low"],
+                         "ci_high": r["ci_high"], "seeds": 1})
+    for arm, results in groups.items():
+        if not results:
+            continue
+        for k in sorted({r["k"] for res in results for r in res.pass_at_k}):
+            values = [r["pass_at_k"] for res in results for r in res.pass_at_k if r["k"] == k]
+            mean, low, high = mean_ci(values)
+            rows.append({"arm": arm, "k": k, "mean": mean, "ci_low": low, "ci_high": high, "seeds": len(values)})
+    return pd.DataFrame(rows)
+
+
+def reasoning_summary(evals: dict[str, EvalResult], arm_of: dict[str, str]) -> pd.DataFrame:
+    """One row per arm (and "base"): each EvalResult.reasoning metric, mean over the arm's seeds."""
+    rows = []
+    if "base" in evals and "base" not in arm_of and evals["base"].reasoning:
+        rows.append({"arm": "base", "seeds": 1, "pass@1": evals["base"].pass_at_1,
+                     "mean_length": evals["base"].mean_length, **evals["base"].reasoning})
+    for arm in dict.fromkeys(arm_of.values()):
+        results = [evals[label] for label, a in arm_of.items() if a == arm and label in evals and
+                   evals[label].reasoning]
+        if not results:
+            continue
+        frame = pd.DataFrame([{"pass@1": r.pass_at_1, "mean_length": r.mean_length, **r.reasoning}
+                              for r in results])
+        rows.append({"arm": arm, "seeds": len(results), **frame.mean(numeric_only=True).to_dict()})
     return pd.DataFrame(rows)
 
 

@@ -196,3 +196,34 @@ def cost_bars(costs: pd.DataFrame, title: str = "what each method adds to a GRPO
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def pass_at_k_by_arm(table: pd.DataFrame, title: str = "pass@k (mean over seeds, 95% t-interval; base: bootstrap)"):
+    """pass@k against k (log2 axis), one line per arm with its interval band (experiment.arm_pass_at_k)."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for arm, part in table.groupby("arm", sort=False):
+        part = part.sort_values("k")
+        style = {"color": "gray", "linestyle": "--"} if arm == "base" else {}
+        line, = ax.plot(part["k"], part["mean"], marker="o", label=arm, **style)
+        ax.fill_between(part["k"], part["ci_low"], part["ci_high"], alpha=0.12, color=line.get_color())
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k (samples per problem)")
+    ax.set_ylabel("pass@k")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def metric_bars(table: pd.DataFrame, metrics: list[str], label: str = "arm"):
+    """One small bar panel per metric, one bar per row of `table` (e.g. experiment.reasoning_summary)."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(2.4 * len(metrics), 3.2), squeeze=False)
+    colors = list(plt.cm.tab10.colors) * (1 + len(table) // 10)
+    for ax, metric in zip(axes[0], metrics):
+        ax.bar(table[label], table[metric], color=colors[: len(table)])
+        ax.set_title(metric, fontsize=8)
+        ax.tick_params(axis="x", rotation=60, labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -53,3 +53,15 @@ def test_external_parameters_executes_on_the_smoke_profile(tmp_path, monkeypatch
     assert html.count("data:image/png;base64") >= 8
     assert "Conclusion" in html and "only show that the code runs" in html and "Traceback" not in html
     assert "scpo-critic-separate" in html and "extra parameters" in html and "ECE" in html
+
+
+def test_reasoning_preservation_executes_on_the_smoke_profile(tmp_path, monkeypatch):
+    from scpo_lab.reports import execute_notebook
+
+    monkeypatch.setenv("SCPO_LAB_RUNS", str(tmp_path / "runs"))
+    path = notebook_paths(names=["03_reasoning_preservation"])[0]
+    html = execute_notebook(path, tmp_path / "reports", {"profile": "smoke", "seeds": [0, 1], "n_problems": 4,
+                                                         "n_samples": 4}).read_text()
+    assert html.count("data:image/png;base64") >= 3  # pass@k curves, measure bars, entropy curves
+    assert "Conclusion" in html and "only show that the code runs" in html and "Traceback" not in html
+    assert "pass@4 (mean over seeds)" in html and "valid steps" in html
