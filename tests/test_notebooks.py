@@ -64,4 +64,4 @@ def test_reasoning_preservation_executes_on_the_smoke_profile(tmp_path, monkeypa
                                                          "n_samples": 4}).read_text()
     assert html.count("data:image/png;base64") >= 3  # pass@k curves, measure bars, entropy curves
     assert "Conclusion" in html and "only show that the code runs" in html and "Traceback" not in html
-    assert "pass@4 (mean over seeds)" in html and "valid steps" in html
+    assert "pass@4 (mean over seeds)" in html and "arithmetic claims per completion" in html
