@@ -264,7 +264,7 @@ def generate(model, prompt_ids, prompt_mask, *, repeats: int, max_new_tokens: in
     n_prompts, prompt_len = prompt_ids.shape
     batch, total = n_prompts * repeats, prompt_len + max_new_tokens
     w = snapshot(model, batch_hint=batch)
-    device, dtype = prompt_ids.device, w.embed.dtype
+    device = prompt_ids.device
     cache_k, cache_v, positions, hidden = prefill(w, prompt_ids, prompt_mask, extra_slots=max_new_tokens)
     last_logits = w.lm_head(hidden)
     if repeats > 1:  # prefix sharing: G copies of each prompt's cache, one prefill

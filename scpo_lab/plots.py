@@ -19,6 +19,15 @@ LABELS = {
 }
 
 
+def _finish(fig, ax, title: str, legend_size: int = 7):
+    """The common end of a one-panel figure: title, legend, light grid, tight layout."""
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=legend_size)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def training_curves(df: pd.DataFrame, metrics=("reward", "pass_rate", "frac_reward_zero_std"), *, hue: str = "method",
                     x: str = "step", smooth: int = 1, title: str | None = None):
     """One panel per metric, one line per `hue` value; with several seeds the line is the mean and the band
@@ -71,11 +80,7 @@ def pass_at_k_curves(results: dict, title: str = "pass@k (unbiased estimator, 95
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k")
     ax.set_ylabel("pass@k")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title, legend_size=8)
 
 
 def phase_times(df: pd.DataFrame, hue: str = "method"):
@@ -106,11 +111,7 @@ def pass_at_1_vs_tokens(curve: pd.DataFrame, hue: str = "arm", base: float | Non
         ax.axhline(base, color="gray", linestyle="--", linewidth=1, label="base model")
     ax.set_xlabel("generated tokens (training)")
     ax.set_ylabel("held-out pass@1")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title, legend_size=7)
 
 
 def seed_bars(summary: pd.DataFrame, title: str = "held-out pass@1: mean over seeds, 95% t-interval; dots = seeds"):
@@ -174,11 +175,7 @@ def reliability_diagram(calibration: pd.DataFrame, hue: str = "step", bins: int 
     ax.set_ylim(0, 1)
     ax.set_xlabel("predicted success")
     ax.set_ylabel("verifier pass rate")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title, legend_size=7)
 
 
 def cost_bars(costs: pd.DataFrame, title: str = "what each method adds to a GRPO step"):
@@ -209,11 +206,7 @@ def pass_at_k_by_arm(table: pd.DataFrame, title: str = "pass@k (mean over seeds,
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k (samples per problem)")
     ax.set_ylabel("pass@k")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title, legend_size=7)
 
 
 def metric_bars(table: pd.DataFrame, metrics: list[str], label: str = "arm"):
