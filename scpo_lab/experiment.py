@@ -15,7 +15,7 @@ import pandas as pd
 from scpo_lab.config import TrainConfig, comparison_settings, eval_settings, make_config
 from scpo_lab.evaluation import EvalResult, evaluate
 from scpo_lab.runs import config_hash, default_runs_dir
-from scpo_lab.stats import mean_ci
+from scpo_lab.stats import calibration_bins, mean_ci
 from scpo_lab.tasks import get_task
 from scpo_lab.trainer import Run, policy_for, train
 
@@ -220,20 +220,23 @@ def value_calibration(run: Run, n_problems: int = 32, group_size: int = 4, polic
 
 def expected_calibration_error(predicted, passed, bins: int = 10) -> float:
     """ECE = sum_b (n_b / n) |mean predicted_b - pass rate_b| over equal-width bins of the prediction."""
-    frame = pd.DataFrame({"p": list(predicted), "y": [float(x) for x in passed]})
-    if frame.empty:
+    per_bin = calibration_bins(predicted, passed, bins)
+    if per_bin.empty:
         return float("nan")
-    frame["bin"] = (frame["p"].clip(0, 1) * bins).astype(int).clip(upper=bins - 1)
-    per_bin = frame.groupby("bin").agg(p=("p", "mean"), y=("y", "mean"), n=("y", "size"))
-    return float((per_bin["n"] / len(frame) * (per_bin["p"] - per_bin["y"]).abs()).sum())
+    return float((per_bin["n"] / per_bin["n"].sum() * (per_bin["p"] - per_bin["y"]).abs()).sum())
+
+
+def _results_by_arm(evals: dict[str, EvalResult], arm_of: dict[str, str]) -> dict[str, list[EvalResult]]:
+    """{arm: its seeds' evaluations}, arms in first-seen order (an arm without evaluations maps to [])."""
+    return {arm: [evals[label] for label, a in arm_of.items() if a == arm and label in evals]
+            for arm in dict.fromkeys(arm_of.values())}
 
 
 def seed_summary(evals: dict[str, EvalResult], arm_of: dict[str, str]) -> pd.DataFrame:
     """One row per arm: pass@1 mean over its seeds' runs with a Student-t 95% interval over seeds (stats.mean_ci),
     the seeds' values, and the mean of the per-run bootstrap intervals' widths (evaluation noise)."""
     rows = []
-    for arm in dict.fromkeys(arm_of.values()):
-        results = [evals[label] for label, a in arm_of.items() if a == arm and label in evals]
+    for arm, results in _results_by_arm(evals, arm_of).items():
         if not results:
             continue
         mean, low, high = mean_ci([r.pass_at_1 for r in results])
@@ -247,8 +250,7 @@ def arm_pass_at_k(evals: dict[str, EvalResult], arm_of: dict[str, str]) -> pd.Da
     """pass@k per arm and k: mean over the arm's seeds with a Student-t 95% interval over seeds; "base" (if in
     evals and not in arm_of) is its own arm with its bootstrap interval over problems."""
     rows = []
-    groups = {arm: [evals[label] for label, a in arm_of.items() if a == arm and label in evals]
-              for arm in dict.fromkeys(arm_of.values())}
+    groups = _results_by_arm(evals, arm_of)
     if "base" in evals and "base" not in arm_of:
         for r in evals["base"].pass_at_k:
             rows.append({"arm": "base", "k": r["k"], "mean": r["pass_at_k"], "ci_low": r["ci_low"],
@@ -269,9 +271,8 @@ def reasoning_summary(evals: dict[str, EvalResult], arm_of: dict[str, str]) -> p
     if "base" in evals and "base" not in arm_of and evals["base"].reasoning:
         rows.append({"arm": "base", "seeds": 1, "pass@1": evals["base"].pass_at_1,
                      "mean_length": evals["base"].mean_length, **evals["base"].reasoning})
-    for arm in dict.fromkeys(arm_of.values()):
-        results = [evals[label] for label, a in arm_of.items() if a == arm and label in evals and
-                   evals[label].reasoning]
+    for arm, results in _results_by_arm(evals, arm_of).items():
+        results = [r for r in results if r.reasoning]
         if not results:
             continue
         frame = pd.DataFrame([{"pass@1": r.pass_at_1, "mean_length": r.mean_length, **r.reasoning}

@@ -6,6 +6,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from scpo_lab.stats import calibration_bins
+
 # Readable names for the logged metrics (TRL's names are kept in the logs themselves).
 LABELS = {
     "reward": "mean reward",
@@ -166,9 +168,7 @@ def reliability_diagram(calibration: pd.DataFrame, hue: str = "step", bins: int 
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="perfect")
     for label, part in calibration.groupby(hue, sort=True):
-        b = (part["predicted"].clip(0, 1) * bins).astype(int).clip(upper=bins - 1)
-        per_bin = part.assign(bin=b, y=part["passed"].astype(float)).groupby("bin").agg(
-            p=("predicted", "mean"), y=("y", "mean"), n=("y", "size"))
+        per_bin = calibration_bins(part["predicted"], part["passed"], bins)
         ax.plot(per_bin["p"], per_bin["y"], marker="o", label=f"{hue} {label} (n={len(part)})")
         ax.scatter(per_bin["p"], per_bin["y"], s=10 + 2 * per_bin["n"], alpha=0.3)
     ax.set_xlim(0, 1)

@@ -181,3 +181,19 @@ def _pad_cat(tensors: list[torch.Tensor], value, left: bool = False) -> torch.Te
         pad = t.new_full((t.shape[0], width - t.shape[1]), value)
         padded.append(torch.cat([pad, t] if left else [t, pad], dim=1))
     return torch.cat(padded)
+
+
+def micro_batches(batch: RolloutBatch, size: int, prompt_ids: torch.Tensor | None = None,
+                  prompt_mask: torch.Tensor | None = None):
+    """(rows, (prompt_ids, prompt_mask, completion_ids, completion_mask)) per micro-batch, each trimmed to its own
+    longest prompt and completion: padding columns cost as much compute as real tokens. Other (left-padded)
+    prompts than the batch's own may be given, e.g. a critic's privileged context."""
+    prompt_ids = batch.prompt_ids if prompt_ids is None else prompt_ids
+    prompt_mask = batch.prompt_mask if prompt_mask is None else prompt_mask
+    for start in range(0, len(batch), size):
+        rows = slice(start, start + size)
+        mask, completion_mask = prompt_mask[rows], batch.completion_mask[rows]
+        first = int((mask.sum(0) > 0).nonzero()[0])  # left padding shared by every row of this slice
+        width = max(1, int(completion_mask.sum(1).max()))
+        yield rows, (prompt_ids[rows, first:], mask[:, first:], batch.completion_ids[rows, :width],
+                     completion_mask[:, :width])

@@ -155,3 +155,11 @@ def mean_ci(values: Iterable[float], alpha: float = 0.05) -> tuple[float, float,
         return m, m, m
     half = t_ppf(1.0 - alpha / 2.0, x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)  # t * s / sqrt(n)
     return m, m - half, m + half
+
+
+def calibration_bins(predicted, passed, bins: int = 10) -> pd.DataFrame:
+    """Predictions in equal-width bins over [0, 1] (clipped): per non-empty bin, the mean prediction p, the observed
+    pass rate y and the count n -- a reliability diagram's points, and what the expected calibration error sums."""
+    frame = pd.DataFrame({"p": [float(x) for x in predicted], "y": [float(x) for x in passed]})
+    frame["bin"] = (frame["p"].clip(0, 1) * bins).astype(int).clip(upper=bins - 1)
+    return frame.groupby("bin").agg(p=("p", "mean"), y=("y", "mean"), n=("y", "size"))

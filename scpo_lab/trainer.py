@@ -29,7 +29,7 @@ from scpo_lab.config import ConfigError, TrainConfig
 from scpo_lab.critics import make_critic
 from scpo_lab.objective import (completion_logprobs, distill_loss, group_advantages, group_reward_std,
                                  loss_denominator, policy_loss)
-from scpo_lab.rollout import RolloutBatch, sample_rollouts
+from scpo_lab.rollout import RolloutBatch, micro_batches, sample_rollouts
 from scpo_lab.runs import DEFAULT_EXCLUDE, RunDir
 from scpo_lab.tasks import get_task
 
@@ -228,7 +228,7 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
     normalizer = loss_denominator(mask, config.loss_agg, config.max_new_tokens)
     # rows of one group share their prompt: one prompt forward per group (exact, see objective.py)
     forward = dict(temperature=config.temperature, group_size=config.group_size)
-    micro = list(_micro_batches(batch, config.micro_batch_size))
+    micro = list(micro_batches(batch, config.micro_batch_size))
     ref_logp = None
     if config.beta > 0:
         with torch.no_grad(), policy.reference():
@@ -278,18 +278,6 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
             "grad_norm": sum(grad_norms) / n, "learning_rate": config.learning_rate,
             **({"distill/loss": sums["distill"] / n} if target is not None else {}),
             **({"head/loss_student": sums["head"] / n} if getattr(critic, "wants_states", False) else {})}
-
-
-def _micro_batches(batch: RolloutBatch, size: int):
-    """(rows, (prompt_ids, prompt_mask, completion_ids, completion_mask)) per micro-batch, each trimmed to its own
-    longest prompt and completion: padding columns cost as much compute as real tokens."""
-    for start in range(0, len(batch), size):
-        rows = slice(start, start + size)
-        prompt_mask, completion_mask = batch.prompt_mask[rows], batch.completion_mask[rows]
-        first = int((prompt_mask.sum(0) > 0).nonzero()[0])  # left padding shared by every row of this slice
-        width = max(1, int(completion_mask.sum(1).max()))
-        yield rows, (batch.prompt_ids[rows, first:], prompt_mask[:, first:], batch.completion_ids[rows, :width],
-                     completion_mask[:, :width])
 
 
 def _sample_rows(step, batch: RolloutBatch, rewards, tokenizer=None, advantages=None, teacher=None) -> list[dict]:

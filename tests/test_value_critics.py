@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from scpo_lab.config import ConfigError, make_config
-from scpo_lab.critics.value import (CRITIC_ADAPTER, HeadCritic, OnlineCritic, ValueHead, _outcome_bce, auroc,
-                                    clipped_value_loss, explained_variance, gae, shaping_rewards)
+from scpo_lab.critics.base import outcome_bce
+from scpo_lab.critics.value import (CRITIC_ADAPTER, HeadCritic, OnlineCritic, ValueHead, auroc, clipped_value_loss,
+                                    explained_variance, gae, shaping_rewards)
 from scpo_lab.models import tiny_policy
 from scpo_lab.rollout import sample_rollouts
 from scpo_lab.tasks import get_task
@@ -98,7 +99,7 @@ def test_value_head_starts_neutral_and_learns_a_separable_signal():
         optimizer = torch.optim.AdamW(head.parameters(), lr=0.05)
         for _ in range(40):
             optimizer.zero_grad()
-            _outcome_bce(head(states), passed, mask).backward()
+            outcome_bce(head(states), passed, mask).backward()
             optimizer.step()
         assert auroc(head(states).mean(1).detach(), passed) > 0.95, kind
 

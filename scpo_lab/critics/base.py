@@ -64,6 +64,14 @@ class Critic(abc.ABC):
         pass
 
 
+def outcome_bce(logits: torch.Tensor, passed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Token-mean binary cross-entropy of every state's logit [B, T] against its rollout's verifier outcome [B]:
+    the training loss of the probes, heads that predict success from hidden states."""
+    labels = passed.float()[:, None].expand_as(logits)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    return (loss * mask).sum() / mask.sum().clamp(min=1)
+
+
 def signal_stats(signal: torch.Tensor, mask: torch.Tensor, group_advantages: torch.Tensor, group_size: int) -> dict:
     """Collapse accounting and the shape of a critic's per-token signal (what it adds to the GRPO advantage).
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from scpo_lab.critics.base import Critic, signal_stats
+from scpo_lab.critics.base import Critic, outcome_bce, signal_stats
 from scpo_lab.objective import divergence, with_tail
 from scpo_lab.teacher import student_messages, teacher_pass
 
@@ -117,9 +117,7 @@ class DivergenceCritic(Critic):
         p = torch.sigmoid(logits.detach())  # predicted success after each token
         previous = torch.cat([torch.full_like(p[:, :1], 0.5), p[:, :-1]], dim=1)
         signal = (p - previous) * mask
-        labels = torch.tensor([float(v.passed) for v in batch.verdicts])[:, None].expand_as(mask)
-        loss = (torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none") * mask).sum() \
-            / mask.sum().clamp(min=1)
+        loss = outcome_bce(logits, torch.tensor([bool(v.passed) for v in batch.verdicts]), mask)
         self.probe_optimizer.zero_grad()
         loss.backward()
         self.probe_optimizer.step()

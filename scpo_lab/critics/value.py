@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.nn.functional as F
 
-from scpo_lab.critics.base import Critic, signal_stats
+from scpo_lab.critics.base import Critic, outcome_bce, signal_stats
 from scpo_lab.objective import completion_states, group_advantages
+from scpo_lab.rollout import encode_prompts, micro_batches
 from scpo_lab.teacher import privileged_messages, student_messages, teacher_pass
 
 CRITIC_ADAPTER = "critic"  # name of the critic's LoRA adapter on the policy's base weights (critic = "shared")
@@ -108,13 +108,6 @@ def auroc(scores, labels) -> float:
     return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
 
 
-def _outcome_bce(logits: torch.Tensor, passed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Token-mean binary cross-entropy of every state's logit against its rollout's verifier outcome."""
-    labels = passed.float()[:, None].expand_as(logits)
-    loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-    return (loss * mask).sum() / mask.sum().clamp(min=1)
-
-
 def _at_last_state(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """values[i, T_i - 1]: the state that has read all of rollout i but its final token."""
     last = (mask.sum(1).long() - 1).clamp(min=0)
@@ -149,6 +142,8 @@ class HeadCritic(Critic):
         self.optimizer = None
         self._pending_state = None
         self._student_stats: dict = {}
+        self._student_rows: list = []  # (mean student-context value, passed) per rollout of the last update
+        self._passed = None
 
     def _build(self, hidden_size: int) -> None:
         cfg = self.config.value
@@ -183,7 +178,7 @@ class HeadCritic(Critic):
             rewards = torch.tensor([v.reward for v in batch.verdicts], dtype=torch.float32)
             advantages = group_advantages(rewards + cfg.weight * final, batch.group_size,
                                           scale=self.config.scale_rewards)  # r_i + w V_T, group-relative
-        loss = _outcome_bce(logits, passed, mask)
+        loss = outcome_bce(logits, passed, mask)
         _check_finite("value head loss (teacher context)", loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # head gradients only (the states carry none); the step comes after the actor's update
@@ -202,11 +197,11 @@ class HeadCritic(Critic):
         cfg = self.config.value
         passed = self._passed[rows]
         logits = self.head(states if cfg.train_lora else states.detach())
-        loss = _outcome_bce(logits, passed, mask.float()) * float(mask.sum()) / max(n_tokens, 1.0)
+        loss = outcome_bce(logits, passed, mask.float()) * float(mask.sum()) / max(n_tokens, 1.0)
         _check_finite("value head loss (student context)", loss)
         values = torch.sigmoid(logits.detach()) * mask
         means = values.sum(1) / mask.sum(1).clamp(min=1)
-        self._student_rows = getattr(self, "_student_rows", []) + list(zip(means.tolist(), passed.tolist()))
+        self._student_rows += list(zip(means.tolist(), passed.tolist()))
         return loss * (cfg.head_loss_coef if cfg.train_lora else 1.0)
 
     def after_update(self, policy) -> dict:
@@ -217,8 +212,7 @@ class HeadCritic(Critic):
                 _check_finite("value head gradient", p.grad)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        rows = getattr(self, "_student_rows", [])
-        self._student_rows = []
+        rows, self._student_rows = self._student_rows, []
         if rows:  # logged with the next step's stats: this step's row is already assembled
             self._student_stats = {"head/auroc_student": auroc([r[0] for r in rows], [r[1] for r in rows])}
         return {}
@@ -258,6 +252,7 @@ class OnlineCritic(Critic):
         self.head: ValueHead | None = None
         self.optimizer = None
         self.separate = None  # critic = "separate": the critic's own Policy
+        self._adapter: list[tuple[str, torch.nn.Parameter]] = []  # the critic's LoRA parameters, by name
         self._pending_state = None
         self._pending = None  # what the critic update after the actor's needs: (batch, old values, returns)
         self.step = 0
@@ -295,22 +290,20 @@ class OnlineCritic(Critic):
                     model.add_adapter(CRITIC_ADAPTER, PeftLoraConfig(
                         r=cfg.critic_lora_r, lora_alpha=2 * cfg.critic_lora_r, lora_dropout=0.0,
                         target_modules=list(model.peft_config["default"].target_modules)))
-                for name, param in self._shared_named(model):
+                for _, param in self._named_adapter(model, f".{CRITIC_ADAPTER}."):
                     param.requires_grad_(False)  # trainable only while switched in (value_model), never by the actor
-            self._policy_model = policy.model
             hidden = model.config.hidden_size
             self.head = ValueHead(hidden, cfg.head, cfg.head_hidden)
-        self._adapter = self._adapter_params(policy)
-        params = list(self.head.parameters()) + self._adapter
+        self._adapter = self._named_adapter(model, "lora_" if self.separate is not None else f".{CRITIC_ADAPTER}.")
+        params = list(self.head.parameters()) + [p for _, p in self._adapter]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         if self._pending_state is not None:
             self._load(policy, self._pending_state)
             self._pending_state = None
 
-    def _adapter_params(self, policy) -> list:
-        if self.separate is not None:
-            return [p for n, p in self.separate.model.named_parameters() if "lora_" in n]
-        return [p for n, p in policy.model.named_parameters() if f".{CRITIC_ADAPTER}." in n]
+    @staticmethod
+    def _named_adapter(model, marker: str) -> list:
+        return [(n, p) for n, p in model.named_parameters() if marker in n]
 
     @contextlib.contextmanager
     def value_model(self, policy):
@@ -381,14 +374,11 @@ class OnlineCritic(Critic):
         batch, old_values, returns = self._pending
         self._pending = None
         self.step += 1
-        mb = self.config.micro_batch_size
-        shared = cfg.asymmetric is False and batch.group_size > 1
+        prompt = None  # the batch's own prompts, shared by each group; asymmetric: each row's privileged context
         if cfg.asymmetric:
-            from scpo_lab.rollout import encode_prompts
-            prompt_ids, prompt_mask = encode_prompts(policy.tokenizer, [privileged_messages(p.prompt, v)
-                                                     for p, v in zip(batch.problems, batch.verdicts)], policy.device)
-        else:
-            prompt_ids, prompt_mask = batch.prompt_ids, batch.prompt_mask
+            prompt = encode_prompts(policy.tokenizer, [privileged_messages(p.prompt, v)
+                                                       for p, v in zip(batch.problems, batch.verdicts)], policy.device)
+        micro = list(micro_batches(batch, self.config.micro_batch_size, *(prompt or ())))
         losses = []
         with self.value_model(policy) as critic:
             was_training = critic.model.training
@@ -397,16 +387,12 @@ class OnlineCritic(Critic):
             for _ in range(cfg.critic_epochs):
                 self.optimizer.zero_grad(set_to_none=True)
                 total = 0.0
-                for start in range(0, len(batch), mb):
-                    rows = slice(start, start + mb)
-                    width = max(1, int(batch.completion_mask[rows].sum(1).max()))
-                    first = int((prompt_mask[rows].sum(0) > 0).nonzero()[0])
-                    states, _ = completion_states(critic.model, prompt_ids[rows, first:], prompt_mask[rows, first:],
-                                                  batch.completion_ids[rows, :width],
-                                                  batch.completion_mask[rows, :width],
-                                                  group_size=batch.group_size if shared else 1)
+                for rows, inputs in micro:
+                    width = inputs[2].shape[1]
+                    states, _ = completion_states(critic.model, *inputs,
+                                                  group_size=1 if cfg.asymmetric else batch.group_size)
                     values = self.head(states)
-                    m = mask[rows, :width]
+                    m = inputs[3].float()
                     loss = clipped_value_loss(values, old_values[rows, :width], returns[rows, :width], m,
                                               cfg.value_clip) * float(m.sum()) / float(mask.sum().clamp(min=1))
                     _check_finite("critic loss", loss.detach())
@@ -423,25 +409,17 @@ class OnlineCritic(Critic):
     def state_dict(self) -> dict:
         if self.head is None:
             return {}
-        if self.separate is not None:
-            adapter = {n: p.detach().clone() for n, p in self.separate.model.named_parameters() if "lora_" in n}
-        else:
-            adapter = {n: p.detach().clone() for n, p in self._shared_named(self._policy_model)}
-        return {"head": self.head.state_dict(), "optimizer": self.optimizer.state_dict(), "adapter": adapter,
-                "step": self.step}
+        return {"head": self.head.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "adapter": {n: p.detach().clone() for n, p in self._adapter}, "step": self.step}
 
     def load_state_dict(self, state: dict) -> None:
         if "head" in state:
             self._pending_state = state
             self.step = int(state.get("step", 0))
 
-    def _shared_named(self, model):
-        return [(n, p) for n, p in model.named_parameters() if f".{CRITIC_ADAPTER}." in n]
-
     def _load(self, policy, state: dict) -> None:
         self.head.load_state_dict(state["head"])
-        named = dict(self.separate.model.named_parameters() if self.separate is not None
-                     else self._shared_named(policy.model))
+        named = dict(self._adapter)
         with torch.no_grad():
             for n, value in state["adapter"].items():
                 named[n].copy_(value)
@@ -450,10 +428,10 @@ class OnlineCritic(Critic):
     def extra_parameters(self) -> int:
         if self.head is None:
             return 0
-        n = sum(p.numel() for p in self.head.parameters())
-        if self.separate is not None:
-            return n + sum(p.numel() for p in self.separate.model.parameters())  # a whole second model
-        return n + sum(p.numel() for p in self._adapter)  # the critic's adapter on the shared base
+        n = sum(p.numel() for p in self.head.parameters()) + sum(p.numel() for _, p in self._adapter)
+        if self.separate is not None:  # a whole second model, not only its adapter
+            n += sum(p.numel() for n_, p in self.separate.model.named_parameters() if "lora_" not in n_)
+        return n
 
 
 __all__ = ["HeadCritic", "OnlineCritic", "ValueHead", "auroc", "clipped_value_loss", "explained_variance", "gae",
