@@ -17,8 +17,9 @@ import yaml
 
 # Methods implemented now. Names reserved for later issues are listed so that a typo and a not-yet-built method
 # get different messages.
-METHODS = ("grpo", "scpo-divergence", "scpo-head", "scpo-critic", "sdpo", "opsd", "random-reward")
-PLANNED_METHODS = ("scpo-judge", "scpo-irl")
+METHODS = ("grpo", "scpo-divergence", "scpo-head", "scpo-critic", "scpo-judge", "scpo-irl", "sdpo", "opsd",
+           "random-reward")
+PLANNED_METHODS: tuple[str, ...] = ()
 BACKENDS = ("auto", "hf", "unsloth")
 LOSS_AGGREGATIONS = ("sequence-mean", "token-mean", "constant")
 REWARD_SCALINGS = ("group", "batch", "none")
@@ -185,9 +186,79 @@ class ValueConfig:
     warmup_steps: int = 0
 
 
+JUDGE_MODELS = ("policy", "base")
+JUDGE_READINGS = ("expected", "parsed")
+
+
+@dataclass
+class JudgeConfig:
+    """Options of `scpo-judge` (V3): the policy as an LLM-as-judge of its own rollout.
+
+    Judge input = judging instruction + the problem + rollout y_i + the verifier's outcome and feedback
+    (critics.judge.judge_messages). The judge writes a critique of at most max_critique_tokens tokens, then reads
+    "Score: " and a digit 0..9. Two readings of the score s_i in [0, 1]:
+        reading = "expected": s = sum_d d p(d) / (9 sum_d p(d)) over the digit tokens d at the forced
+                              "\nScore: " position after the critique (parse-free: never fails)
+        reading = "parsed":   the last score written in the critique ("Score: 7/10", "7 out of 10", "**7**"),
+                              over its scale; no score found -> fallback_score (counted as a parse failure)
+    Reward: r'_i = r_i + weight * mean over `samples` judge samples of s_i; A_i group-relative on r'.
+    model = "policy": the live policy judges (adapter on); "base": the frozen initial model (adapter off).
+    planted_phrase / planted_bonus: a deliberately exploitable judge for the reward-hacking check: s_i gets
+    + planted_bonus whenever the rollout contains planted_phrase (case-insensitive). Off by default.
+    """
+
+    model: str = "policy"  # policy | base
+    samples: int = 1  # judge samples per rollout
+    max_critique_tokens: int = 32
+    reading: str = "expected"  # expected | parsed
+    weight: float = 0.5
+    fallback_score: float = 0.5  # the parsed reading when no score is found
+    temperature: float = 1.0
+    planted_phrase: str = ""
+    planted_bonus: float = 0.0
+
+
+IRL_FORMS = ("airl", "gail")
+IRL_EXPERTS = ("passing", "teacher")
+
+
+@dataclass
+class IrlConfig:
+    """Options of `scpo-irl` (V5): a discriminator D(x, y) = sigmoid(z) trained online to tell expert completions
+    from the policy's, read as a reward.
+
+    Features: the frozen base model's final hidden states over the completion, mean-pooled, in the student's
+    context (question only). D = a linear or MLP head on them, its own AdamW (lr), disc_updates steps per step.
+    Experts, into a replay buffer of buffer_size feature rows shared across steps (so a group with no success
+    still gets a target from earlier experts):
+        expert = "passing":  the batch's verifier-passing rollouts (approach A)
+        expert = "teacher":  self-teacher rollouts (approach B): for each group with a failed rollout, the policy
+                             re-solves the problem after reading that attempt and the verifier's feedback,
+                             teacher_rollouts times; with keep_passing only those the verifier passes
+    Negatives: the batch's rollouts that are not experts. Discriminator loss: binary cross-entropy with label
+    smoothing (targets 1 - label_smoothing and label_smoothing) + grad_penalty * E_expert ||grad_x z||^2 (R1).
+    Reward, clipped to +-reward_clip:   form = "airl": log D - log(1 - D) = z;   form = "gail": -log(1 - D)
+    r'_i = r_i + weight * reward_i;  A_i group-relative on r'.
+    """
+
+    form: str = "airl"  # airl | gail
+    expert: str = "passing"  # passing | teacher
+    teacher_rollouts: int = 2
+    keep_passing: bool = True
+    head: str = "mlp"  # linear | mlp
+    head_hidden: int = 64
+    lr: float = 1e-3
+    disc_updates: int = 2
+    buffer_size: int = 256
+    label_smoothing: float = 0.1
+    grad_penalty: float = 0.0
+    reward_clip: float = 2.0
+    weight: float = 0.25
+
+
 # Sections added after run folders were cached: left out of the run hash while they hold their defaults, so a
 # cached run of a method that never reads them is still found (the full config is still written to config.json).
-LATE_SECTIONS = ("value",)
+LATE_SECTIONS = ("value", "judge", "irl")
 
 
 @dataclass
@@ -198,6 +269,8 @@ class TrainConfig:
     scpo: ScpoConfig = field(default_factory=ScpoConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     value: ValueConfig = field(default_factory=ValueConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    irl: IrlConfig = field(default_factory=IrlConfig)
     seed: int = 0
     steps: int = 40
     prompts_per_step: int = 8
@@ -252,7 +325,8 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
     target = data
     for part in parts[:-1]:
         if not isinstance(target.get(part), dict):
-            raise ConfigError(f"{key}: '{part}' is not a section; sections: model, task, scpo, distill, value")
+            raise ConfigError(f"{key}: '{part}' is not a section; sections: model, task, scpo, distill, value, "
+                              "judge, irl")
         target = target[part]
     target[parts[-1]] = value
 
@@ -285,7 +359,7 @@ def is_missing_model_path(name: str) -> bool:
 
 def validate(cfg: TrainConfig) -> None:
     """Check every field; raise ConfigError (one line) on the first problem. Loads nothing heavy."""
-    if cfg.method in PLANNED_METHODS:
+    if cfg.method in PLANNED_METHODS:  # names reserved for methods not built yet
         raise ConfigError(f"method: {cfg.method!r} is planned but not built yet; available: {', '.join(METHODS)}")
     _one_of("method", cfg.method, METHODS)
     _one_of("model.backend", cfg.model.backend, BACKENDS)
@@ -367,6 +441,32 @@ def validate(cfg: TrainConfig) -> None:
     _positive_int("value.critic_epochs", v.critic_epochs)
     if not isinstance(v.warmup_steps, int) or isinstance(v.warmup_steps, bool) or v.warmup_steps < 0:
         raise ConfigError(f"value.warmup_steps: got {v.warmup_steps!r}; must be an integer >= 0")
+    j = cfg.judge
+    _one_of("judge.model", j.model, JUDGE_MODELS)
+    _one_of("judge.reading", j.reading, JUDGE_READINGS)
+    _positive_int("judge.samples", j.samples)
+    _positive_int("judge.max_critique_tokens", j.max_critique_tokens)
+    _positive("judge.weight", j.weight, allow_zero=True)
+    _positive("judge.temperature", j.temperature)
+    _positive("judge.planted_bonus", j.planted_bonus, allow_zero=True)
+    if not isinstance(j.fallback_score, (int, float)) or not 0 <= j.fallback_score <= 1:
+        raise ConfigError(f"judge.fallback_score: got {j.fallback_score!r}; must be in [0, 1]")
+    if not isinstance(j.planted_phrase, str):
+        raise ConfigError(f"judge.planted_phrase: got {j.planted_phrase!r}; must be a string ('' = no planted bias)")
+    r = cfg.irl
+    _one_of("irl.form", r.form, IRL_FORMS)
+    _one_of("irl.expert", r.expert, IRL_EXPERTS)
+    _one_of("irl.head", r.head, VALUE_HEADS)
+    for name in ("teacher_rollouts", "head_hidden", "disc_updates", "buffer_size"):
+        _positive_int(f"irl.{name}", getattr(r, name))
+    if not isinstance(r.keep_passing, bool):
+        raise ConfigError(f"irl.keep_passing: got {r.keep_passing!r}; must be true or false")
+    _positive("irl.lr", r.lr)
+    _positive("irl.reward_clip", r.reward_clip)
+    for name in ("weight", "grad_penalty"):
+        _positive(f"irl.{name}", getattr(r, name), allow_zero=True)
+    if not isinstance(r.label_smoothing, (int, float)) or not 0 <= r.label_smoothing < 0.5:
+        raise ConfigError(f"irl.label_smoothing: got {r.label_smoothing!r}; must be in [0, 0.5)")
 
 
 def _build(cls, data: Any, path: str):
@@ -425,6 +525,21 @@ COMPARISON_SIZES: dict[str, dict] = {
     "gpu": {"steps": 100, "save_every": 25},
 }
 COMPARISON_EVAL: dict[str, dict] = {"cpu": {"n_problems": 100, "n_samples": 4, "batch_prompts": 16}}
+
+
+# GSM8K with the embedded model: nearly every group is all-fail. Short runs that measure the training signal (which
+# groups a critic rescues, what it rewards), not accuracy; shared by notebooks 01 and 05 so identical arms are cached.
+COLLAPSE_SIZES: dict[str, dict] = {
+    "smoke": {"steps": 2},
+    "cpu": {"steps": 4, "prompts_per_step": 2, "group_size": 4, "max_new_tokens": 96, "micro_batch_size": 4},
+    "gpu": {"steps": 20},
+}
+
+
+def collapse_sizes(profile: str) -> dict:
+    """Run size overrides of the GSM8K collapse-accounting runs (no evaluation) on this profile."""
+    _one_of("profile", profile, PROFILES)
+    return dict(COLLAPSE_SIZES[profile])
 
 
 def comparison_settings(profile: str) -> tuple[dict, dict]:

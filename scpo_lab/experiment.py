@@ -36,6 +36,14 @@ ARMS: dict[str, dict] = {
     "scpo-critic-shared": {"method": "scpo-critic", "value.critic": "shared"},
     # a second copy of the embedded model (the only local model); the smoke profile uses the tiny one
     "scpo-critic-separate": {"method": "scpo-critic", "value.critic": "separate", "value.critic_model": "embedded"},
+    "scpo-judge": {"method": "scpo-judge"},
+    "scpo-irl-A": {"method": "scpo-irl", "irl.expert": "passing"},  # experts: the verifier's passing rollouts
+    "scpo-irl-B": {"method": "scpo-irl", "irl.expert": "teacher"},  # experts: self-teacher re-solves that pass
+    "random-reward": {"method": "random-reward"},
+    # an instrument check, not a method: the judge pays +1 for "answer" (in ~12% of the embedded model's arithmetic
+    # completions), which the verifier ignores; every step's rollouts are kept to follow the phrase's spread
+    "scpo-judge-exploitable": {"method": "scpo-judge", "judge.planted_phrase": "answer", "judge.planted_bonus": 1.0,
+                               "samples_every": 1},
 }
 
 
@@ -188,34 +196,75 @@ def value_calibration(run: Run, n_problems: int = 32, group_size: int = 4, polic
     import torch
 
     from scpo_lab.critics import make_critic
-    from scpo_lab.rollout import sample_rollouts
 
-    key = {"n_problems": n_problems, "group_size": group_size, "seed": seed}
-    cache = run.path / "calibration.json"
-    if cache.is_file():
-        stored = json.loads(cache.read_text())
-        if stored.get("key") == key:
-            return pd.DataFrame(stored["rows"])
     config = run.config
     if config.method not in ("scpo-head", "scpo-critic"):
         raise ValueError(f"run: method {config.method!r} has no value to calibrate; allowed: scpo-head, scpo-critic")
+
+    def compute():
+        shared = policy or policy_for(config)
+        rows = []
+        for step, folder in run.dir.checkpoints():
+            shared.load_adapter(folder / "adapter")
+            critic = make_critic(config.method, config, shared.tokenizer)
+            critic.load_state_dict(torch.load(folder / "critic.pt", weights_only=True))
+            batch = held_out_rollouts(shared, config, n_problems, group_size, seed)
+            predicted = critic.predict_success(shared, batch, config.micro_batch_size)
+            rows += [{"step": step, "predicted": float(p), "passed": bool(v.passed)}
+                     for p, v in zip(predicted.tolist(), batch.verdicts)]
+        return rows
+
+    key = {"n_problems": n_problems, "group_size": group_size, "seed": seed}
+    return pd.DataFrame(_cached_json(run.path / "calibration.json", key, compute, field="rows"))
+
+
+def judge_bias_report(run: Run, n_problems: int = 32, group_size: int = 2, max_items: int = 24, policy=None,
+                      seed: int = 0) -> pd.DataFrame:
+    """The judge-bias probe (metrics.judge_bias_probe) on a scpo-judge run's final policy as judge, with its own
+    judge options (a planted bias included): up to max_items held-out rollouts the verifier fails, each scored
+    with and without each planted phrase (same judge seed). -> one row per phrase: shift, ci_low, ci_high, n,
+    biased. Cached in the run folder (bias_probe.json), keyed by the arguments."""
+    from scpo_lab.critics.judge import JudgeCritic
+    from scpo_lab.metrics import judge_bias_probe
+
+    config = run.config
+    if config.method != "scpo-judge":
+        raise ValueError(f"run: method {config.method!r} has no judge to probe; allowed: scpo-judge")
+
+    def compute():
+        shared = run.load_policy(policy)
+        batch = held_out_rollouts(shared, config, n_problems, group_size, seed)
+        items = [(p.prompt, text, v) for p, text, v in zip(batch.problems, batch.texts, batch.verdicts)
+                 if not v.passed][:max_items]
+        judge = JudgeCritic(config, shared.tokenizer)
+        report = judge_bias_probe(lambda xs: judge.score_items(shared, xs, seed=seed), items)
+        return [{"phrase": phrase, **values} for phrase, values in report.items()]
+
+    key = {"n_problems": n_problems, "group_size": group_size, "max_items": max_items, "seed": seed}
+    return pd.DataFrame(_cached_json(run.path / "bias_probe.json", key, compute))
+
+
+def held_out_rollouts(policy, config: TrainConfig, n_problems: int, group_size: int, seed: int):
+    """group_size rollouts of n_problems test problems by `policy` at the config's sampling settings, verified."""
+    from scpo_lab.rollout import sample_rollouts
+
     task = get_task(config.task.name, **config.task.options)
-    problems = task.problems("test", n=n_problems, seed=seed)
-    policy = policy or policy_for(config)
-    rows = []
-    for step, folder in run.dir.checkpoints():
-        policy.load_adapter(folder / "adapter")
-        critic = make_critic(config.method, config, policy.tokenizer)
-        critic.load_state_dict(torch.load(folder / "critic.pt", weights_only=True))
-        batch = sample_rollouts(policy, problems, group_size=group_size, max_new_tokens=config.max_new_tokens,
-                                temperature=config.temperature, top_p=config.top_p, seed=seed,
-                                engine=config.rollout_engine)
-        batch.verdicts = task.verify_batch(batch.problems, batch.texts)
-        predicted = critic.predict_success(policy, batch, config.micro_batch_size)
-        rows += [{"step": step, "predicted": float(p), "passed": bool(v.passed)}
-                 for p, v in zip(predicted.tolist(), batch.verdicts)]
-    cache.write_text(json.dumps({"key": key, "rows": rows}))
-    return pd.DataFrame(rows)
+    batch = sample_rollouts(policy, task.problems("test", n=n_problems, seed=seed), group_size=group_size,
+                            max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+                            seed=seed, engine=config.rollout_engine)
+    batch.verdicts = task.verify_batch(batch.problems, batch.texts)
+    return batch
+
+
+def _cached_json(path: Path, key: dict, compute, field: str = "value"):
+    """compute() once per key: its JSON result is kept in `path` as {"key": key, field: result}."""
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("key") == key:
+            return stored[field]
+    value = compute()
+    path.write_text(json.dumps({"key": key, field: value}))
+    return value
 
 
 def expected_calibration_error(predicted, passed, bins: int = 10) -> float:
@@ -279,6 +328,54 @@ def reasoning_summary(evals: dict[str, EvalResult], arm_of: dict[str, str]) -> p
                               for r in results])
         rows.append({"arm": arm, "seeds": len(results), **frame.mean(numeric_only=True).to_dict()})
     return pd.DataFrame(rows)
+
+
+HACK_COLUMNS = ("hack/auroc", "hack/youden_j", "hack/high_reward_failures", "hack/proxy_gap")
+
+
+def cost_table(metrics: pd.DataFrame, arms: list[str], reference: str = "grpo") -> pd.DataFrame:
+    """Per arm (metrics needs an `arm` column): extra parameters (params/extra), mean seconds per step (total,
+    teacher pass, update), the extra seconds over `reference`, and training FLOPs per step (the runs' logged
+    totals / steps, mean over seeds)."""
+    last = metrics.sort_values("step").groupby("run").tail(1)
+    flops = (last["flops"] / last["step"]).groupby(last["arm"]).mean()
+    per_arm = metrics.groupby("arm").agg(extra_params=("params/extra", "max"), seconds=("time/step", "mean"),
+                                         teacher=("time/teacher", "mean"), update=("time/update", "mean"))
+    per_arm["flops_per_step"] = flops
+    base = per_arm.loc[reference, "seconds"] if reference in per_arm.index else 0.0
+    per_arm["extra_seconds"] = per_arm["seconds"] - base
+    return per_arm.reindex([a for a in arms if a in per_arm.index]).reset_index()
+
+
+def hacking_summary(metrics: pd.DataFrame, evals: dict[str, EvalResult], arm_of: dict[str, str],
+                    reference: str = "grpo") -> pd.DataFrame:
+    """The reward-hacking instruments side by side, one row per arm (mean over seeds):
+    training time, second half of the steps (metrics.hacking_stats: the critic's own score vs the verifier on each
+    step's fresh rollouts; empty for arms with no critic score): hack/auroc, hack/youden_j,
+    hack/high_reward_failures, hack/proxy_gap; held-out (EvalResult): pass@1, mean_length, repeated_3gram_rate,
+    leakage_rate, and length and repetition relative to `reference` (ratio)."""
+    late = metrics[metrics["step"] > metrics.groupby("run")["step"].transform("max") / 2]
+    train = late.groupby("arm")[[c for c in HACK_COLUMNS if c in late]].mean()
+    held = reasoning_summary(evals, arm_of).set_index("arm")
+    held = held[[c for c in ("pass@1", "mean_length", "repeated_3gram_rate", "leakage_rate") if c in held]]
+    table = held.join(train, how="left")
+    if reference in table.index:
+        for column in ("mean_length", "repeated_3gram_rate"):
+            if column in table:
+                table[f"{column}_vs_{reference}"] = table[column] / table.loc[reference, column]
+    return table.reset_index()
+
+
+def phrase_rate_by_step(run: Run, phrase: str) -> pd.DataFrame:
+    """Share of a run's training rollouts containing `phrase` (whole words, case-insensitive), at every step
+    whose rollouts were written to samples.jsonl -> rows (step, rate, rollouts)."""
+    from scpo_lab.metrics import phrase_rates
+
+    samples = run.samples()
+    if samples.empty:
+        return pd.DataFrame(columns=["step", "rate", "rollouts"])
+    return pd.DataFrame([{"step": step, "rate": phrase_rates(part["completion"].tolist(), (phrase,))[phrase],
+                          "rollouts": len(part)} for step, part in samples.groupby("step")])
 
 
 def compare_arms(summary: pd.DataFrame, arm: str, reference: str) -> str:

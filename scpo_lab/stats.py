@@ -163,3 +163,17 @@ def calibration_bins(predicted, passed, bins: int = 10) -> pd.DataFrame:
     frame = pd.DataFrame({"p": [float(x) for x in predicted], "y": [float(x) for x in passed]})
     frame["bin"] = (frame["p"].clip(0, 1) * bins).astype(int).clip(upper=bins - 1)
     return frame.groupby("bin").agg(p=("p", "mean"), y=("y", "mean"), n=("y", "size"))
+
+
+def auroc(scores, labels) -> float:
+    """Area under the ROC curve: P(score of a random positive > a random negative), ties count 1/2 (the
+    Mann-Whitney statistic). nan when one class is absent. Lists, arrays or tensors."""
+    scores, labels = (x.detach().cpu().numpy() if hasattr(x, "detach") else x for x in (scores, labels))
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels).ravel().astype(bool)
+    pos, neg = scores[labels], scores[~labels]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = float((pos[:, None] > neg[None, :]).sum())
+    ties = float((pos[:, None] == neg[None, :]).sum())
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))

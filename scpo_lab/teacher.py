@@ -58,7 +58,7 @@ def with_note(prompt: list[dict], note: str) -> list[dict]:
 
 @dataclass
 class TeacherOutput:
-    logprobs: torch.Tensor  # [B, T] log pi(y_t | x, c, y_<t), 0 where masked
+    logprobs: torch.Tensor | None  # [B, T] log pi(y_t | x, c, y_<t), 0 where masked (None: a judge reads no tokens)
     tokens_read: int  # tokens the teacher forward processed (shared prefixes once), for FLOP accounting
     dist_logprobs: torch.Tensor | None = None  # [B, T, k] log-probs on a support (top_k or support_ids)
     dist_ids: torch.Tensor | None = None  # [B, T, k] the support's token ids
@@ -66,6 +66,8 @@ class TeacherOutput:
     hidden: torch.Tensor | None = None  # [B, T, H] states of layer `hidden_layer` after reading each completion token
     states: torch.Tensor | None = None  # [B, T, H] final (normed) states s_t that predict each completion token
     values: torch.Tensor | None = None  # [B, T] a value critic's V(s_t), when the method has one
+    extras: list[dict] | None = None  # per rollout, written to samples.jsonl (a judge's critique and score)
+    critic_data: dict | None = None  # what a critic's own pass computed for its advantages (judge scores, ...)
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ import torch
 
 from scpo_lab.config import ConfigError, TrainConfig
 from scpo_lab.critics import make_critic
+from scpo_lab.metrics import hacking_stats
 from scpo_lab.objective import (completion_logprobs, distill_loss, group_advantages, group_reward_std,
                                  loss_denominator, policy_loss)
 from scpo_lab.rollout import RolloutBatch, micro_batches, sample_rollouts
@@ -170,6 +171,9 @@ def training_step(config, policy, task, train_problems, optimizer, params, criti
         teacher = critic.teacher_pass(policy, batch, temperature=config.temperature,
                                       micro_batch_size=config.micro_batch_size)
         advantages, extra = critic.advantages(batch, advantages, teacher)
+        if getattr(critic, "proxy", None) is not None:  # the critic's own score of each rollout vs the verifier
+            extra.update(hacking_stats(critic.proxy, [v.passed for v in batch.verdicts],
+                                       probability=getattr(critic, "proxy_is_probability", False)))
         target = critic.distillation_target(batch, teacher)  # sdpo / opsd: an imitation loss in the update
         state["flops"] += 2 * n_params * teacher.tokens_read  # a forward pass costs 2 N FLOPs per token
         times["teacher"] = time.perf_counter() - t0
@@ -287,6 +291,9 @@ def _sample_rows(step, batch: RolloutBatch, rewards, tokenizer=None, advantages=
              "completion": text, "reward": float(r), "passed": v.passed, "feedback": v.feedback,
              "extracted": v.extracted, "answer": p.answer}
             for p, g, text, r, v in zip(batch.problems, batch.group_ids, batch.texts, rewards, batch.verdicts)]
+    if teacher is not None and teacher.extras is not None:  # e.g. the judge's critique and score
+        for row, extra in zip(rows, teacher.extras):
+            row.update(extra)
     dense = advantages is not None and advantages.dim() == 2
     if tokenizer is None or (teacher is None and not dense):
         return rows

@@ -8,7 +8,14 @@ from scpo_lab.config import ConfigError, load_config, make_config
 
 @pytest.mark.parametrize("overrides, field, allowed", [
     ({"method": "ppo"}, "method", "grpo, scpo-divergence"),
-    ({"method": "scpo-judge"}, "method", "planned but not built"),
+    ({"judge.reading": "regex"}, "judge.reading", "expected, parsed"),
+    ({"judge.model": "gpt"}, "judge.model", "policy, base"),
+    ({"judge.samples": 0}, "judge.samples", ">= 1"),
+    ({"judge.fallback_score": 2}, "judge.fallback_score", "[0, 1]"),
+    ({"irl.form": "wgan"}, "irl.form", "airl, gail"),
+    ({"irl.expert": "human"}, "irl.expert", "passing, teacher"),
+    ({"irl.label_smoothing": 0.5}, "irl.label_smoothing", "[0, 0.5)"),
+    ({"irl.buffer_size": 0}, "irl.buffer_size", ">= 1"),
     ({"task": {"name": "mathqa"}}, "task.name", "arithmetic, gsm8k"),
     ({"model": {"backend": "jax"}}, "model.backend", "auto, hf, unsloth"),
     ({"steps": 0}, "steps", ">= 1"),

@@ -65,3 +65,18 @@ def test_reasoning_preservation_executes_on_the_smoke_profile(tmp_path, monkeypa
     assert html.count("data:image/png;base64") >= 3  # pass@k curves, measure bars, entropy curves
     assert "Conclusion" in html and "only show that the code runs" in html and "Traceback" not in html
     assert "pass@4 (mean over seeds)" in html and "arithmetic claims per completion" in html
+
+
+def test_methods_head_to_head_executes_on_the_smoke_profile(tmp_path, monkeypatch):
+    from scpo_lab.reports import execute_notebook
+
+    monkeypatch.setenv("SCPO_LAB_RUNS", str(tmp_path / "runs"))
+    path = notebook_paths(names=["05_methods_head_to_head"])[0]
+    html = execute_notebook(path, tmp_path / "reports", {"profile": "smoke", "seeds": [0, 1],
+                                                         "probe_problems": 4}).read_text()
+    # seed bars, pass@k, cost bars, instrument bars, exploitable-judge curves
+    assert html.count("data:image/png;base64") >= 5
+    assert "Conclusion" in html and "only show that the code runs" in html and "Traceback" not in html
+    assert "Every method named by the question is built" in html
+    assert "Exploitable judge (scpo-judge-exploitable/s0)" in html and "Judge-bias probe" in html
+    assert "GSM8K (one seed" in html and "scpo-irl-B" in html and "random-reward" in html

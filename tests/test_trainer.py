@@ -58,7 +58,9 @@ def test_update_moves_only_lora_weights(tmp_path):
 @pytest.mark.parametrize("method, options", [("grpo", {}), ("sdpo", {}),
                                              ("scpo-divergence", {"scpo.signal": "probe", "scpo.probe_lr": 0.1}),
                                              ("scpo-head", {"value.lr": 0.1}),
-                                             ("scpo-critic", {"value.lr": 0.1, "value.warmup_steps": 1})])
+                                             ("scpo-critic", {"value.lr": 0.1, "value.warmup_steps": 1}),
+                                             ("scpo-judge", {}),
+                                             ("scpo-irl", {"irl.lr": 0.1})])
 def test_resume_after_a_kill_has_no_duplicated_or_missing_rows(tmp_path, monkeypatch, method, options):
     from scpo_lab.tasks.base import Verdict
     task_class = type(trainer_module.get_task("arithmetic"))
@@ -95,7 +97,9 @@ def test_resume_after_a_kill_has_no_duplicated_or_missing_rows(tmp_path, monkeyp
     columns = ("reward", "completions/mean_length", "loss") + (("distill/loss",) if method == "sdpo" else ()) \
         + (("scpo/probe_loss",) if method == "scpo-divergence" else ()) \
         + (("head/loss_teacher", "head/loss_student") if method == "scpo-head" else ()) \
-        + (("critic/value_mean", "critic/value_loss") if method == "scpo-critic" else ())
+        + (("critic/value_mean", "critic/value_loss") if method == "scpo-critic" else ()) \
+        + (("judge/score_mean",) if method == "scpo-judge" else ()) \
+        + (("irl/disc_loss", "irl/reward_mean") if method == "scpo-irl" else ())
     for column in columns:
         assert resumed[column].tolist() == pytest.approx(reference[column].tolist(), abs=1e-5, nan_ok=True), column
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from scpo_lab.critics.base import Critic, DistillTarget
 from scpo_lab.critics.divergence import DivergenceCritic
+from scpo_lab.critics.irl import IrlCritic
+from scpo_lab.critics.judge import JudgeCritic
 from scpo_lab.critics.selfdistill import OpsdCritic, SdpoCritic
 from scpo_lab.critics.value import HeadCritic, OnlineCritic
 
 # sdpo / opsd are baselines, not self-critics, but they use the same teacher pass and hooks
 CRITICS: dict[str, type[Critic]] = {"scpo-divergence": DivergenceCritic, "scpo-head": HeadCritic,
-                                    "scpo-critic": OnlineCritic, "sdpo": SdpoCritic, "opsd": OpsdCritic}
+                                    "scpo-critic": OnlineCritic, "scpo-judge": JudgeCritic, "scpo-irl": IrlCritic,
+                                    "sdpo": SdpoCritic, "opsd": OpsdCritic}
 
 
 def make_critic(method: str, config, tokenizer=None) -> Critic | None:
@@ -23,5 +26,5 @@ def make_critic(method: str, config, tokenizer=None) -> Critic | None:
     return cls(config, tokenizer) if cls else None
 
 
-__all__ = ["CRITICS", "Critic", "DistillTarget", "DivergenceCritic", "HeadCritic", "OnlineCritic", "OpsdCritic",
-           "SdpoCritic", "make_critic"]
+__all__ = ["CRITICS", "Critic", "DistillTarget", "DivergenceCritic", "HeadCritic", "IrlCritic", "JudgeCritic",
+           "OnlineCritic", "OpsdCritic", "SdpoCritic", "make_critic"]

@@ -25,6 +25,10 @@ class Critic(abc.ABC):
     """
 
     needs_teacher: bool = True
+    # The critic's own score of each rollout in the last advantages() call ([B], before any mix with the verifier),
+    # or None. The trainer logs its agreement with the verifier each step (metrics.hacking_stats, hack/*).
+    proxy: torch.Tensor | None = None
+    proxy_is_probability: bool = False  # the proxy is on the verifier's [0, 1] scale (a judge's score, a D)
 
     def __init__(self, config, tokenizer=None):
         self.config = config

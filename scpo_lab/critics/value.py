@@ -16,6 +16,7 @@ import torch
 from scpo_lab.critics.base import Critic, outcome_bce, signal_stats
 from scpo_lab.objective import completion_states, group_advantages
 from scpo_lab.rollout import encode_prompts, micro_batches
+from scpo_lab.stats import auroc
 from scpo_lab.teacher import privileged_messages, student_messages, teacher_pass
 
 CRITIC_ADAPTER = "critic"  # name of the critic's LoRA adapter on the policy's base weights (critic = "shared")
@@ -93,19 +94,6 @@ def explained_variance(predicted: torch.Tensor, target: torch.Tensor, mask: torc
     y, p = target[m].double(), predicted[m].double()
     var = float(y.var()) if len(y) > 1 else 0.0
     return 1.0 - float((y - p).var()) / var if var > 0 else float("nan")
-
-
-def auroc(scores, labels) -> float:
-    """Area under the ROC curve: P(score of a random positive > a random negative), ties count 1/2 (the
-    Mann-Whitney statistic). nan when one class is absent."""
-    scores = torch.as_tensor(scores, dtype=torch.float64).flatten()
-    labels = torch.as_tensor(labels).flatten().bool()
-    pos, neg = scores[labels], scores[~labels]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    greater = (pos[:, None] > neg[None, :]).double().sum()
-    ties = (pos[:, None] == neg[None, :]).double().sum()
-    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
 
 
 def _at_last_state(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,238 @@
+"""V3 `scpo-judge`: the policy as an LLM-as-judge of its own rollout, with privileged context.
+
+For each rollout y_i the judge (the live policy, or the frozen base: judge.model) reads the problem, y_i and the
+verifier's outcome and feedback, writes a short critique, and ends with a score. Two readings of that score,
+both in [0, 1] (config.JudgeConfig has the formulas):
+    parsed   the last score written in the critique (parse_score); no score -> judge.fallback_score, counted
+    expected the judge's own probabilities over the digits 0..9 at a forced "\\nScore: " after the critique:
+             E[d] / 9 (expected_score) -- parse-free, and smooth in the judge's belief
+The reward r'_i = r_i + weight * s_i keeps the verifier as ground truth: a pass still outranks a fail whenever
+weight < 1. The score is the part a policy can exploit, so it is also logged as the critic's proxy (hack/*).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+import torch
+
+from scpo_lab.critics.base import Critic, signal_stats
+from scpo_lab.objective import group_advantages
+from scpo_lab.rollout import RolloutBatch, encode_prompts, generate
+from scpo_lab.stats import auroc
+from scpo_lab.teacher import TeacherOutput, teacher_pass
+
+SCORE_MAX = 9  # one token per score: the digits 0..9 (SmolLM2's and Qwen's tokenizers split numbers into digits)
+SCORE_CUE = "\nScore: "
+# What all rollouts of a problem share comes first, so the reading pass runs it once per group (teacher_pass).
+JUDGE_INSTRUCTION = (
+    "Grade a student's answer to this problem.\n\nProblem:\n{question}\n\nIn one or two sentences, say what is "
+    "right or wrong in the student's answer, then end with 'Score: N', where N is from 0 (wrong) to 9 (fully "
+    "correct).\n\nStudent's answer:\n{answer}\n\nAutomatic checker: {feedback}"
+)
+
+# ------------------------------------------------------------------------------------------------ parsing
+
+_NUM = r"(-?\d+(?:\.\d+)?)"
+# "7/10", "7 / 10", "**7**/10", "7 out of 10": a ratio; only over the denominators a score is given on
+_RATIO = re.compile(rf"{_NUM}\**\s*(?:/|out\s+of)\s*\**\s*(5|9|10|100)(?![\d.]*\d)", re.IGNORECASE)
+# "Score: 7", "score = 7", "score of 7", "Score: **7**", "rating: 7"
+_LABELLED = re.compile(rf"\b(?:score|rating|grade)\b\s*(?:is|of|=|:)?\s*\**\s*{_NUM}(?![\d/]|\s*out\s+of)",
+                       re.IGNORECASE)
+_BOLD = re.compile(rf"\*\*\s*{_NUM}\s*\*\*(?!\s*(?:/|out\s+of))", re.IGNORECASE)  # a bare "**7**"
+
+
+def parse_score(text: str, scale: int = SCORE_MAX) -> float | None:
+    """The last score written in `text`, as a fraction of its scale, or None (a parse failure).
+
+    Read: "7/10" and "7 out of 10" (denominators 5, 9, 10, 100) as 7/10; "Score: 7", "score of 7", "**7**" as
+    7/scale. The last mention wins ("Score: 3/10 ... final score: 8/10" -> 0.8). Out of range (negative, above
+    the scale), no mention, or numbers that are not scores ("12 / 4 = 3") -> None.
+    """
+    if not isinstance(text, str):
+        return None
+    candidates = []  # (end position, numerator, denominator)
+    for m in _RATIO.finditer(text):
+        candidates.append((m.end(), float(m.group(1)), float(m.group(2))))
+    for rx in (_LABELLED, _BOLD):
+        for m in rx.finditer(text):
+            candidates.append((m.end(), float(m.group(1)), float(scale)))
+    if not candidates:
+        return None
+    _, value, denominator = max(candidates, key=lambda c: c[0])
+    if not 0 <= value <= denominator:
+        return None
+    return value / denominator
+
+
+def score_token_ids(tokenizer) -> list[int]:
+    """Token id of each digit 0..9 as it follows SCORE_CUE; a clear error if a digit is not one token there."""
+    cue = tokenizer(SCORE_CUE, add_special_tokens=False)["input_ids"]
+    ids = []
+    for d in range(SCORE_MAX + 1):
+        full = tokenizer(SCORE_CUE + str(d), add_special_tokens=False)["input_ids"]
+        if full[:len(cue)] != cue or len(full) != len(cue) + 1:
+            raise ValueError(f"judge.reading: 'expected' needs each digit to be one token after {SCORE_CUE!r}; this "
+                             "tokenizer splits it differently; use judge.reading = 'parsed'")
+        ids.append(full[-1])
+    return ids
+
+
+def expected_score(digit_logprobs: torch.Tensor) -> torch.Tensor:
+    """E[score] / SCORE_MAX from the judge's log-probs of the digits 0..9 at the score position [..., 10]:
+    p(d) = exp(logp_d) / sum_d' exp(logp_d') (renormalised over the digits: mass on other tokens is ignored, the
+    judge was asked for a digit), E = sum_d d p(d)."""
+    p = torch.softmax(digit_logprobs.float(), dim=-1)
+    values = torch.arange(digit_logprobs.shape[-1], dtype=p.dtype, device=p.device)
+    return (p * values).sum(-1) / SCORE_MAX
+
+
+# ------------------------------------------------------------------------------------------------ the judge
+
+def judge_messages(prompt: list[dict], completion: str, verdict) -> list[dict]:
+    """One user turn: the judging instruction around the problem, the rollout and the verifier's feedback."""
+    question = [m for m in prompt if m["role"] == "user"][-1]["content"]
+    return [{"role": "user", "content": JUDGE_INSTRUCTION.format(question=question, answer=completion.strip(),
+                                                                 feedback=verdict.feedback)}]
+
+
+def planted_bias(completions: list[str], phrase: str, bonus: float) -> torch.Tensor:
+    """The exploitable judge's extra score: +bonus for every completion containing `phrase` (whole words,
+    case-insensitive, as metrics.phrase_rates counts it)."""
+    if not phrase or bonus == 0:
+        return torch.zeros(len(completions))
+    pattern = re.compile(rf"(?<!\w){re.escape(phrase)}(?!\w)", re.IGNORECASE)
+    return torch.tensor([bonus if pattern.search(c) else 0.0 for c in completions])
+
+
+class JudgeCritic(Critic):
+    """scpo-judge: critique-then-score by the policy itself; no parameters beyond the policy's."""
+
+    proxy_is_probability = True  # its score is on the verifier's [0, 1] scale (hack/proxy_gap)
+
+    def __init__(self, config, tokenizer=None):
+        super().__init__(config, tokenizer)
+        self.calls = 0  # judge calls so far: seeds each call's sampling, saved so a resumed run replays them
+        self._digit_ids = None
+        self.proxy = None
+
+    def score(self, policy, items: list, seed: int, group_size: int = 1) -> dict:
+        """Judge (prompt, completion, verdict) items -> {"expected" [n, S], "parsed" [n, S] (nan = no score),
+        "critiques" (n lists of S strings), "critique_tokens" [n, S], "tokens_read"}; S = judge.samples.
+        Items come in groups of `group_size` rollouts of one problem (their judge prompts share a prefix).
+        The planted bias (judge.planted_*) is added to both readings."""
+        cfg, tok, model = self.config.judge, policy.tokenizer, policy.model
+        if self._digit_ids is None:
+            self._digit_ids = score_token_ids(tok)
+        samples = cfg.samples
+        generator = torch.Generator(device=policy.device).manual_seed(seed)
+        cue = tok(SCORE_CUE, add_special_tokens=False)["input_ids"]
+        eos = set(policy.eos_token_ids)
+        parsed, critiques, sequences, read = [], [], [], 0
+        was_training = model.training
+        model.eval()
+        weights_context = policy.reference() if cfg.model == "base" else contextlib.nullcontext()
+        messages = [judge_messages(*item) for item in items]
+        with weights_context, torch.no_grad():
+            chunk = 64  # rows decoded together: distinct prompts share no prefix, so wide batches pay off
+            for start in range(0, len(items), chunk):
+                ids, mask = encode_prompts(tok, messages[start:start + chunk], policy.device)
+                out_ids, out_mask, _, _ = generate(
+                    model, ids, mask, repeats=samples, max_new_tokens=cfg.max_critique_tokens,
+                    temperature=cfg.temperature, top_p=1.0, eos_token_ids=policy.eos_token_ids,
+                    pad_token_id=tok.pad_token_id, generator=generator, engine=self.config.rollout_engine)
+                read += int(mask.sum()) + int(out_mask.sum())
+                for r in range(out_ids.shape[0]):
+                    critique = [t for t in out_ids[r, :int(out_mask[r].sum())].tolist() if t not in eos]
+                    text = tok.decode(critique, skip_special_tokens=True)
+                    critiques.append(text)
+                    score = parse_score(text)
+                    parsed.append(float("nan") if score is None else score)
+                    # the reading: critique + "\nScore: " + a placeholder digit whose position holds p(digit)
+                    sequences.append(critique + cue + [self._digit_ids[0]])
+            reading = _rollouts_of(sequences, tok.pad_token_id, group_size=samples * group_size)
+            support = torch.tensor(self._digit_ids).expand(*reading.completion_ids.shape, -1)
+            out = teacher_pass(policy, reading, None, messages=[m for m in messages for _ in range(samples)],
+                               support_ids=support, micro_batch_size=self.config.micro_batch_size,
+                               engine=self.config.rollout_engine)
+            read += out.tokens_read
+        model.train(was_training)
+        last = reading.completion_mask.sum(1).long() - 1  # the placeholder's position
+        digit_logprobs = out.dist_logprobs[torch.arange(len(sequences)), last]  # [n * S, 10]
+        lengths = [len(s) - len(cue) - 1 for s in sequences]
+        n = len(items)
+        bias = planted_bias([c for _, c, _ in items], cfg.planted_phrase, cfg.planted_bonus)[:, None]
+        return {"expected": expected_score(digit_logprobs).view(n, samples).cpu() + bias,
+                "parsed": torch.tensor(parsed).view(n, samples) + bias,
+                "critiques": [critiques[i * samples:(i + 1) * samples] for i in range(n)],
+                "critique_tokens": torch.tensor(lengths, dtype=torch.float32).view(n, samples),
+                "tokens_read": read}
+
+    def reading(self, judged: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s_i [n] in the configured reading, averaged over judge samples; parse failures [n, S] bool)."""
+        cfg = self.config.judge
+        failed = torch.isnan(judged["parsed"])
+        if cfg.reading == "expected":
+            return judged["expected"].mean(1), failed
+        return torch.where(failed, torch.full_like(judged["parsed"], cfg.fallback_score), judged["parsed"]).mean(1), \
+            failed
+
+    def score_items(self, policy, items: list, seed: int = 0) -> list[float]:
+        """The judge's score of each (prompt, completion, verdict): the signature metrics.judge_bias_probe wants."""
+        return self.reading(self.score(policy, items, seed))[0].tolist()
+
+    def teacher_pass(self, policy, batch, *, temperature: float, micro_batch_size: int):
+        items = [(p.prompt, text, v) for p, text, v in zip(batch.problems, batch.texts, batch.verdicts)]
+        self.calls += 1
+        judged = self.score(policy, items, seed=self.config.seed * 1_000_003 + self.calls * 7919,
+                            group_size=batch.group_size)
+        extras = [{"critique": c[0] if len(c) == 1 else c, "judge_score": round(float(e.mean()), 4),
+                   "judge_parsed": None if torch.isnan(p).all() else round(float(p.nanmean()), 4)}
+                  for c, e, p in zip(judged["critiques"], judged["expected"], judged["parsed"])]
+        return TeacherOutput(logprobs=None, tokens_read=judged["tokens_read"], extras=extras, critic_data=judged)
+
+    def advantages(self, batch, group_advantages_, teacher):
+        cfg = self.config.judge
+        scores, failed = self.reading(teacher.critic_data)
+        rewards = torch.tensor([v.reward for v in batch.verdicts], dtype=torch.float32)
+        passed = torch.tensor([bool(v.passed) for v in batch.verdicts])
+        combined = rewards + cfg.weight * scores  # r'_i = r_i + w s_i: the verifier stays ground truth
+        advantages = group_advantages(combined, batch.group_size, scale=self.config.scale_rewards)
+        self.proxy = scores
+        mask = batch.completion_mask.float()
+        stats = signal_stats((cfg.weight * scores)[:, None] * mask, mask, group_advantages_, batch.group_size)
+        stats.update({
+            "judge/score_mean": float(scores.mean()),
+            "judge/parse_failure_rate": float(failed.float().mean()),
+            "judge/agreement": float(((scores > 0.5) == passed).float().mean()),  # judge's verdict = verifier's
+            "judge/auroc": auroc(scores, passed),
+            "judge/critique_length": float(teacher.critic_data["critique_tokens"].mean()),
+        })
+        return advantages, stats
+
+    def state_dict(self) -> dict:
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.calls = int(state.get("calls", 0))
+
+
+def _rollouts_of(sequences: list[list[int]], pad_token_id: int, group_size: int) -> RolloutBatch:
+    """Token lists as the completions of a RolloutBatch, for teacher_pass to read after each row's context;
+    rows come in groups of `group_size` whose contexts share a prefix (one rollout's judge samples, one
+    problem's rollouts)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
+    n = len(sequences)
+    size = group_size if n % group_size == 0 else 1
+    return RolloutBatch(prompt_ids=ids[:, :0], prompt_mask=mask[:, :0], completion_ids=ids, completion_mask=mask,
+                        logprobs=torch.zeros(ids.shape), texts=[""] * n, problems=[], group_ids=torch.arange(n) // size,
+                        truncated=torch.zeros(n, dtype=torch.bool), group_size=size)
+
+
+__all__ = ["JudgeCritic", "SCORE_MAX", "expected_score", "judge_messages", "parse_score", "planted_bias",
+           "score_token_ids"]
