@@ -64,7 +64,8 @@ def build_reports(profile: str = "cpu", notebooks: list[str] | None = None, outp
             html_path = None
         seconds = time.perf_counter() - start
         print(f"[reports] {path.name}: {status} in {seconds:.0f} s", flush=True)
-        rows.append((path.stem, html_path, status, seconds))
+        rows.append((path.stem, html_path, status, seconds, headline(output_dir / "_executed" / path.name)
+                     if html_path else ""))
     index = output_dir / "index.html"
     index.write_text(_index_html(rows, profile))
     failed = [r[0] for r in rows if r[2] != "ok"]
@@ -73,16 +74,38 @@ def build_reports(profile: str = "cpu", notebooks: list[str] | None = None, outp
     return index
 
 
+def headline(executed: Path, limit: int = 400) -> str:
+    """The first line of an executed notebook's computed conclusion (the last Markdown output of a code cell),
+    the smoke-profile disclaimer skipped; "" if there is none."""
+    import nbformat
+
+    if not Path(executed).is_file():
+        return ""
+    nb = nbformat.read(str(executed), as_version=4)
+    texts = [out["data"]["text/markdown"] for cell in nb.cells if cell.cell_type == "code"
+             for out in cell.get("outputs", []) if "text/markdown" in out.get("data", {})]
+    for text in reversed(texts[-1:]):
+        for line in text.splitlines():
+            line = line.strip().removeprefix("- ").strip()
+            if line and "Smoke profile" not in line:
+                return line if len(line) <= limit else line[:limit - 1] + "…"
+    return ""
+
+
 def _index_html(rows, profile: str) -> str:
+    from scpo_lab.runs import git_commit
+
     items = "\n".join(
         f"<tr><td>{f'<a href={html.escape(p.name)!r}>{html.escape(name)}</a>' if p else html.escape(name)}</td>"
-        f"<td>{html.escape(status)}</td><td>{seconds / 60:.1f} min</td></tr>"
-        for name, p, status, seconds in rows)
+        f"<td>{html.escape(status)}</td><td>{seconds / 60:.1f} min</td><td>{html.escape(line)}</td></tr>"
+        for name, p, status, seconds, line in rows)
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>scpo_lab reports</title>
-<style>body{{font-family:sans-serif;max-width:50em;margin:2em auto}}td,th{{padding:.3em 1em;text-align:left}}</style>
-</head><body><h1>scpo_lab reports</h1><p>Profile <b>{html.escape(profile)}</b>, generated {when}.</p>
-<table><tr><th>notebook</th><th>status</th><th>time</th></tr>
+<style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}td,th{{padding:.3em 1em;text-align:left;
+vertical-align:top}}</style>
+</head><body><h1>scpo_lab reports</h1><p>Profile <b>{html.escape(profile)}</b>, generated {when}, git commit
+<code>{html.escape(git_commit())}</code>.</p>
+<table><tr><th>notebook</th><th>status</th><th>time</th><th>headline (first line of its conclusion)</th></tr>
 {items}
 </table></body></html>
 """

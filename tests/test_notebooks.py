@@ -20,7 +20,9 @@ def test_quickstart_executes_on_the_smoke_profile(tmp_path, monkeypatch):
     monkeypatch.setenv("SCPO_LAB_RUNS", str(tmp_path / "runs"))
     index = build_reports(profile="smoke", notebooks=["00_quickstart"], output_dir=tmp_path / "reports")
     html = (tmp_path / "reports" / "00_quickstart.html").read_text()
-    assert "00_quickstart" in index.read_text()
+    index_html = index.read_text()
+    assert "00_quickstart" in index_html and "git commit" in index_html
+    assert "pass@1" in index_html  # the headline: the first line of the quickstart's computed conclusion
     assert html.count("data:image/png;base64") >= 4  # training curves, pass@1 bars, pass@k, phase times
     assert "Conclusion" in html and "only show that the code runs" in html
     assert "Traceback" not in html
