@@ -20,7 +20,7 @@ depend on what was sampled: the table reports them, and a per-1k-token time next
 Target: ours / TRL seconds per step <= 0.6.
 
 TRL 1.15 computes its training log-probs with a Triton-only kernel (no CPU path); without CUDA/XPU this script
-swaps in `CpuChunkedLogProb`, a plain-PyTorch equivalent (see its docstring and benchmarks/README.md).
+swaps in `scpo_lab.integrations.trl.CpuChunkedLogProb`, a plain-PyTorch equivalent (see its docstring and benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -105,67 +105,6 @@ def run_scpo_lab(args, workdir: str) -> dict:
 # ------------------------------------------------------------------------------------------------------ TRL
 
 
-class CpuChunkedLogProb:
-    """CPU stand-in for TRL's `_ChunkedLogProbFunction` (trl/kernels/chunked_logprob.py).
-
-    TRL 1.15's GRPOTrainer always computes the training log-probs through that function (its `add_fused_lm_head`
-    patch of the model's forward), and its forward/backward launch Triton kernels with no CPU path: on a CPU-only
-    host the first loss computation dies with "RuntimeError: 0 active drivers ([]). There should only be one."
-    This computes the same outputs (log-prob of each target token and the entropy, of softmax(z / temperature) with
-    z = logit_scale * (h W^T + b), optionally soft-capped) in plain PyTorch, `TOKENS_PER_CHUNK` tokens at a time,
-    each chunk under a non-reentrant checkpoint so the backward recomputes its logits instead of storing them:
-    the same strategy as TRL's kernel (recompute in backward) and as scpo_lab's `completion_logprobs`.
-    """
-
-    TOKENS_PER_CHUNK = 1024  # scpo_lab: 64 positions x 16 rows
-
-    @staticmethod
-    def apply(hidden, weight, bias, targets, temperature, chunk_size, final_logit_softcapping=None,
-              logit_scale=1.0, outputs=("log_probs",)):
-        import torch
-        import torch.nn.functional as F
-        from torch.utils.checkpoint import checkpoint
-
-        extra = set(outputs) - {"log_probs", "entropy"}
-        if extra:
-            raise NotImplementedError(f"CpuChunkedLogProb: outputs {sorted(extra)} are not implemented")
-        want_entropy = "entropy" in outputs
-
-        def piece(h, t):
-            z = F.linear(h, weight, bias).float() * logit_scale
-            if final_logit_softcapping is not None:
-                z = final_logit_softcapping * torch.tanh(z / final_logit_softcapping)
-            logp_all = F.log_softmax(z / temperature, dim=-1)
-            logp = logp_all.gather(-1, t.unsqueeze(-1)).squeeze(-1)
-            if not want_entropy:
-                return (logp,)
-            return logp, -(logp_all.exp() * logp_all).sum(-1)
-
-        n = hidden.shape[0]
-        if n == 0:
-            empty = hidden.sum(-1).float() * 0.0  # shape [0], still connected to the graph
-            return empty, (empty if want_entropy else None), None, None, None
-        grad = torch.is_grad_enabled()
-        step = CpuChunkedLogProb.TOKENS_PER_CHUNK
-        parts = [checkpoint(piece, hidden[s:s + step], targets[s:s + step], use_reentrant=False) if grad
-                 else piece(hidden[s:s + step], targets[s:s + step]) for s in range(0, n, step)]
-        logp = torch.cat([p[0] for p in parts])
-        entropy = torch.cat([p[1] for p in parts]) if want_entropy else None
-        return logp, entropy, None, None, None
-
-
-def _patch_trl_for_cpu() -> bool:
-    """Route TRL's fused LM-head log-probs through CpuChunkedLogProb when there is no CUDA/XPU. True if patched."""
-    import torch
-    import trl.trainer.utils as trl_utils
-
-    has_gpu = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-    if has_gpu or not hasattr(trl_utils, "_ChunkedLogProbFunction"):
-        return False
-    trl_utils._ChunkedLogProbFunction = CpuChunkedLogProb  # looked up as a module global at each call
-    return True
-
-
 def _trl_model_and_tokenizer(args, workdir: str):
     """(model for GRPOTrainer: a local folder path or a model object, its tokenizer)."""
     from transformers import AutoTokenizer
@@ -195,7 +134,9 @@ def run_trl(args, workdir: str) -> dict:
 
     from scpo_lab.tasks import get_task
 
-    patched = _patch_trl_for_cpu()
+    from scpo_lab.integrations.trl import patch_trl_for_cpu
+
+    patched = patch_trl_for_cpu()
     batch = args.prompts * args.generations
     task = get_task("arithmetic")
     problems = task.problems("train", n=args.prompts * (args.steps + 1), seed=args.seed)

@@ -29,6 +29,9 @@ class Critic(abc.ABC):
     # or None. The trainer logs its agreement with the verifier each step (metrics.hacking_stats, hack/*).
     proxy: torch.Tensor | None = None
     proxy_is_probability: bool = False  # the proxy is on the verifier's [0, 1] scale (a judge's score, a D)
+    # Sequence-level critics: what each rollout's reward gains before the critic's weight ([B]; r'_i = r_i + w s_i),
+    # set by advantages(); the TRL bridge hands it to GRPOTrainer as a reward function's output.
+    sequence_reward: torch.Tensor | None = None
 
     def __init__(self, config, tokenizer=None):
         self.config = config

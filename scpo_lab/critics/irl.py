@@ -162,6 +162,7 @@ class IrlCritic(Critic):
         passed = torch.tensor([bool(v.passed) for v in batch.verdicts])
         advantages = group_advantages(rewards + cfg.weight * reward, batch.group_size, scale=self.config.scale_rewards)
         self.proxy = torch.sigmoid(logits)  # D(x, y)
+        self.sequence_reward = reward
         mask = batch.completion_mask.float()
         stats = signal_stats((cfg.weight * reward)[:, None] * mask, mask, group_advantages_, batch.group_size)
         stats.update({"irl/reward_mean": float(reward.mean()), "irl/d_passed": float(self.proxy[passed].mean())

@@ -199,7 +199,7 @@ class JudgeCritic(Critic):
         passed = torch.tensor([bool(v.passed) for v in batch.verdicts])
         combined = rewards + cfg.weight * scores  # r'_i = r_i + w s_i: the verifier stays ground truth
         advantages = group_advantages(combined, batch.group_size, scale=self.config.scale_rewards)
-        self.proxy = scores
+        self.proxy = self.sequence_reward = scores
         mask = batch.completion_mask.float()
         stats = signal_stats((cfg.weight * scores)[:, None] * mask, mask, group_advantages_, batch.group_size)
         stats.update({

@@ -123,6 +123,7 @@ class HeadCritic(Critic):
     called by the trainer on every micro-batch) -- after the actor's update (`after_update`)."""
 
     wants_states = True  # the trainer hands the update forward's hidden states to state_loss
+    proxy_is_probability = True  # its proxy, V in [0, 1]
 
     def __init__(self, config, tokenizer=None):
         super().__init__(config, tokenizer)
@@ -159,6 +160,7 @@ class HeadCritic(Critic):
         values = torch.sigmoid(logits.detach())  # V(s_t) under the privileged context: hindsight
         teacher.values = values
         final = _at_last_state(values, mask)  # V after reading y_<T
+        self.proxy = self.sequence_reward = final  # the head's own judgment of each rollout (hack/*)
         if cfg.reward == "shaping":
             r = shaping_rewards(values, mask, cfg.gamma)
             advantages = (group_advantages_[:, None] + cfg.weight * r) * mask  # A_{i,t} = A_i + w r_{i,t}
@@ -338,6 +340,7 @@ class OnlineCritic(Critic):
         self._pending = (batch, values, returns.clamp(0.0, 1.0) * mask)  # value targets clipped to the reward range
         n = mask.sum().clamp(min=1)
         mean_value = (values * mask).sum(1) / mask.sum(1).clamp(min=1)
+        self.proxy = mean_value  # the critic's own judgment of each rollout (hack/*)
         stats = {"critic/value_mean": float((values * mask).sum() / n),
                  "critic/explained_variance": explained_variance(values, returns, mask),
                  "critic/auroc": auroc(mean_value, _passed(batch)),
