@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from scpo_lab.config import ConfigError
@@ -36,6 +37,8 @@ def cmd_train(args) -> int:
     from scpo_lab.trainer import train
 
     run = train(config, progress=not args.no_progress)
+    if os.environ.get("RANK", "0") != "0":  # several processes (accelerate launch): rank 0 reports and evaluates
+        return 0
     print(f"run folder: {run.path}")
     if args.eval_problems:
         result = _evaluate_run(run, config, args.eval_problems, args.eval_samples)

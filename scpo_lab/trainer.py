@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from scpo_lab import distributed
 from scpo_lab.config import ConfigError, TrainConfig
 from scpo_lab.critics import make_critic
 from scpo_lab.metrics import hacking_stats
@@ -78,14 +79,23 @@ class Run:
 
 
 def train(config: TrainConfig, policy=None, *, progress: bool = True, runs_dir: str | None = None) -> Run:
-    """Train `config` in its run folder, or load it if that folder already finished; resumes a killed run."""
+    """Train `config` in its run folder, or load it if that folder already finished; resumes a killed run.
+    Under `accelerate launch --num_processes N` (or torchrun) the N processes share each step (distributed.py)."""
     config.validate()
+    world = distributed.world()
+    distributed.check_config(config, world.size)
     task = get_task(config.task.name, **config.task.options)
     train_problems = _training_problems(task, config)
     if not train_problems:
         raise ConfigError(f"task.name: {config.task.name!r} yielded no training problems; check its data or options")
-    run = RunDir.create(config.to_dict(), name=config.method, runs_dir=runs_dir or config.runs_dir,
-                        exclude=DEFAULT_EXCLUDE + config.hash_exclude())
+    record = config.to_dict() | ({"processes": world.size} if world.enabled else {})  # its own run folder
+    create = dict(name=config.method, runs_dir=runs_dir or config.runs_dir,
+                  exclude=DEFAULT_EXCLUDE + config.hash_exclude())
+    if world.is_main:
+        run = RunDir.create(record, **create)
+    world.barrier()  # rank 0 has written config.json; the others open the same folder
+    if not world.is_main:
+        run = RunDir.create(record, **create)
     if run.is_finished():
         log.info("run %s already finished: loading it", run.path.name)
         return Run(config, run)
@@ -107,23 +117,30 @@ def train(config: TrainConfig, policy=None, *, progress: bool = True, runs_dir: 
         log.info("resuming %s from step %d", run.path.name, start_step)
     elif config.steps > 0:
         policy.reset_adapter(seed=config.seed)  # a fresh run starts from the same LoRA init whatever ran before
-    run.truncate_after(start_step)  # rows written after the checkpoint are replayed, never duplicated
+    if world.is_main:
+        run.truncate_after(start_step)  # rows written after the checkpoint are replayed, never duplicated
 
     n_params = sum(p.numel() for p in model.parameters())
-    bar = _progress(range(start_step + 1, config.steps + 1), progress, config.method, total=config.steps,
-                    initial=start_step)
+    bar = _progress(range(start_step + 1, config.steps + 1), progress and world.is_main, config.method,
+                    total=config.steps, initial=start_step)
     for step in bar:
         row = training_step(config, policy, task, train_problems, optimizer, params, critic, step, state, n_params,
-                            run)
-        run.append_metrics(row)
+                            run, world)
+        if world.is_main:
+            run.append_metrics(row)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(reward=f"{row['reward']:.2f}", zero_std=f"{row['frac_reward_zero_std']:.2f}")
         if step % config.save_every == 0 or step == config.steps:
-            _save_checkpoint(run, policy, optimizer, step, state, critic)
-    policy.save_adapter(run.path / "final")
-    if critic is not None and critic.state_dict():
-        torch.save(critic.state_dict(), run.path / "final" / "critic.pt")  # heads and critics live with the adapter
-    run.mark_done()
+            if world.is_main:
+                _save_checkpoint(run, policy, optimizer, step, state, critic)
+            world.barrier()
+    world.check_in_sync(params)
+    if world.is_main:
+        policy.save_adapter(run.path / "final")
+        if critic is not None and critic.state_dict():
+            torch.save(critic.state_dict(), run.path / "final" / "critic.pt")  # heads and critics live with it
+        run.mark_done()
+    world.barrier()
     return Run(config, run)
 
 
@@ -142,15 +159,16 @@ def _progress(iterable, enabled: bool, desc: str, **kwargs):
     return tqdm(iterable, desc=desc, **kwargs)
 
 
-def training_step(config, policy, task, train_problems, optimizer, params, critic, step, state, n_params, run) -> dict:
+def training_step(config, policy, task, train_problems, optimizer, params, critic, step, state, n_params, run,
+                  world: distributed.World = distributed.World()) -> dict:
     times = {}
-    # 1. sample: prompts_per_step problems, G rollouts each
+    # 1. sample: prompts_per_step problems, G rollouts each (this process's share of whole groups)
     t0 = time.perf_counter()
     rng = random.Random(_step_seed(config.seed, step, 0))
-    problems = rng.sample(train_problems, min(config.prompts_per_step, len(train_problems)))
+    problems = rng.sample(train_problems, min(config.prompts_per_step, len(train_problems)))[world.rank::world.size]
     batch = sample_rollouts(policy, problems, group_size=config.group_size, max_new_tokens=config.max_new_tokens,
                             temperature=config.temperature, top_p=config.top_p,
-                            seed=_step_seed(config.seed, step, 1), engine=config.rollout_engine)
+                            seed=_step_seed(config.seed, step, 1) + 7919 * world.rank, engine=config.rollout_engine)
     times["generation"] = time.perf_counter() - t0
 
     # 2. verify
@@ -175,7 +193,7 @@ def training_step(config, policy, task, train_problems, optimizer, params, criti
             extra.update(hacking_stats(critic.proxy, [v.passed for v in batch.verdicts],
                                        probability=getattr(critic, "proxy_is_probability", False)))
         target = critic.distillation_target(batch, teacher)  # sdpo / opsd: an imitation loss in the update
-        state["flops"] += 2 * n_params * teacher.tokens_read  # a forward pass costs 2 N FLOPs per token
+        state["flops"] += 2 * n_params * world.sum(teacher.tokens_read)  # a forward pass costs 2 N FLOPs per token
         times["teacher"] = time.perf_counter() - t0
 
     if not torch.isfinite(advantages).all():  # stop before the update: the last checkpoint stays the good one
@@ -186,17 +204,17 @@ def training_step(config, policy, task, train_problems, optimizer, params, criti
     t0 = time.perf_counter()
     update = {}
     if critic is None or critic.updates_actor():
-        update = _update(config, policy, batch, advantages, optimizer, params, target, critic)
+        update = _update(config, policy, batch, advantages, optimizer, params, target, critic, world)
     if critic is not None:
         extra.update(critic.after_update(policy) or {})
     times["update"] = time.perf_counter() - t0
 
     # 5. log (TRL's metric names where they mean the same thing)
-    state["generated_tokens"] += batch.num_tokens
-    prompt_tokens = int(batch.prompt_mask.sum())
-    state["flops"] += 2 * n_params * (prompt_tokens / config.group_size + batch.num_tokens)  # sampling
+    generated, prompt_tokens = world.sum(batch.num_tokens), world.sum(int(batch.prompt_mask.sum()))  # all processes
+    state["generated_tokens"] += int(generated)
+    state["flops"] += 2 * n_params * (prompt_tokens / config.group_size + generated)  # sampling
     # forward + backward, 6 N FLOPs per token; the prompt runs once per group (shared, see objective.py)
-    state["flops"] += 6 * n_params * (prompt_tokens / config.group_size + batch.num_tokens) * config.num_iterations
+    state["flops"] += 6 * n_params * (prompt_tokens / config.group_size + generated) * config.num_iterations
     lengths = batch.completion_mask.sum(1).float()
     std = group_reward_std(rewards, config.group_size)
     row = {
@@ -216,11 +234,14 @@ def training_step(config, policy, task, train_problems, optimizer, params, criti
     }
     row["time/step"] = sum(times.values())
     if step % config.samples_every == 0 or step == config.steps:
-        run.append_samples(_sample_rows(step, batch, rewards, policy.tokenizer, advantages, teacher))
-    return row
+        rows = world.gather(_sample_rows(step, batch, rewards, policy.tokenizer, advantages, teacher))
+        if world.is_main:
+            run.append_samples([r for part in rows for r in part])
+    return world.mean_row(row)
 
 
-def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, target=None, critic=None) -> dict:
+def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, target=None, critic=None,
+            world: distributed.World = distributed.World()) -> dict:
     """mu passes of micro-batched forward/backward over the rollouts, one optimizer step per pass.
     `target` (a critics.DistillTarget) adds weight * objective.distill_loss on the rows that have a teacher;
     a critic with `wants_states` (scpo-head) adds its loss on the forward's final hidden states."""
@@ -228,8 +249,9 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
     model.train()
     mask = batch.completion_mask
     dense = advantages.dim() == 2
-    # normalisers so micro-batch losses sum exactly to the full-batch loss
-    normalizer = loss_denominator(mask, config.loss_agg, config.max_new_tokens)
+    # normalisers so micro-batch losses (and processes' losses) sum exactly to the full-batch loss
+    normalizer = world.sum(loss_denominator(mask, config.loss_agg, config.max_new_tokens))
+    n_tokens = world.sum(float(mask.sum()))  # the distillation loss is a mean over the whole batch's tokens
     # rows of one group share their prompt: one prompt forward per group (exact, see objective.py)
     forward = dict(temperature=config.temperature, group_size=config.group_size)
     micro = list(micro_batches(batch, config.micro_batch_size))
@@ -258,7 +280,7 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
             if target is not None:
                 distill_mask = micro_mask * target.rows[rows, None]
                 distill, _ = distill_loss(support, target.logprobs[rows, :width], distill_mask, target.alpha,
-                                          target.token_clip, float(mask.sum()))
+                                          target.token_clip, n_tokens)
                 loss = loss + target.weight * distill  # L = lam L_GRPO + (1 - lam) sum_t D_t / n_tokens
                 sums["distill"] += float(distill.detach())
             sums["loss"] += float(loss.detach())  # the policy's loss (a head's loss is logged on its own)
@@ -271,6 +293,7 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
             sums["kl"] += stats["kl"] * weight if not math.isnan(stats["kl"]) else 0.0
             sums["clip_ratio"] += stats["clip_ratio"] * weight
             sums["entropy"] += float((entropy.detach() * micro_mask).sum()) / float(mask.sum())
+        world.sum_gradients(params)  # several processes: the whole batch's gradient on every process
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         if not torch.isfinite(grad_norm):
             raise FloatingPointError("gradient norm is not finite; the last checkpoint is kept — lower learning_rate")

@@ -1,0 +1,127 @@
+"""Multi-process training with plain torch.distributed (DDP-style), for runs started by
+`accelerate launch --num_processes N ...` or `torchrun --nproc_per_node N ...` (they set RANK, WORLD_SIZE,
+MASTER_ADDR and MASTER_PORT; this module starts the process group from them: gloo on CPU, nccl on CUDA).
+
+How a step is split (trainer.py):
+    problems   every process draws the step's prompts exactly as one process would, then takes its share of
+               whole groups (prompts rank, rank + N, ...): the G rollouts of a prompt never straddle processes,
+               so group-relative advantages and group-centred critics are unchanged
+    loss       each process divides by the GLOBAL normaliser (loss_denominator summed over processes), so the sum
+               of the processes' gradients is exactly the gradient of the whole batch on one process
+    gradients  summed over processes (all_reduce) before clipping; every process then takes the same optimizer
+               step on the same weights, so the weights stay identical without a broadcast
+    metrics    each process's row, averaged over processes (counts summed) and written by rank 0; samples
+               gathered to rank 0; checkpoints, the final adapter and DONE written once, by rank 0
+Methods whose critic trains its own parameters on local rollouts (scpo-head, scpo-critic, scpo-irl, the probe
+signal of scpo-divergence) would let those parameters drift apart across processes: they are refused for now.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+UNSUPPORTED_METHODS = ("scpo-head", "scpo-critic", "scpo-irl")
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def sum(self, value: float) -> float:
+        """The sum of `value` over processes (the value itself in one process)."""
+        if not self.enabled:
+            return value
+        t = torch.tensor([float(value)], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t)
+
+    def sum_gradients(self, params) -> None:
+        """grad <- sum over processes of grad, for every parameter (one flat all-reduce)."""
+        if not self.enabled:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads]).float()
+        dist.all_reduce(flat)
+        offset = 0
+        for p, g in zip(params, grads):
+            n = g.numel()
+            p.grad = flat[offset:offset + n].view_as(p).to(p.dtype)
+            offset += n
+
+    def gather(self, obj) -> list:
+        """[obj of rank 0, obj of rank 1, ...] on every process."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def mean_row(self, row: dict) -> dict:
+        """One metrics row from every process's row: numeric values averaged (processes hold equal shares of the
+        batch, so a mean of means is the batch mean; cumulative counts are already global), others from rank 0."""
+        rows = self.gather(row)
+        if len(rows) == 1:
+            return row
+        merged = dict(rows[0])
+        for key, value in rows[0].items():
+            values = [r.get(key) for r in rows]
+            if all(v == value for v in values):
+                continue  # the same on every process (step, cumulative counts): kept as it is
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                finite = [v for v in values if v == v]
+                merged[key] = sum(finite) / len(finite) if finite else float("nan")
+        return merged
+
+    def check_in_sync(self, params) -> None:
+        """Raise if the processes' weights differ (they must: same gradients, same optimizer steps)."""
+        if not self.enabled:
+            return
+        with torch.no_grad():
+            digest = [float(torch.cat([p.detach().reshape(-1).double() for p in params]).abs().sum())]
+        digests = self.gather(digest)
+        if any(d != digests[0] for d in digests):
+            raise RuntimeError(f"distributed: the processes' weights drifted apart ({digests}); report this")
+
+
+def world() -> World:
+    """This process's place in the run; starts the process group on first call when WORLD_SIZE > 1."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return World(rank=dist.get_rank(), size=dist.get_world_size())
+
+
+def check_config(config, size: int) -> None:
+    """Refuse, with a one-line error, what multi-process training does not support."""
+    from scpo_lab.config import ConfigError
+
+    if size <= 1:
+        return
+    if config.method in UNSUPPORTED_METHODS or (config.method == "scpo-divergence" and config.scpo.signal == "probe"):
+        raise ConfigError(f"method: {config.method!r} trains critic parameters on each process's rollouts, which "
+                          f"would drift apart across {size} processes; run it in one process")
+    if config.prompts_per_step % size:
+        raise ConfigError(f"prompts_per_step: {config.prompts_per_step} is not a multiple of the {size} processes "
+                          "(each process samples whole groups)")
+    if config.scale_rewards == "batch":
+        raise ConfigError("scale_rewards: 'batch' needs the whole batch's std; allowed with several processes: "
+                          "group, none")
