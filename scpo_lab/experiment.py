@@ -170,7 +170,9 @@ def run_experiment(configs: dict[str, TrainConfig], profile: str, *, include_bas
         if checkpoint_evals:
             tokens = {int(r["step"]): r["generated_tokens"] for r in runs[label].dir.read_metrics()}
             for step, _ in runs[label].dir.checkpoints():
-                result = evaluate_run(runs[label], settings, policy=_Lazy(policy), step=step)
+                # the last checkpoint holds the final adapter: its evaluation is the one just made
+                result = evals[label] if step == config.steps else evaluate_run(runs[label], settings,
+                                                                                  policy=_Lazy(policy), step=step)
                 curve.append({"label": label, "method": config.method, "seed": config.seed, "step": step,
                               "generated_tokens": tokens.get(step), "pass@1": result.pass_at_1,
                               "ci_low": result.ci_low, "ci_high": result.ci_high})
