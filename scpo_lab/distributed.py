@@ -73,9 +73,11 @@ class World:
         dist.all_gather_object(out, obj)
         return out
 
-    def mean_row(self, row: dict) -> dict:
+    def mean_row(self, row: dict, summed: tuple[str, ...] = ("loss", "distill/loss")) -> dict:
         """One metrics row from every process's row: numeric values averaged (processes hold equal shares of the
-        batch, so a mean of means is the batch mean; cumulative counts are already global), others from rank 0."""
+        batch, so a mean of means is the batch mean; cumulative counts are already global), except the losses,
+        which are each process's share of the whole batch's loss (global normaliser) and so are summed; other
+        values from rank 0."""
         rows = self.gather(row)
         if len(rows) == 1:
             return row
@@ -86,7 +88,8 @@ class World:
                 continue  # the same on every process (step, cumulative counts): kept as it is
             if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 finite = [v for v in values if v == v]
-                merged[key] = sum(finite) / len(finite) if finite else float("nan")
+                total = sum(finite)
+                merged[key] = (total if key in summed else total / len(finite)) if finite else float("nan")
         return merged
 
     def check_in_sync(self, params) -> None:

@@ -67,8 +67,14 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
     assert (run / "DONE").is_file() and (run / "checkpoints" / "step-3" / "COMPLETE").is_file()
 
 
-def test_world_merges_rows_and_refuses_what_would_drift():
+def test_world_merges_rows_and_refuses_what_would_drift(monkeypatch):
     assert World().mean_row({"step": 1, "loss": 0.5}) == {"step": 1, "loss": 0.5}
+    two = World(rank=0, size=2)
+    rows = [{"step": 3, "loss": 0.25, "reward": 0.5, "method": "grpo", "flops": 7.0},
+            {"step": 3, "loss": 0.5, "reward": 1.0, "method": "grpo", "flops": 7.0}]
+    monkeypatch.setattr(World, "gather", lambda self, obj: rows)
+    # losses are shares of the whole batch's loss (summed); rates are means of equal shares; the rest as is
+    assert two.mean_row(rows[0]) == {"step": 3, "loss": 0.75, "reward": 0.75, "method": "grpo", "flops": 7.0}
     for method, options in (("scpo-head", {}), ("scpo-irl", {}), ("scpo-divergence", {"scpo.signal": "probe"})):
         with pytest.raises(ConfigError, match="method"):
             check_config(make_config("smoke", method=method, **options), 2)
