@@ -336,13 +336,14 @@ HACK_COLUMNS = ("hack/auroc", "hack/youden_j", "hack/high_reward_failures", "hac
 
 
 def cost_table(metrics: pd.DataFrame, arms: list[str], reference: str = "grpo") -> pd.DataFrame:
-    """Per arm (metrics needs an `arm` column): extra parameters (params/extra), mean seconds per step (total,
-    teacher pass, update), the extra seconds over `reference`, and training FLOPs per step (the runs' logged
-    totals / steps, mean over seeds)."""
+    """Per arm (metrics needs an `arm` column): extra parameters (params/extra), median seconds per step over all
+    its steps and seeds (total, teacher pass, update; the median, so a step slowed by other work on the machine
+    does not move it), the extra seconds over `reference`, and training FLOPs per step (the runs' logged totals /
+    steps, mean over seeds)."""
     last = metrics.sort_values("step").groupby("run").tail(1)
     flops = (last["flops"] / last["step"]).groupby(last["arm"]).mean()
-    per_arm = metrics.groupby("arm").agg(extra_params=("params/extra", "max"), seconds=("time/step", "mean"),
-                                         teacher=("time/teacher", "mean"), update=("time/update", "mean"))
+    per_arm = metrics.groupby("arm").agg(extra_params=("params/extra", "max"), seconds=("time/step", "median"),
+                                         teacher=("time/teacher", "median"), update=("time/update", "median"))
     per_arm["flops_per_step"] = flops
     base = per_arm.loc[reference, "seconds"] if reference in per_arm.index else 0.0
     per_arm["extra_seconds"] = per_arm["seconds"] - base
