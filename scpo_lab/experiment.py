@@ -351,19 +351,33 @@ def cost_table(metrics: pd.DataFrame, arms: list[str], reference: str = "grpo") 
 
 
 def hacking_summary(metrics: pd.DataFrame, evals: dict[str, EvalResult], arm_of: dict[str, str],
-                    reference: str = "grpo") -> pd.DataFrame:
+                    runs: dict[str, Run] | None = None, reference: str = "grpo") -> pd.DataFrame:
     """The reward-hacking instruments side by side, one row per arm (mean over seeds):
     training time, second half of the steps (metrics.hacking_stats: the critic's own score vs the verifier on each
     step's fresh rollouts; empty for arms with no critic score): hack/auroc, hack/youden_j,
-    hack/high_reward_failures, hack/proxy_gap; held-out (EvalResult): pass@1, mean_length, repeated_3gram_rate,
-    leakage_rate, and length and repetition relative to `reference` (ratio)."""
+    hack/high_reward_failures, hack/proxy_gap; held-out (EvalResult): pass@1, mean_length and, where the
+    evaluation has them, leakage_rate and repeated_3gram_rate; with `runs`, the last logged training step's
+    rollouts: train_length (tokens) and train_repeated_3gram_rate (every run has those). Lengths and repetition
+    also relative to `reference` (ratio)."""
+    from scpo_lab.metrics import repeated_ngram_rate
+
     late = metrics[metrics["step"] > metrics.groupby("run")["step"].transform("max") / 2]
     train = late.groupby("arm")[[c for c in HACK_COLUMNS if c in late]].mean()
-    held = reasoning_summary(evals, arm_of).set_index("arm")
-    held = held[[c for c in ("pass@1", "mean_length", "repeated_3gram_rate", "leakage_rate") if c in held]]
-    table = held.join(train, how="left")
+    rows = []
+    for label, result in evals.items():
+        row = {"arm": arm_of.get(label, label), "pass@1": result.pass_at_1, "mean_length": result.mean_length,
+               "leakage_rate": result.reasoning.get("leakage_rate", float("nan")),
+               "repeated_3gram_rate": result.reasoning.get("repeated_3gram_rate", float("nan"))}
+        if runs is not None and label in runs:
+            samples = runs[label].samples()
+            last = samples[samples["step"] == samples["step"].max()]
+            at_last = (metrics["label"] == label) & (metrics["step"] == last["step"].max())
+            row["train_length"] = float(metrics.loc[at_last, "completions/mean_length"].mean())
+            row["train_repeated_3gram_rate"] = float(last["completion"].map(repeated_ngram_rate).mean())
+        rows.append(row)
+    table = pd.DataFrame(rows).groupby("arm", sort=False).mean().join(train, how="left")
     if reference in table.index:
-        for column in ("mean_length", "repeated_3gram_rate"):
+        for column in ("mean_length", "train_length", "train_repeated_3gram_rate"):
             if column in table:
                 table[f"{column}_vs_{reference}"] = table[column] / table.loc[reference, column]
     return table.reset_index()

@@ -34,8 +34,9 @@ def test_cost_and_hacking_tables_per_arm(tmp_path):
     assert costs.loc["scpo-judge", "teacher"] > 0 and costs.loc["grpo", "teacher"] == 0
     # FLOPs per step: the run's logged total over its steps, the judge's pass included
     assert costs.loc["scpo-judge", "flops_per_step"] > costs.loc["grpo", "flops_per_step"] > 0
-    hack = hacking_summary(df, exp.evals, arm_of).set_index("arm")
+    hack = hacking_summary(df, exp.evals, arm_of, runs=exp.runs).set_index("arm")
     assert {"base", "grpo", "scpo-judge"} <= set(hack.index)
-    assert hack.loc["grpo", "mean_length_vs_grpo"] == 1.0
+    assert hack.loc["grpo", "mean_length_vs_grpo"] == 1.0 and hack.loc["grpo", "train_length_vs_grpo"] == 1.0
+    assert hack["train_repeated_3gram_rate"].notna()[["grpo", "scpo-judge"]].all()
     assert hack["hack/auroc"].isna()["grpo"]  # grpo has no critic score: nothing to compare with the verifier
     assert "hack/high_reward_failures" in hack and not hack["hack/high_reward_failures"].isna()["scpo-judge"]
