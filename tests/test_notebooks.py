@@ -74,11 +74,14 @@ def test_methods_head_to_head_executes_on_the_smoke_profile(tmp_path, monkeypatc
 
     monkeypatch.setenv("SCPO_LAB_RUNS", str(tmp_path / "runs"))
     path = notebook_paths(names=["05_methods_head_to_head"])[0]
-    html = execute_notebook(path, tmp_path / "reports", {"profile": "smoke", "seeds": [0, 1],
-                                                         "probe_problems": 4}).read_text()
+    html = execute_notebook(path, tmp_path / "reports", {"profile": "smoke", "seeds": [0, 1], "probe_problems": 4,
+                                                         "gsm8k_seeds": [0, 1],
+                                                         "gsm8k_eval": {"n_problems": 3, "n_samples": 2,
+                                                                        "batch_prompts": 3}}).read_text()
     # seed bars, pass@k, cost bars, instrument bars, exploitable-judge curves
     assert html.count("data:image/png;base64") >= 5
     assert "Conclusion" in html and "only show that the code runs" in html and "Traceback" not in html
     assert "Every method named by the question is built" in html
     assert "Exploitable judge (scpo-judge-exploitable/s0)" in html and "Judge-bias probe" in html
-    assert "GSM8K (one seed" in html and "scpo-irl-B" in html and "random-reward" in html
+    assert "GSM8K (2 seeds" in html and "held-out pass@1" in html and "scpo-irl-B" in html
+    assert "random-reward" in html
