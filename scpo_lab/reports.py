@@ -49,6 +49,9 @@ def build_reports(profile: str = "cpu", notebooks: list[str] | None = None, outp
                   notebooks_dir: Path | None = None) -> Path:
     if profile not in PROFILES:
         raise ValueError(f"profile: unknown {profile!r}; allowed: {', '.join(PROFILES)}")
+    from scpo_lab.runs import git_commit
+
+    commit = git_commit()  # before anything is written: the reports below rewrite tracked files
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -67,7 +70,7 @@ def build_reports(profile: str = "cpu", notebooks: list[str] | None = None, outp
         rows.append((path.stem, html_path, status, seconds, headline(output_dir / "_executed" / path.name)
                      if html_path else ""))
     index = output_dir / "index.html"
-    index.write_text(_index_html(rows, profile))
+    index.write_text(_index_html(rows, profile, commit))
     failed = [r[0] for r in rows if r[2] != "ok"]
     if failed:
         raise RuntimeError(f"notebooks failed: {', '.join(failed)} (see {index})")
@@ -92,9 +95,7 @@ def headline(executed: Path, limit: int = 400) -> str:
     return ""
 
 
-def _index_html(rows, profile: str) -> str:
-    from scpo_lab.runs import git_commit
-
+def _index_html(rows, profile: str, commit: str) -> str:
     items = "\n".join(
         f"<tr><td>{f'<a href={html.escape(p.name)!r}>{html.escape(name)}</a>' if p else html.escape(name)}</td>"
         f"<td>{html.escape(status)}</td><td>{seconds / 60:.1f} min</td><td>{html.escape(line)}</td></tr>"
@@ -104,7 +105,7 @@ def _index_html(rows, profile: str) -> str:
 <style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}td,th{{padding:.3em 1em;text-align:left;
 vertical-align:top}}</style>
 </head><body><h1>scpo_lab reports</h1><p>Profile <b>{html.escape(profile)}</b>, generated {when}, git commit
-<code>{html.escape(git_commit())}</code>.</p>
+<code>{html.escape(commit)}</code>.</p>
 <table><tr><th>notebook</th><th>status</th><th>time</th><th>headline (first line of its conclusion)</th></tr>
 {items}
 </table></body></html>
