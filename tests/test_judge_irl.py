@@ -107,6 +107,13 @@ def test_planted_judge_moves_by_its_bonus():
     diff = torch.tensor(planted.score_items(policy, items, seed=1)) - torch.tensor(fair.score_items(policy, items,
                                                                                                   seed=1))
     assert diff.tolist() == pytest.approx([0.3, 0.0, 0.3, 0.0], abs=1e-6)
+    # the parsed reading pays it too, on the fallback score when the critique has no score
+    parsed = {"judge.reading": "parsed", "judge.planted_phrase": "answer is", "judge.planted_bonus": 0.3}
+    planted_parsed = JudgeCritic(make_config("smoke", method="scpo-judge", **parsed))
+    fair_parsed = JudgeCritic(make_config("smoke", method="scpo-judge", **{"judge.reading": "parsed"}))
+    diff = torch.tensor(planted_parsed.score_items(policy, items, seed=1)) - torch.tensor(
+        fair_parsed.score_items(policy, items, seed=1))
+    assert diff.tolist() == pytest.approx([0.3, 0.0, 0.3, 0.0], abs=1e-6)
 
 
 def test_base_judge_reads_the_frozen_model():

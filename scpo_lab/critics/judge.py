@@ -119,9 +119,9 @@ class JudgeCritic(Critic):
 
     def score(self, policy, items: list, seed: int, group_size: int = 1) -> dict:
         """Judge (prompt, completion, verdict) items -> {"expected" [n, S], "parsed" [n, S] (nan = no score),
-        "critiques" (n lists of S strings), "critique_tokens" [n, S], "tokens_read"}; S = judge.samples.
-        Items come in groups of `group_size` rollouts of one problem (their judge prompts share a prefix).
-        The planted bias (judge.planted_*) is added to both readings."""
+        "critiques" (n lists of S strings), "critique_tokens" [n, S], "bias" [n, 1], "tokens_read"};
+        S = judge.samples. Items come in groups of `group_size` rollouts of one problem (their judge prompts share a
+        prefix). "bias" is the planted bias (judge.planted_*), added to either reading by `reading`."""
         cfg, tok, model = self.config.judge, policy.tokenizer, policy.model
         if self._digit_ids is None:
             self._digit_ids = score_token_ids(tok)
@@ -163,20 +163,22 @@ class JudgeCritic(Critic):
         lengths = [len(s) - len(cue) - 1 for s in sequences]
         n = len(items)
         bias = planted_bias([c for _, c, _ in items], cfg.planted_phrase, cfg.planted_bonus)[:, None]
-        return {"expected": expected_score(digit_logprobs).view(n, samples).cpu() + bias,
-                "parsed": torch.tensor(parsed).view(n, samples) + bias,
+        return {"expected": expected_score(digit_logprobs).view(n, samples).cpu(),
+                "parsed": torch.tensor(parsed).view(n, samples), "bias": bias,
                 "critiques": [critiques[i * samples:(i + 1) * samples] for i in range(n)],
                 "critique_tokens": torch.tensor(lengths, dtype=torch.float32).view(n, samples),
                 "tokens_read": read}
 
     def reading(self, judged: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(s_i [n] in the configured reading, averaged over judge samples; parse failures [n, S] bool)."""
+        """(s_i [n] in the configured reading, averaged over judge samples, plus the planted bias if any;
+        parse failures [n, S] bool)."""
         cfg = self.config.judge
         failed = torch.isnan(judged["parsed"])
         if cfg.reading == "expected":
-            return judged["expected"].mean(1), failed
-        return torch.where(failed, torch.full_like(judged["parsed"], cfg.fallback_score), judged["parsed"]).mean(1), \
-            failed
+            scores = judged["expected"]
+        else:
+            scores = torch.where(failed, torch.full_like(judged["parsed"], cfg.fallback_score), judged["parsed"])
+        return (scores + judged["bias"]).mean(1), failed
 
     def score_items(self, policy, items: list, seed: int = 0) -> list[float]:
         """The judge's score of each (prompt, completion, verdict): the signature metrics.judge_bias_probe wants."""
@@ -187,9 +189,10 @@ class JudgeCritic(Critic):
         self.calls += 1
         judged = self.score(policy, items, seed=self.config.seed * 1_000_003 + self.calls * 7919,
                             group_size=batch.group_size)
-        extras = [{"critique": c[0] if len(c) == 1 else c, "judge_score": round(float(e.mean()), 4),
+        scores, _ = self.reading(judged)
+        extras = [{"critique": c[0] if len(c) == 1 else c, "judge_score": round(float(s), 4),
                    "judge_parsed": None if torch.isnan(p).all() else round(float(p.nanmean()), 4)}
-                  for c, e, p in zip(judged["critiques"], judged["expected"], judged["parsed"])]
+                  for c, s, p in zip(judged["critiques"], scores, judged["parsed"])]
         return TeacherOutput(logprobs=None, tokens_read=judged["tokens_read"], extras=extras, critic_data=judged)
 
     def advantages(self, batch, group_advantages_, teacher):
