@@ -104,8 +104,9 @@ class _CriticBridge(_ProblemLookup):
                       device=self.trainer.accelerator.device)
 
     def batch(self, policy: Policy, problems, completion_ids, completion_mask=None) -> RolloutBatch:
-        """Rollouts in TRL's order (each prompt's num_generations completions together), verified, with the
-        student's own log-probs (the sampler's are not handed over: one more teacher-forced pass)."""
+        """Rollouts in TRL's order (each prompt's num_generations completions together), verified; for the
+        divergence critic also the student's own log-probs (TRL does not hand over the sampler's: one more
+        teacher-forced pass)."""
         tok = policy.tokenizer
         if completion_mask is None:  # lists of token ids -> right-padded tensors
             width = max(1, max(len(c) for c in completion_ids))
@@ -125,9 +126,10 @@ class _CriticBridge(_ProblemLookup):
                              texts=texts, problems=list(problems), group_ids=torch.arange(n) // group,
                              truncated=torch.zeros(n, dtype=torch.bool), group_size=group)
         batch.verdicts = self.task.verify_batch(batch.problems, texts)
-        batch.logprobs = teacher_pass(policy, batch, batch.verdicts, context=student_messages,
-                                      micro_batch_size=self.config.micro_batch_size,
-                                      engine=self.config.rollout_engine).logprobs
+        if self.config.method == "scpo-divergence":  # the only critic that reads the sampler's log-probs
+            batch.logprobs = teacher_pass(policy, batch, batch.verdicts, context=student_messages,
+                                          micro_batch_size=self.config.micro_batch_size,
+                                          engine=self.config.rollout_engine).logprobs
         return batch
 
     def critic_advantages(self, policy: Policy, batch: RolloutBatch, group_advantages: torch.Tensor):
