@@ -113,7 +113,7 @@ def teacher_pass(policy, batch: RolloutBatch, verdicts, *, temperature: float = 
     model.eval()
 
     # 1. every group's shared prefix, once (left padded)
-    prefix_ids, prefix_mask = _pad([grp[0][:k] for grp, k in zip(groups, cut)], tok.pad_token_id, device, left=True)
+    prefix_ids, prefix_mask = pad_token_lists([grp[0][:k] for grp, k in zip(groups, cut)], tok.pad_token_id, device, left=True)
     if weights is not None:
         prefix_k, prefix_v, _, _ = static_engine.prefill(weights, prefix_ids, prefix_mask)
     else:
@@ -135,7 +135,7 @@ def teacher_pass(policy, batch: RolloutBatch, verdicts, *, temperature: float = 
         rows = order[start:start + micro_batch_size]
         index = torch.tensor([group_of[r] for r in rows], device=device)
         bodies = [tails[r] + batch.completion_ids[r, :lengths[r]].tolist() for r in rows]
-        body_ids, body_mask = _pad(bodies, tok.pad_token_id, device, left=False)
+        body_ids, body_mask = pad_token_lists(bodies, tok.pad_token_id, device, left=False)
         read += int(body_mask.sum())
         if weights is not None:
             hidden, states = static_engine.forward_after_prefix(
@@ -188,9 +188,9 @@ def _common_prefix_length(sequences: list[list[int]]) -> int:
     return n
 
 
-def _pad(sequences: list[list[int]], pad: int, device, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists -> (ids, mask) [n, longest], padded on the left or the right."""
-    width = max(len(s) for s in sequences)
+def pad_token_lists(sequences: list[list[int]], pad: int, device, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (ids, mask) [n, longest (at least 1)], padded on the left or the right."""
+    width = max(1, max(len(s) for s in sequences))
     ids = torch.full((len(sequences), width), pad, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for i, s in enumerate(sequences):

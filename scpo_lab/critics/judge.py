@@ -21,7 +21,7 @@ from scpo_lab.critics.base import Critic, signal_stats
 from scpo_lab.objective import group_advantages
 from scpo_lab.rollout import RolloutBatch, encode_prompts, generate
 from scpo_lab.stats import auroc
-from scpo_lab.teacher import TeacherOutput, teacher_pass
+from scpo_lab.teacher import TeacherOutput, pad_token_lists, teacher_pass
 
 SCORE_MAX = 9  # one token per score: the digits 0..9 (SmolLM2's and Qwen's tokenizers split numbers into digits)
 SCORE_CUE = "\nScore: "
@@ -225,11 +225,7 @@ def _rollouts_of(sequences: list[list[int]], pad_token_id: int, group_size: int)
     """Token lists as the completions of a RolloutBatch, for teacher_pass to read after each row's context;
     rows come in groups of `group_size` whose contexts share a prefix (one rollout's judge samples, one
     problem's rollouts)."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
+    ids, mask = pad_token_lists(sequences, pad_token_id, "cpu", left=False)
     n = len(sequences)
     size = group_size if n % group_size == 0 else 1
     return RolloutBatch(prompt_ids=ids[:, :0], prompt_mask=mask[:, :0], completion_ids=ids, completion_mask=mask,

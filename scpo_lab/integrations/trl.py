@@ -34,7 +34,7 @@ from scpo_lab.config import TrainConfig, make_config
 from scpo_lab.critics import make_critic
 from scpo_lab.models import Policy
 from scpo_lab.rollout import RolloutBatch, encode_prompts
-from scpo_lab.teacher import student_messages, teacher_pass
+from scpo_lab.teacher import pad_token_lists, student_messages, teacher_pass
 
 SEQUENCE_LEVEL = ("scpo-divergence", "scpo-judge", "scpo-irl", "scpo-head")
 DENSE = ("scpo-divergence", "scpo-head")
@@ -109,12 +109,7 @@ class _CriticBridge(_ProblemLookup):
         teacher-forced pass)."""
         tok = policy.tokenizer
         if completion_mask is None:  # lists of token ids -> right-padded tensors
-            width = max(1, max(len(c) for c in completion_ids))
-            ids = torch.full((len(completion_ids), width), tok.pad_token_id, dtype=torch.long)
-            completion_mask = torch.zeros_like(ids)
-            for i, c in enumerate(completion_ids):
-                ids[i, :len(c)], completion_mask[i, :len(c)] = torch.tensor(c, dtype=torch.long), 1
-            completion_ids = ids
+            completion_ids, completion_mask = pad_token_lists(completion_ids, tok.pad_token_id, "cpu", left=False)
         completion_ids, completion_mask = completion_ids.to(policy.device), completion_mask.to(policy.device)
         prompt_ids, prompt_mask = encode_prompts(tok, [p.prompt for p in problems], policy.device)
         group = self.trainer.num_generations
@@ -140,6 +135,11 @@ class _CriticBridge(_ProblemLookup):
         return advantages, stats
 
 
+def _loggable(stats: dict) -> dict:
+    """The finite numbers of a critic's statistics (TRL's logs take floats, and a nan would poison their means)."""
+    return {k: float(v) for k, v in stats.items() if isinstance(v, (int, float)) and v == v}
+
+
 class ScpoReward(_CriticBridge):
     """A sequence-level SCPO critic as a TRL reward function (see the module docstring)."""
 
@@ -162,9 +162,8 @@ class ScpoReward(_CriticBridge):
         model.train(was_training)
         log_metric = kwargs.get("log_metric")
         if log_metric is not None:
-            for key, value in self.last_stats.items():
-                if isinstance(value, (int, float)) and value == value:
-                    log_metric(f"{self.__name__}/{key}", float(value))
+            for key, value in _loggable(self.last_stats).items():
+                log_metric(f"{self.__name__}/{key}", value)
         return [float(x) for x in self.critic.sequence_reward]
 
 
@@ -203,9 +202,8 @@ def scpo_grpo_trainer_class():
             if advantages.dim() == 1:
                 advantages = advantages[:, None].expand(-1, batch.completion_ids.shape[1])
             output["advantages"] = advantages.to(output["advantages"].device)  # [B, T]
-            for key, value in stats.items():
-                if isinstance(value, (int, float)) and value == value:
-                    self._metrics["train"][key].append(float(value))
+            for key, value in _loggable(stats).items():
+                self._metrics["train"][key].append(value)
             return output
 
     return ScpoGRPOTrainer
