@@ -47,6 +47,8 @@ def evaluate(policy, task, n_problems: int = 100, n_samples: int = 4, *, split: 
 
     pass@1 is the mean over problems of c_i / n (the unbiased pass@1); its interval is a percentile bootstrap
     over problems. pass@k for k in `ks` (default 1, 2, 4, ... up to n_samples) uses Chen et al.'s estimator.
+    `reasoning` holds metrics.reasoning_metrics and token_entropy, the mean -log-prob of the sampled tokens
+    (a Monte-Carlo estimate of the policy's per-token entropy on its own samples).
     """
     if n_problems < 1 or n_samples < 1:
         raise ValueError(f"evaluate: n_problems and n_samples must be >= 1, got {n_problems} and {n_samples}")
@@ -59,12 +61,15 @@ def evaluate(policy, task, n_problems: int = 100, n_samples: int = 4, *, split: 
 
         chunks = tqdm(chunks, desc=f"eval {task.name}", leave=False)
     per_problem, samples, lengths, truncated = [], [], [], []
+    nll_sum, nll_tokens = 0.0, 0  # -log pi_sampler(y_t) over every sampled completion token
     texts, passed, answers = [], [], []  # per problem, for the reasoning metrics
     for i, chunk in enumerate(chunks):
         batch = sample_rollouts(policy, chunk, group_size=n_samples, max_new_tokens=max_new_tokens,
                                 temperature=temperature, top_p=top_p, seed=seed + i)
         lengths += batch.completion_mask.sum(1).tolist()
         truncated += batch.truncated.tolist()
+        nll_sum -= float((batch.logprobs * batch.completion_mask).sum())
+        nll_tokens += int(batch.completion_mask.sum())
         chunk_verdicts = task.verify_batch(batch.problems, batch.texts)  # code tasks: programs run in parallel
         for j, problem in enumerate(chunk):
             rows = range(j * n_samples, (j + 1) * n_samples)
@@ -89,4 +94,7 @@ def evaluate(policy, task, n_problems: int = 100, n_samples: int = 4, *, split: 
                       pass_at_k=table.to_dict("records"), per_problem=per_problem,
                       mean_length=float(sum(lengths) / len(lengths)),
                       truncated=float(sum(truncated) / len(truncated)), samples=samples,
-                      reasoning=reasoning_metrics(texts, passed, answers))
+                      reasoning={**reasoning_metrics(texts, passed, answers),
+                                 # E_{y_t ~ pi}[-log pi(y_t)] estimated on the policy's own samples: its token entropy
+                                 # (at temperature T, of the tempered distribution it sampled from), nats per token
+                                 "token_entropy": nll_sum / nll_tokens if nll_tokens else float("nan")})

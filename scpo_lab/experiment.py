@@ -67,6 +67,46 @@ def arm_configs(profile: str, arms: list[str], seeds: list[int], sizes: dict | N
     return configs, arm_of
 
 
+def sweep_configs(profile: str, arm: str, field: str, values: list, seeds: list[int],
+                  sizes: dict | None = None) -> tuple[dict[str, TrainConfig], dict[str, dict]]:
+    """One arm with one config field swept (a dotted key such as "judge.samples", or "group_size"):
+    ({"<arm> <field>=<value>/s<seed>": config}, {label: {"arm", "axis", "value", "point"}}). The point is
+    "<arm> <field>=<value>"; a value equal to the arm's own setting gives the arm's cached run."""
+    configs, info = {}, {}
+    for value in values:
+        point = f"{arm} {field}={value}"
+        swept, _ = arm_configs(profile, [arm], seeds, sizes=sizes, **{field: value})
+        for label, config in swept.items():
+            new_label = f"{point}/s{config.seed}"
+            configs[new_label] = config
+            info[new_label] = {"arm": arm, "axis": field, "value": value, "point": point}
+    return configs, info
+
+
+def compute_summary(metrics: pd.DataFrame, evals: dict[str, EvalResult], group_of: dict[str, str]) -> pd.DataFrame:
+    """Held-out pass@1 against training compute, one row per group (an arm, or a sweep point) of labels:
+    total training FLOPs (the runs' logged totals: sampling, teacher/critic passes and updates) and generated
+    tokens, mean over the group's runs; pass@1 mean with a Student-t 95% interval over seeds, or with one run its
+    bootstrap interval over problems (ci_over says which); seconds = summed step times, mean over runs."""
+    last = metrics.sort_values("step").groupby("label").tail(1).set_index("label")
+    seconds = metrics.groupby("label")["time/step"].sum()
+    rows = []
+    for group in dict.fromkeys(group_of.values()):
+        labels = [lab for lab, g in group_of.items() if g == group and lab in evals and lab in last.index]
+        if not labels:
+            continue
+        values = [evals[lab].pass_at_1 for lab in labels]
+        if len(labels) > 1:
+            mean, low, high = mean_ci(values)
+        else:
+            mean, low, high = values[0], evals[labels[0]].ci_low, evals[labels[0]].ci_high
+        rows.append({"group": group, "runs": len(labels), "total_flops": float(last.loc[labels, "flops"].mean()),
+                     "generated_tokens": float(last.loc[labels, "generated_tokens"].mean()),
+                     "seconds": float(seconds[labels].mean()), "pass@1": mean, "ci_low": low, "ci_high": high,
+                     "ci_over": "seeds" if len(labels) > 1 else "problems"})
+    return pd.DataFrame(rows)
+
+
 def _eval_key(config: TrainConfig, settings: dict) -> dict:
     return {"model": config.model.name, "task": config.task.name, "task_options": config.task.options,
             "max_new_tokens": config.max_new_tokens, "temperature": config.temperature, **settings}

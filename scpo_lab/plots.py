@@ -116,6 +116,29 @@ def pass_at_1_vs_tokens(curve: pd.DataFrame, hue: str = "arm", base: float | Non
     return _finish(fig, ax, title, legend_size=7)
 
 
+def pass_at_1_vs_flops(summary: pd.DataFrame, hue: str | None = None, base: float | None = None,
+                       title: str = "held-out pass@1 vs training compute (bars: 95% interval)"):
+    """Points from experiment.compute_summary: x = total training FLOPs (log scale), y = pass@1 with its interval.
+    With `hue` (a column such as the swept axis) the points of one hue value are joined in order of compute and
+    share a colour; every point is labelled with its group."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    parts = summary.groupby(hue, sort=False) if hue else [(None, summary)]
+    for name, part in parts:
+        part = part.sort_values("total_flops")
+        err = [part["pass@1"] - part["ci_low"], part["ci_high"] - part["pass@1"]]
+        line = ax.errorbar(part["total_flops"], part["pass@1"], yerr=err, marker="o", capsize=3,
+                           linestyle="-" if hue else "none", label=name, alpha=0.85)
+        for _, row in part.iterrows():
+            ax.annotate(str(row["group"]), (row["total_flops"], row["pass@1"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points", color=line[0].get_color())
+    if base is not None:
+        ax.axhline(base, color="gray", linestyle="--", linewidth=1, label="base model")
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs (sampling + self-critic passes + updates)")
+    ax.set_ylabel("held-out pass@1")
+    return _finish(fig, ax, title)
+
+
 def seed_bars(summary: pd.DataFrame, title: str = "held-out pass@1: mean over seeds, 95% t-interval; dots = seeds"):
     """Bars from a seed summary (columns arm, mean, ci_low, ci_high, values) with each seed's value as a dot."""
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(summary), 3.6))

@@ -3,7 +3,7 @@
 import pytest
 
 from scpo_lab.config import make_config
-from scpo_lab.experiment import arm_configs, cost_table, hacking_summary, run_experiment
+from scpo_lab.experiment import arm_configs, compute_summary, cost_table, hacking_summary, run_experiment, sweep_configs
 
 SETTINGS = {"n_problems": 3, "n_samples": 2, "batch_prompts": 3}
 
@@ -40,3 +40,48 @@ def test_cost_and_hacking_tables_per_arm(tmp_path):
     assert hack["train_repeated_3gram_rate"].notna()[["grpo", "scpo-judge"]].all()
     assert hack["hack/auroc"].isna()["grpo"]  # grpo has no critic score: nothing to compare with the verifier
     assert "hack/high_reward_failures" in hack and not hack["hack/high_reward_failures"].isna()["scpo-judge"]
+
+
+def test_sweep_configs_change_one_field_and_the_default_point_is_the_arms_own_run():
+    from scpo_lab.runs import config_hash
+
+    configs, info = sweep_configs("smoke", "scpo-judge", "judge.samples", [1, 3], [0, 1])
+    assert sorted(configs) == ["scpo-judge judge.samples=1/s0", "scpo-judge judge.samples=1/s1",
+                               "scpo-judge judge.samples=3/s0", "scpo-judge judge.samples=3/s1"]
+    assert configs["scpo-judge judge.samples=3/s1"].judge.samples == 3
+    assert configs["scpo-judge judge.samples=3/s1"].seed == 1
+    assert info["scpo-judge judge.samples=3/s0"] == {"arm": "scpo-judge", "axis": "judge.samples", "value": 3,
+                                                     "point": "scpo-judge judge.samples=3"}
+    own, _ = arm_configs("smoke", ["scpo-judge"], [0])  # judge.samples defaults to 1: the same run, cached once
+    assert config_hash(configs["scpo-judge judge.samples=1/s0"].to_dict()) == config_hash(own["scpo-judge/s0"].to_dict())
+    g16, _ = sweep_configs("smoke", "grpo", "group_size", [16], [0])
+    assert g16["grpo group_size=16/s0"].group_size == 16
+    with pytest.raises(Exception, match="group_size"):
+        sweep_configs("smoke", "grpo", "group_size", [0], [0])
+
+
+def test_compute_summary_intervals_over_seeds_or_problems_and_the_logged_flops():
+    import pandas as pd
+
+    from scpo_lab.evaluation import EvalResult
+    from scpo_lab.stats import mean_ci
+
+    def result(p, low, high):
+        return EvalResult(task="t", split="test", n_problems=10, n_samples=2, temperature=1.0, max_new_tokens=8,
+                          seed=0, pass_at_1=p, ci_low=low, ci_high=high, pass_at_k=[], per_problem=[])
+
+    metrics = pd.DataFrame([  # flops are running totals: the last step's value is the run's total
+        {"label": "a/s0", "step": 1, "flops": 1e12, "generated_tokens": 10, "time/step": 2.0},
+        {"label": "a/s0", "step": 2, "flops": 3e12, "generated_tokens": 20, "time/step": 2.0},
+        {"label": "a/s1", "step": 1, "flops": 2e12, "generated_tokens": 12, "time/step": 1.0},
+        {"label": "a/s1", "step": 2, "flops": 5e12, "generated_tokens": 24, "time/step": 3.0},
+        {"label": "b/s0", "step": 2, "flops": 7e12, "generated_tokens": 30, "time/step": 5.0}])
+    evals = {"a/s0": result(0.2, 0.1, 0.3), "a/s1": result(0.4, 0.3, 0.5), "b/s0": result(0.5, 0.25, 0.75)}
+    table = compute_summary(metrics, evals, {"a/s0": "a", "a/s1": "a", "b/s0": "b"}).set_index("group")
+    assert table.loc["a", "total_flops"] == pytest.approx(4e12) and table.loc["a", "generated_tokens"] == 22
+    assert table.loc["a", "seconds"] == pytest.approx(4.0) and table.loc["a", "runs"] == 2
+    mean, low, high = mean_ci([0.2, 0.4])
+    assert (table.loc["a", "pass@1"], table.loc["a", "ci_low"], table.loc["a", "ci_high"]) == pytest.approx(
+        (mean, low, high)) and table.loc["a", "ci_over"] == "seeds"
+    assert (table.loc["b", "pass@1"], table.loc["b", "ci_low"], table.loc["b", "ci_high"]) == (0.5, 0.25, 0.75)
+    assert table.loc["b", "ci_over"] == "problems" and table.loc["b", "total_flops"] == 7e12

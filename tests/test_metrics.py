@@ -93,3 +93,25 @@ def test_evaluate_reports_reasoning_metrics():
     assert {"valid_step_rate", "self_check_rate", "distinct_2", "leakage_rate"} <= set(result.reasoning)
     old_cache = {k: v for k, v in result.to_dict().items() if k != "reasoning"}  # an eval.json from before
     assert EvalResult(**old_cache).reasoning == {}
+
+
+def test_evaluate_token_entropy_is_the_mean_negative_logprob_of_the_sampled_tokens():
+    import torch
+
+    from scpo_lab.evaluation import evaluate
+    from scpo_lab.models import tiny_policy
+    from scpo_lab.objective import completion_logprobs
+    from scpo_lab.rollout import sample_rollouts
+    from scpo_lab.tasks import get_task
+    policy, task = tiny_policy(seed=0), get_task("arithmetic")
+    result = evaluate(policy, task, n_problems=3, n_samples=4, max_new_tokens=6, batch_prompts=3, seed=7,
+                      progress=False)
+    # the same draws (one chunk, seed 7), scored again by teacher forcing: -log pi of each sampled token
+    batch = sample_rollouts(policy, task.problems("test", n=3, seed=7), group_size=4, max_new_tokens=6, seed=7)
+    with torch.no_grad():
+        logp, entropy = completion_logprobs(policy.model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                                            batch.completion_mask)
+    mask = batch.completion_mask.float()
+    assert result.reasoning["token_entropy"] == pytest.approx(float(-(logp * mask).sum() / mask.sum()), rel=1e-4)
+    # and it estimates the exact entropy along the same prefixes (a random model: near-uniform, low variance)
+    assert result.reasoning["token_entropy"] == pytest.approx(float((entropy * mask).sum() / mask.sum()), rel=0.1)

@@ -41,7 +41,8 @@ def test_supervision_level_executes_on_the_smoke_profile(tmp_path, monkeypatch):
     html = execute_notebook(path, tmp_path / "reports", {"profile": "smoke", "seeds": [0, 1]}).read_text()
     assert html.count("data:image/png;base64") >= 7  # bars, curve, 2 training panels, heat strips, gsm8k, cost
     assert "Conclusion" in html and "only show that the code runs" in html and "Traceback" not in html
-    assert "GSM8K, mean over steps" in html and "scpo-sequence" in html
+    assert "GSM8K (2 seeds), mean over steps and seeds" in html and "scpo-sequence" in html
+    assert "Rescued fraction of GSM8K groups per step" in html and "GSM8K held-out pass@1 (seeds [0])" in html
 
 
 def test_external_parameters_executes_on_the_smoke_profile(tmp_path, monkeypatch):
@@ -67,6 +68,8 @@ def test_reasoning_preservation_executes_on_the_smoke_profile(tmp_path, monkeypa
     assert html.count("data:image/png;base64") >= 3  # pass@k curves, measure bars, entropy curves
     assert "Conclusion" in html and "only show that the code runs" in html and "Traceback" not in html
     assert "pass@4 (mean over seeds)" in html and "arithmetic claims per completion" in html
+    assert "Token entropy on the policy&#x27;s own held-out samples: base" in html or \
+        "Token entropy on the policy's own held-out samples: base" in html
 
 
 def test_methods_head_to_head_executes_on_the_smoke_profile(tmp_path, monkeypatch):
@@ -75,9 +78,7 @@ def test_methods_head_to_head_executes_on_the_smoke_profile(tmp_path, monkeypatc
     monkeypatch.setenv("SCPO_LAB_RUNS", str(tmp_path / "runs"))
     path = notebook_paths(names=["05_methods_head_to_head"])[0]
     html = execute_notebook(path, tmp_path / "reports", {"profile": "smoke", "seeds": [0, 1], "probe_problems": 4,
-                                                         "gsm8k_seeds": [0, 1],
-                                                         "gsm8k_eval": {"n_problems": 3, "n_samples": 2,
-                                                                        "batch_prompts": 3}}).read_text()
+                                                         "gsm8k_seeds": [0, 1]}).read_text()
     # seed bars, pass@k, cost bars, instrument bars, exploitable-judge curves
     assert html.count("data:image/png;base64") >= 5
     assert "Conclusion" in html and "only show that the code runs" in html and "Traceback" not in html
@@ -85,3 +86,17 @@ def test_methods_head_to_head_executes_on_the_smoke_profile(tmp_path, monkeypatc
     assert "Exploitable judge (scpo-judge-exploitable/s0)" in html and "Judge-bias probe" in html
     assert "GSM8K (2 seeds" in html and "held-out pass@1" in html and "scpo-irl-B" in html
     assert "random-reward" in html
+
+
+def test_scaling_executes_on_the_smoke_profile(tmp_path, monkeypatch):
+    from scpo_lab.reports import execute_notebook
+
+    monkeypatch.setenv("SCPO_LAB_RUNS", str(tmp_path / "runs"))
+    path = notebook_paths(names=["04_scaling"])[0]
+    html = execute_notebook(path, tmp_path / "reports", {
+        "profile": "smoke", "seeds": [0, 1], "arms": ["grpo", "scpo-sequence", "scpo-judge"],
+        "sweeps": [["grpo", "group_size", [2, 4]], ["scpo-judge", "judge.samples", [1, 2]]]}).read_text()
+    assert html.count("data:image/png;base64") >= 2  # methods vs FLOPs, sweeps vs FLOPs
+    assert "Conclusion" in html and "only show that the code runs" in html and "Traceback" not in html
+    assert "grpo · group_size: 2 -&gt; " in html and "scpo-judge · judge.samples: 1 -&gt; " in html
+    assert "training FLOPs relative to grpo" in html and "the size axis needs the gpu profile" in html
