@@ -534,7 +534,7 @@ COMPARISON_EVAL: dict[str, dict] = {"cpu": {"n_problems": 100, "n_samples": 2, "
 # groups a critic rescues, what it rewards), not accuracy; shared by notebooks 01 and 05 so identical arms are cached.
 COLLAPSE_SIZES: dict[str, dict] = {
     "smoke": {"steps": 2},
-    "cpu": {"steps": 3, "prompts_per_step": 2, "group_size": 4, "max_new_tokens": 96, "micro_batch_size": 4},
+    "cpu": {"steps": 2, "prompts_per_step": 2, "group_size": 4, "max_new_tokens": 96, "micro_batch_size": 4},
     "gpu": {"steps": 20},
 }
 # Their held-out evaluation (GSM8K test split), where a notebook evaluates them: the embedded model solves ~4%.
