@@ -75,7 +75,9 @@ def measure(shape: str, folder: str, method: str, args) -> dict:
                  "save_every": args.steps, "runs_dir": os.path.join(folder, "runs"), "seed": 0}
     if method == "scpo-critic":
         overrides["value.critic"] = "shared"
-    config = make_config("cpu", method=method, model={"name": folder, "backend": args.backend}, **overrides)
+    model = {"name": folder, "backend": args.backend, "gradient_checkpointing": args.gradient_checkpointing,
+             "fast_inference": args.fast_inference, "load_in_4bit": args.load_in_4bit}
+    config = make_config("cpu", method=method, model=model, **overrides)
     start = time.perf_counter()
     run = train(config, progress=False)
     seconds = time.perf_counter() - start
@@ -83,6 +85,7 @@ def measure(shape: str, folder: str, method: str, args) -> dict:
     tokens = rows["generated_tokens"].diff().fillna(rows["generated_tokens"].iloc[0])  # generated in each step
     measured = rows.index[1:] if len(rows) > 1 else rows.index  # step 1 warms up (kernels, allocator)
     return {"shape": shape, "method": method, "device": "cuda" if cuda else "cpu", "steps": len(rows),
+            "options": f"ckpt={args.gradient_checkpointing} vllm={args.fast_inference} 4bit={args.load_in_4bit}",
             "wall_seconds": round(seconds, 1),
             "steps_per_s": round(len(measured) / float(rows.loc[measured, "time/step"].sum()), 4),
             "rollout_tokens_per_s": round(float(tokens[measured].sum() / rows.loc[measured, "time/generation"].sum()),
@@ -98,6 +101,11 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--shapes", nargs="+", default=["smollm2-135m", "qwen2.5-0.5b"], choices=list(SHAPES))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--backend", default="auto", help="auto | hf | unsloth (auto: unsloth on CUDA if installed)")
+    parser.add_argument("--gradient-checkpointing", default="off", choices=["off", "on", "unsloth"],
+                        help="unsloth needs --backend unsloth")
+    parser.add_argument("--fast-inference", default="off", choices=["off", "on", "auto"],
+                        help="rollouts through Unsloth's vLLM engine (needs --backend unsloth and vllm)")
+    parser.add_argument("--load-in-4bit", action="store_true", help="4-bit base weights (needs --backend unsloth)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group-size", type=int, default=8)
@@ -117,7 +125,9 @@ def main(argv=None) -> list[dict]:
                     result = {"shape": shape, "method": method, "error": f"{type(err).__name__}: {err}"[:300]}
                 results.append(result)
                 print(MARKER + json.dumps(result), flush=True)
-    print(f"\n{'shape':<14} {'method':<16} {'device':<6} {'steps/s':>8} {'rollout tok/s':>14} {'peak GPU MiB':>13} "
+    print(f"\noptions: backend={args.backend} gradient_checkpointing={args.gradient_checkpointing} "
+          f"fast_inference={args.fast_inference} load_in_4bit={args.load_in_4bit}")
+    print(f"{'shape':<14} {'method':<16} {'device':<6} {'steps/s':>8} {'rollout tok/s':>14} {'peak GPU MiB':>13} "
           f"{'peak RSS MiB':>13}")
     for r in results:
         if "error" in r:

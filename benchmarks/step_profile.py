@@ -5,7 +5,7 @@ For each method this trains a few steps on the `cpu` profile (embedded SmolLM2-1
 the profile's default sizes unless flags say otherwise) in a fresh run folder, and reads the trainer's own per-step
 timings (time/generation, time/verification, time/teacher, time/update, time/step) from metrics.jsonl.
 
-    python benchmarks/step_profile.py                        # both methods, each in its own subprocess
+    python benchmarks/step_profile.py                        # every method (VARIANTS), each in its own subprocess
     python benchmarks/step_profile.py --model tiny --steps 2 # smoke check of the plumbing (numbers mean nothing)
     python benchmarks/step_profile.py --method grpo           # one method, in this process
 
@@ -35,7 +35,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download: every model here
 VARIANTS = {"grpo": ("grpo", {}), "scpo-divergence": ("scpo-divergence", {}), "scpo-head": ("scpo-head", {}),
             "scpo-critic": ("scpo-critic", {}),
             "scpo-critic-separate": ("scpo-critic", {"value.critic": "separate"}),
-            "sdpo": ("sdpo", {}), "opsd": ("opsd", {})}
+            "sdpo": ("sdpo", {}), "opsd": ("opsd", {}),
+            # V2's other extractors: a second (student-context) pass for the distribution signals, the pairwise
+            # ranking reward, the online probe
+            "scpo-divergence-jsd": ("scpo-divergence", {"scpo.signal": "jsd"}),
+            "scpo-divergence-pairwise": ("scpo-divergence", {"scpo.signal": "pairwise-rank"}),
+            "scpo-divergence-probe": ("scpo-divergence", {"scpo.signal": "probe"}),
+            "scpo-judge": ("scpo-judge", {}),
+            "scpo-irl-A": ("scpo-irl", {"irl.expert": "passing"}),
+            "scpo-irl-B": ("scpo-irl", {"irl.expert": "teacher"})}
 METHODS = tuple(VARIANTS)
 PHASES = ("generation", "verification", "teacher", "update", "step")
 MARKER = "STEP_PROFILE_JSON "  # prefix of the one JSON line a child process prints for its parent

@@ -24,7 +24,10 @@ BACKENDS = ("auto", "hf", "unsloth")
 LOSS_AGGREGATIONS = ("sequence-mean", "token-mean", "constant")
 REWARD_SCALINGS = ("group", "batch", "none")
 PROFILES = ("smoke", "cpu", "gpu")
-ROLLOUT_ENGINES = ("auto", "static", "hf")  # scpo_lab.rollout.ENGINES
+ROLLOUT_ENGINES = ("auto", "static", "hf", "vllm")  # scpo_lab.rollout.ENGINES
+GRADIENT_CHECKPOINTING = ("off", "on", "unsloth")
+FAST_INFERENCE = ("off", "on", "auto")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class ConfigError(ValueError):
@@ -38,6 +41,13 @@ class ModelConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
+    # --- fields added with the GPU path (LATE_MODEL_FIELDS: left out of the run hash while at their defaults)
+    lora_target_modules: list = field(default_factory=lambda: list(LORA_TARGETS))  # the layers LoRA adapts
+    gradient_checkpointing: str = "off"  # off | on | unsloth (unsloth: Unsloth's activation offloading)
+    load_in_4bit: bool = False  # unsloth backend: 4-bit base weights (QLoRA, bitsandbytes); the LoRA stays bf16
+    fast_inference: str = "off"  # off | on | auto: rollouts through Unsloth's vLLM engine (auto: when vllm imports)
+    gpu_memory_utilization: float = 0.5  # vLLM's share of the GPU (fast_inference); the rest trains
+    max_seq_length: int = 2048  # unsloth / vLLM: longest prompt + completion
 
 
 @dataclass
@@ -259,6 +269,8 @@ class IrlConfig:
 # Sections added after run folders were cached: left out of the run hash while they hold their defaults, so a
 # cached run of a method that never reads them is still found (the full config is still written to config.json).
 LATE_SECTIONS = ("value", "judge", "irl")
+LATE_MODEL_FIELDS = ("lora_target_modules", "gradient_checkpointing", "load_in_4bit", "fast_inference",
+                     "gpu_memory_utilization", "max_seq_length")
 
 
 @dataclass
@@ -312,8 +324,10 @@ class TrainConfig:
 
     def hash_exclude(self) -> tuple[str, ...]:
         """Keys the run hash leaves out for this config (see LATE_SECTIONS)."""
-        return tuple(name for name in LATE_SECTIONS
-                     if getattr(self, name) == type(getattr(self, name))())
+        default_model = ModelConfig()
+        return tuple(name for name in LATE_SECTIONS if getattr(self, name) == type(getattr(self, name))()) + tuple(
+            f"model.{name}" for name in LATE_MODEL_FIELDS
+            if getattr(self.model, name) == getattr(default_model, name))
 
     def validate(self) -> "TrainConfig":
         validate(self)
@@ -372,6 +386,27 @@ def validate(cfg: TrainConfig) -> None:
     _positive("model.lora_alpha", cfg.model.lora_alpha)
     if not 0 <= cfg.model.lora_dropout < 1:
         raise ConfigError(f"model.lora_dropout: got {cfg.model.lora_dropout!r}; must be in [0, 1)")
+    targets = cfg.model.lora_target_modules
+    if not isinstance(targets, (list, tuple)) or not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ConfigError(f"model.lora_target_modules: got {targets!r}; must be a non-empty list of module names, "
+                          f"e.g. {list(LORA_TARGETS)}")
+    _one_of("model.gradient_checkpointing", cfg.model.gradient_checkpointing, GRADIENT_CHECKPOINTING)
+    _one_of("model.fast_inference", cfg.model.fast_inference, FAST_INFERENCE)
+    if not isinstance(cfg.model.load_in_4bit, bool):
+        raise ConfigError(f"model.load_in_4bit: got {cfg.model.load_in_4bit!r}; must be true or false")
+    unsloth_only = {"gradient_checkpointing": cfg.model.gradient_checkpointing == "unsloth",
+                    "load_in_4bit": cfg.model.load_in_4bit, "fast_inference": cfg.model.fast_inference == "on"}
+    for name, used in unsloth_only.items():
+        if used and cfg.model.backend != "unsloth":
+            raise ConfigError(f"model.{name}: {getattr(cfg.model, name)!r} needs model.backend 'unsloth' (got "
+                              f"{cfg.model.backend!r}); allowed with hf: gradient_checkpointing off|on, "
+                              "load_in_4bit false, fast_inference off|auto")
+    if not 0 < cfg.model.gpu_memory_utilization <= 1:
+        raise ConfigError(f"model.gpu_memory_utilization: got {cfg.model.gpu_memory_utilization!r}; must be in (0, 1]")
+    _positive_int("model.max_seq_length", cfg.model.max_seq_length)
+    if cfg.rollout_engine == "vllm" and cfg.model.fast_inference == "off":
+        raise ConfigError("rollout_engine: 'vllm' needs model.fast_inference 'on' or 'auto' (Unsloth's vLLM engine); "
+                          "allowed otherwise: auto, static, hf")
     from scpo_lab.tasks import TASK_NAMES
 
     _one_of("task.name", cfg.task.name, TASK_NAMES)
@@ -503,7 +538,11 @@ PROFILE_DEFAULTS: dict[str, dict] = {
     "cpu": {"model": {"name": "embedded", "backend": "hf"},
             "task": {"name": "arithmetic", "options": {"max_operand": 20}}},
     # a hub model through Unsloth on one GPU
-    "gpu": {"model": {"name": "unsloth/Qwen2.5-1.5B-Instruct", "backend": "unsloth", "lora_r": 32, "lora_alpha": 64},
+    # (sized for Qwen2.5-0.5B/1.5B-Instruct on one 80 GB GPU: bf16 weights, vLLM takes half the memory for rollouts
+    # when it is installed, Unsloth's offloaded checkpointing keeps the update's activations small)
+    "gpu": {"model": {"name": "unsloth/Qwen2.5-1.5B-Instruct", "backend": "unsloth", "lora_r": 32, "lora_alpha": 64,
+                      "gradient_checkpointing": "unsloth", "fast_inference": "auto", "gpu_memory_utilization": 0.5,
+                      "max_seq_length": 1024},
             "task": {"name": "gsm8k", "options": {}}, "prompts_per_step": 16, "group_size": 8,
             "max_new_tokens": 384, "micro_batch_size": 32, "learning_rate": 5e-5, "steps": 200},
 }

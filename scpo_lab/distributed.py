@@ -31,6 +31,7 @@ UNSUPPORTED_METHODS = ("scpo-head", "scpo-critic", "scpo-irl")
 class World:
     rank: int = 0
     size: int = 1
+    device: str | None = None  # this process's device under several processes (cuda:<LOCAL_RANK> or cpu)
 
     @property
     def enabled(self) -> bool:
@@ -48,7 +49,7 @@ class World:
         """The sum of `value` over processes (the value itself in one process)."""
         if not self.enabled:
             return value
-        t = torch.tensor([float(value)], dtype=torch.float64)
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)  # nccl reduces GPU tensors only
         dist.all_reduce(t)
         return float(t)
 
@@ -103,14 +104,24 @@ class World:
             raise RuntimeError(f"distributed: the processes' weights drifted apart ({digests}); report this")
 
 
+def local_device(local_rank: int, cuda: bool) -> str:
+    """One GPU per process: process LOCAL_RANK of a node uses cuda:LOCAL_RANK (the CPU without CUDA)."""
+    return f"cuda:{local_rank}" if cuda else "cpu"
+
+
 def world() -> World:
-    """This process's place in the run; starts the process group on first call when WORLD_SIZE > 1."""
+    """This process's place in the run; starts the process group on first call when WORLD_SIZE > 1, after
+    pinning the process to its own GPU (LOCAL_RANK, set by accelerate launch / torchrun)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
+    cuda = torch.cuda.is_available()
+    device = local_device(int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))), cuda)
+    if cuda:
+        torch.cuda.set_device(device)  # before nccl starts: each process's collectives run on its own GPU
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return World(rank=dist.get_rank(), size=dist.get_world_size())
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return World(rank=dist.get_rank(), size=dist.get_world_size(), device=device)
 
 
 def check_config(config, size: int) -> None:

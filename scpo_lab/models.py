@@ -268,37 +268,83 @@ def _wrap_hf(model, lora: LoraConfig | None, seed: int):
         return get_peft_model(model, _peft_config(lora))
 
 
-def _load_hf(source: str, lora, dtype, device, seed):
+@dataclass
+class GpuOptions:
+    """How the model is loaded and trained beyond LoRA (config.ModelConfig's GPU-path fields).
+
+    gradient_checkpointing: "off" | "on" (recompute each layer's activations in the backward) | "unsloth"
+    (Unsloth's variant, which also offloads them to CPU memory); load_in_4bit: 4-bit base weights (QLoRA, unsloth
+    backend); fast_inference: "off" | "on" | "auto" — load Unsloth's vLLM engine beside the model and sample
+    rollouts with it (rollout.generate_vllm); "auto" = when vllm imports and the device is CUDA."""
+    gradient_checkpointing: str = "off"
+    load_in_4bit: bool = False
+    fast_inference: str = "off"
+    gpu_memory_utilization: float = 0.5
+    max_seq_length: int = 2048
+
+
+def resolve_fast_inference(option: str, backend: str, device: torch.device) -> bool:
+    """Whether to load the vLLM engine: "on" always (it fails loudly without vllm/CUDA), "auto" only with the
+    unsloth backend on CUDA and vllm installed, "off" never."""
+    if option == "on":
+        return True
+    return (option == "auto" and backend == "unsloth" and device.type == "cuda"
+            and importlib.util.find_spec("vllm") is not None)
+
+
+def _load_hf(source: str, lora, dtype, device, seed, options: GpuOptions):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    if options.load_in_4bit:
+        raise ValueError("model.load_in_4bit: needs model.backend 'unsloth' (the hf backend loads full weights)")
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device)
     tokenizer = _fix_tokenizer(AutoTokenizer.from_pretrained(source))
-    return _wrap_hf(model, lora, seed), tokenizer
+    model = _wrap_hf(model, lora, seed)
+    if options.gradient_checkpointing == "on":
+        _enable_checkpointing(model)
+    return model, tokenizer
 
 
-def _load_unsloth(source: str, lora, dtype, device, seed, max_seq_length):
+def _enable_checkpointing(model) -> None:
+    """Recompute each decoder layer in the backward (non-reentrant: gradients reach the LoRA weights even though
+    the frozen embeddings' output needs no grad). Active only in train mode, so generation is unaffected."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False  # set back to True by load_policy: generate() runs in eval mode
+
+
+def _load_unsloth(source: str, lora, dtype, device, seed, options: GpuOptions):
     from unsloth import FastLanguageModel  # imported only here: it monkeypatches transformers globally
+    fast = resolve_fast_inference(options.fast_inference, "unsloth", device)
+    extra = dict(fast_inference=True, gpu_memory_utilization=options.gpu_memory_utilization,
+                 max_lora_rank=lora.r if lora is not None else 16) if fast else {}
     try:
         model, tokenizer = FastLanguageModel.from_pretrained(
-            model_name=source, max_seq_length=max_seq_length, dtype=dtype, load_in_4bit=False)
+            model_name=source, max_seq_length=options.max_seq_length, dtype=dtype,
+            load_in_4bit=options.load_in_4bit, **extra)
     except Exception as e:  # noqa: BLE001 - unsloth raises many types; say which backend failed
         raise RuntimeError(f"model.backend: unsloth could not load '{source}' on {device.type} "
                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                           f"try backend='hf'") from e
+                           f"try backend='hf'" + (" or model.fast_inference='off'" if fast else "")) from e
     if lora is not None:
+        checkpointing = {"off": False, "on": True, "unsloth": "unsloth"}[options.gradient_checkpointing]
         with _seeded(seed):  # unsloth also seeds with random_state
             model = FastLanguageModel.get_peft_model(
                 model, r=lora.r, lora_alpha=lora.alpha, target_modules=list(lora.target_modules),
-                lora_dropout=lora.dropout, bias="none", random_state=seed)
+                lora_dropout=lora.dropout, bias="none", random_state=seed,
+                use_gradient_checkpointing=checkpointing)
+    if options.load_in_4bit or fast:  # bitsandbytes / vLLM place the weights themselves
+        return model, _fix_tokenizer(tokenizer)
     return model.to(device), _fix_tokenizer(tokenizer)
 
 
 def load_policy(name_or_path: str = "embedded", backend: str = "auto", lora: LoraConfig | None = LoraConfig(),
-                dtype=None, device=None, seed: int = 0, max_seq_length: int = 2048) -> Policy:
+                dtype=None, device=None, seed: int = 0, options: GpuOptions | None = None) -> Policy:
     """Load a causal LM + tokenizer and wrap it in a LoRA adapter (base frozen) -> Policy.
 
     name_or_path: "embedded" (SmolLM2-135M-Instruct, cached conversion), "tiny" (tiny_policy), a local model
     folder, or a hub id. backend: "auto" | "hf" | "unsloth". dtype: fp32 on CPU, bf16 on CUDA by default.
+    options: gradient checkpointing, 4-bit loading, the vLLM engine (GpuOptions; defaults: none of them).
     """
+    options = options or GpuOptions()
     device = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu")
     resolved = _resolve_backend(backend, device)
@@ -307,6 +353,9 @@ def load_policy(name_or_path: str = "embedded", backend: str = "auto", lora: Lor
             raise ValueError("model.backend: 'tiny' is built in-process and supports backend auto or hf only")
         policy = tiny_policy(seed=seed, lora=lora)
         policy.model.to(device=device, dtype=dtype)
+        if options.gradient_checkpointing == "on":
+            _enable_checkpointing(policy.model)
+            policy.model.config.use_cache = True  # generate() runs in eval mode
         policy.device = device
         return policy
     if dtype is None:
@@ -314,9 +363,9 @@ def load_policy(name_or_path: str = "embedded", backend: str = "auto", lora: Lor
     source = _resolve_source(name_or_path)
     t0 = time.perf_counter()
     if resolved == "unsloth":
-        model, tokenizer = _load_unsloth(source, lora, dtype, device, seed, max_seq_length)
+        model, tokenizer = _load_unsloth(source, lora, dtype, device, seed, options)
     else:
-        model, tokenizer = _load_hf(source, lora, dtype, device, seed)
+        model, tokenizer = _load_hf(source, lora, dtype, device, seed, options)
     model.config.use_cache = True  # KV cache for generate() (unsloth turns it off for training)
     model.eval()  # dropout off, as from_pretrained leaves it; the trainer calls .train() around its updates
     policy = Policy(model=model, tokenizer=tokenizer, backend=resolved, name=name_or_path, device=device)

@@ -186,7 +186,10 @@ def completion_states(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: T
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).long()  # [B, P+T]
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+T]
     input_ids = input_ids.masked_fill(attention_mask == 0, 0)  # pad ids may be anything (e.g. -100); unseen anyway
-    if group_size > 1 and _prompts_shared(prompt_ids, prompt_mask, group_size):
+    # HF's gradient checkpointing drops the KV cache in training, so prompt sharing (which feeds the completions
+    # the prompt's cache) would silently lose the prompt: with checkpointing every row runs its whole sequence
+    checkpointing = backbone.training and getattr(backbone, "gradient_checkpointing", False)
+    if group_size > 1 and not checkpointing and _prompts_shared(prompt_ids, prompt_mask, group_size):
         return _shared_prompt_hidden(backbone, input_ids, attention_mask, P, group_size), input_ids
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # position = #real tokens before it
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,

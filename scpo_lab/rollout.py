@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from transformers import DynamicCache
 
 from scpo_lab import engine as static_engine
+from scpo_lab import vllm_engine
 from scpo_lab.config import ROLLOUT_ENGINES
 from scpo_lab.engine import sample_token
 
@@ -70,11 +71,14 @@ def generate(model, prompt_ids, prompt_mask, *, repeats: int, max_new_tokens: in
     rows ordered prompt by prompt. Greedy when temperature == 0.
 
     engine: "static" = scpo_lab.engine (merged LoRA, static KV cache; Llama-family models), "hf" = the HF
-    forward with a DynamicCache (any causal LM), "auto" = static when the model is supported."""
+    forward with a DynamicCache (any causal LM), "vllm" = Unsloth's vLLM engine (vllm_engine.py; a model loaded
+    with fast_inference), "auto" = vllm when the model carries it, else static when the model is supported."""
     if engine not in ENGINES:
         raise ValueError(f"engine: unknown {engine!r}; allowed: {', '.join(ENGINES)}")
     kwargs = dict(repeats=repeats, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                   eos_token_ids=eos_token_ids, pad_token_id=pad_token_id, generator=generator)
+    if engine == "vllm" or (engine == "auto" and vllm_engine.available(model)):
+        return vllm_engine.generate(model, prompt_ids, prompt_mask, **kwargs)
     if engine == "static" or (engine == "auto" and static_engine.supports(model)):
         if not static_engine.supports(model):
             raise ValueError(f"engine: 'static' supports model types {', '.join(static_engine.SUPPORTED_MODEL_TYPES)}; "

@@ -42,11 +42,28 @@ def _step_seed(seed: int, step: int, stream: int) -> int:
     return (seed * 1_000_003 + step * 97 + stream) % (2**31 - 1)
 
 
-def policy_for(config: TrainConfig):
-    from scpo_lab.models import LoraConfig, load_policy
+def policy_for(config: TrainConfig, device=None):
+    """The config's model with a fresh LoRA adapter; under several processes on CUDA, on this process's GPU."""
+    from scpo_lab.models import GpuOptions, LoraConfig, load_policy
 
-    lora = LoraConfig(r=config.model.lora_r, alpha=config.model.lora_alpha, dropout=config.model.lora_dropout)
-    return load_policy(config.model.name, backend=config.model.backend, lora=lora, seed=config.seed)
+    m = config.model
+    lora = LoraConfig(r=m.lora_r, alpha=m.lora_alpha, dropout=m.lora_dropout,
+                      target_modules=tuple(m.lora_target_modules))
+    options = GpuOptions(gradient_checkpointing=m.gradient_checkpointing, load_in_4bit=m.load_in_4bit,
+                         fast_inference=m.fast_inference, gpu_memory_utilization=m.gpu_memory_utilization,
+                         max_seq_length=m.max_seq_length)
+    device = device if device is not None else distributed.world().device
+    return load_policy(m.name, backend=m.backend, lora=lora, seed=config.seed, options=options, device=device)
+
+
+def parameter_count(model) -> int:
+    """N for the FLOP counts: every parameter, 4-bit ones at their unpacked size (bitsandbytes packs two 4-bit
+    weights per byte and keeps the true shape in quant_state)."""
+    total = 0
+    for p in model.parameters():
+        quant_state = getattr(p, "quant_state", None)
+        total += int(torch.Size(quant_state.shape).numel()) if quant_state is not None else p.numel()
+    return total
 
 
 @dataclass
@@ -120,7 +137,7 @@ def train(config: TrainConfig, policy=None, *, progress: bool = True, runs_dir: 
     if world.is_main:
         run.truncate_after(start_step)  # rows written after the checkpoint are replayed, never duplicated
 
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = parameter_count(model)
     bar = _progress(range(start_step + 1, config.steps + 1), progress and world.is_main, config.method,
                     total=config.steps, initial=start_step)
     for step in bar:
@@ -213,8 +230,10 @@ def training_step(config, policy, task, train_problems, optimizer, params, criti
     generated, prompt_tokens = world.sum(batch.num_tokens), world.sum(int(batch.prompt_mask.sum()))  # all processes
     state["generated_tokens"] += int(generated)
     state["flops"] += 2 * n_params * (prompt_tokens / config.group_size + generated)  # sampling
-    # forward + backward, 6 N FLOPs per token; the prompt runs once per group (shared, see objective.py)
-    state["flops"] += 6 * n_params * (prompt_tokens / config.group_size + generated) * config.num_iterations
+    # forward + backward, 6 N FLOPs per token; the prompt runs once per group (shared, see objective.py) unless
+    # gradient checkpointing is on (it drops the shared prompt's cache: every row runs its own prompt)
+    update_prompt = prompt_tokens / config.group_size if config.model.gradient_checkpointing == "off" else prompt_tokens
+    state["flops"] += 6 * n_params * (update_prompt + generated) * config.num_iterations
     lengths = batch.completion_mask.sum(1).float()
     std = group_reward_std(rewards, config.group_size)
     row = {

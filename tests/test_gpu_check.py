@@ -26,3 +26,9 @@ def test_gpu_check_trains_every_method_and_prints_the_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "rollout tok/s" in out and "scpo-irl" in out
 
+    # the gpu profile's options reach the runs: checkpointed training of one method, its options in the row
+    checkpointed = module.main(["--shapes", "tiny", "--methods", "grpo", "--steps", "1", "--prompts", "2",
+                                "--group-size", "2", "--max-new-tokens", "4", "--gradient-checkpointing", "on",
+                                "--workdir", str(tmp_path / "ckpt")])
+    assert checkpointed[0]["options"] == "ckpt=on vllm=off 4bit=False" and "error" not in checkpointed[0]
+    assert "gradient_checkpointing=on" in capsys.readouterr().out
