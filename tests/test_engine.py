@@ -113,8 +113,8 @@ def test_unsupported_architecture_falls_back_to_hf_and_static_says_why(policy, p
     assert mask.sum().item() == 12
     with pytest.raises(ValueError, match="engine: 'static' supports model types llama"):
         _greedy(policy, prompts, "static", eos=[], max_new_tokens=3, model=model)
-    with pytest.raises(ValueError, match="engine: unknown 'vllm'; allowed: auto, static, hf"):
-        _greedy(policy, prompts, "vllm", eos=[], max_new_tokens=3, model=model)
+    with pytest.raises(ValueError, match="engine: unknown 'sglang'; allowed: auto, static, hf, vllm"):
+        _greedy(policy, prompts, "sglang", eos=[], max_new_tokens=3, model=model)
 
 
 def test_sample_token_draws_from_the_temperature_scaled_softmax():
