@@ -275,7 +275,7 @@ class GpuOptions:
     gradient_checkpointing: "off" | "on" (recompute each layer's activations in the backward) | "unsloth"
     (Unsloth's variant, which also offloads them to CPU memory); load_in_4bit: 4-bit base weights (QLoRA, unsloth
     backend); fast_inference: "off" | "on" | "auto" — load Unsloth's vLLM engine beside the model and sample
-    rollouts with it (rollout.generate_vllm); "auto" = when vllm imports and the device is CUDA."""
+    rollouts with it (vllm_engine.generate); "auto" = when vllm imports and the device is CUDA."""
     gradient_checkpointing: str = "off"
     load_in_4bit: bool = False
     fast_inference: str = "off"
