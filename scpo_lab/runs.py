@@ -116,8 +116,13 @@ def flatten(d: Mapping, prefix: str = "", sep: str = ".") -> dict:
     return out
 
 
+# Generated outputs that are committed (the cpu-profile reports): rewriting them does not make the code "dirty"
+GENERATED_PATHS = ("reports",)
+
+
 def git_commit(path: str | os.PathLike | None = None) -> str:
-    """HEAD of the git checkout holding `path` (default: this package), + "-dirty" if modified; never raises."""
+    """HEAD of the git checkout holding `path` (default: this package), + "-dirty" if anything but the generated
+    outputs (GENERATED_PATHS) differs from it; never raises."""
     where = Path(path) if path is not None else Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -125,8 +130,9 @@ def git_commit(path: str | os.PathLike | None = None) -> str:
         if head.returncode != 0 or not head.stdout.strip():
             return "unknown"
         commit = head.stdout.strip()
-        status = subprocess.run(["git", "-C", str(where), "status", "--porcelain"], capture_output=True,
-                                text=True, timeout=30)
+        outputs = [f":(top,exclude){p}" for p in GENERATED_PATHS]
+        status = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--", ":(top)", *outputs],
+                                capture_output=True, text=True, timeout=30)
         if status.returncode == 0 and status.stdout.strip():
             commit += "-dirty"
         return commit

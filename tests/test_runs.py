@@ -205,3 +205,24 @@ def test_load_samples_and_eval(tmp_path):
     assert {"run", "run_hash", "method", "seed", "k", "pass_at_k", "ci.low"} <= set(ev.columns)
     assert sorted(ev[ev["method"] == "grpo"]["pass_at_k"]) == [0.4, 0.7]
     assert len(load_eval(tmp_path, where={"method": "scpo"})) == 1
+
+
+def test_git_commit_is_dirty_for_code_changes_not_for_regenerated_reports(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "reports" / "index.html").write_text("old\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert git_commit(tmp_path) == head
+    (tmp_path / "reports" / "index.html").write_text("rebuilt\n")  # a report build rewrites its outputs
+    (tmp_path / "reports" / "new.html").write_text("new\n")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == head + "-dirty"
