@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 
 from scpo_lab.config import ConfigError
@@ -37,7 +36,9 @@ def cmd_train(args) -> int:
     from scpo_lab.trainer import train
 
     run = train(config, progress=not args.no_progress)
-    if os.environ.get("RANK", "0") != "0":  # several processes (accelerate launch): rank 0 reports and evaluates
+    from scpo_lab.distributed import world
+
+    if not world().is_main:  # several processes (accelerate launch): rank 0 reports and evaluates
         return 0
     print(f"run folder: {run.path}")
     if args.eval_problems:

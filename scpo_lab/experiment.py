@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from scpo_lab.config import TrainConfig, comparison_settings, eval_settings, make_config
+from scpo_lab.config import (TrainConfig, collapse_eval, collapse_sizes, comparison_settings, eval_settings,
+                             make_config)
 from scpo_lab.evaluation import EvalResult, evaluate
 from scpo_lab.runs import config_hash, default_runs_dir
 from scpo_lab.stats import calibration_bins, mean_ci
@@ -105,6 +106,20 @@ def compute_summary(metrics: pd.DataFrame, evals: dict[str, EvalResult], group_o
                      "seconds": float(seconds[labels].mean()), "pass@1": mean, "ci_low": low, "ci_high": high,
                      "ci_over": "seeds" if len(labels) > 1 else "problems"})
     return pd.DataFrame(rows)
+
+
+def collapse_experiment(profile: str, arms: list[str], seeds: list[int],
+                        eval_seeds: list[int]) -> tuple[pd.DataFrame, pd.DataFrame, EvalResult]:
+    """The GSM8K collapse-accounting runs of notebooks 01 and 05: every arm x seed at config.COLLAPSE_SIZES, and
+    held-out GSM8K pass@1 (config.COLLAPSE_EVAL) of the eval_seeds' adapters and of the base model.
+    -> (training metrics with an `arm` column, compute_summary of the evaluated adapters per arm, base result)."""
+    configs, arm_of = arm_configs(profile, arms, seeds, sizes=collapse_sizes(profile),
+                                  task={"name": "gsm8k", "options": {}})
+    metrics = run_experiment(configs, profile, evaluate=False).metrics
+    metrics["arm"] = metrics["label"].map(arm_of)
+    evaluated = {label: c for label, c in configs.items() if c.seed in eval_seeds}
+    held = run_experiment(evaluated, profile, settings=collapse_eval(profile))  # trained above: from the run cache
+    return metrics, compute_summary(held.metrics, held.evals, {l: arm_of[l] for l in evaluated}), held.evals["base"]
 
 
 def _eval_key(config: TrainConfig, settings: dict) -> dict:

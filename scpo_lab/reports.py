@@ -51,7 +51,7 @@ def build_reports(profile: str = "cpu", notebooks: list[str] | None = None, outp
         raise ValueError(f"profile: unknown {profile!r}; allowed: {', '.join(PROFILES)}")
     from scpo_lab.runs import git_commit
 
-    commit = git_commit()  # before anything is written: the reports below rewrite tracked files
+    commit = git_commit()  # the code the reports are built from (rewritten reports/ do not count as changes)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -20,7 +20,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -49,9 +49,7 @@ def policy_for(config: TrainConfig, device=None):
     m = config.model
     lora = LoraConfig(r=m.lora_r, alpha=m.lora_alpha, dropout=m.lora_dropout,
                       target_modules=tuple(m.lora_target_modules))
-    options = GpuOptions(gradient_checkpointing=m.gradient_checkpointing, load_in_4bit=m.load_in_4bit,
-                         fast_inference=m.fast_inference, gpu_memory_utilization=m.gpu_memory_utilization,
-                         max_seq_length=m.max_seq_length)
+    options = GpuOptions(**{f.name: getattr(m, f.name) for f in fields(GpuOptions)})  # same names
     device = device if device is not None else distributed.world().device
     return load_policy(m.name, backend=m.backend, lora=lora, seed=config.seed, options=options, device=device)
 

@@ -36,7 +36,10 @@ def _sampling_params(**kwargs):
 
 def outputs_to_tensors(outputs, repeats: int, max_new_tokens: int, pad_token_id: int, device):
     """vLLM RequestOutputs (one per prompt, each with `repeats` completions: .token_ids, .finish_reason) ->
-    (completion_ids [B, T] right-padded, mask [B, T], truncated [B]), rows prompt by prompt as rollout.generate."""
+    (completion_ids [B, T] right-padded, T >= 1, mask [B, T], truncated [B]), rows prompt by prompt as
+    rollout.generate."""
+    from scpo_lab.teacher import pad_token_lists
+
     rows, truncated = [], []
     for i, request in enumerate(outputs):
         if len(request.outputs) != repeats:
@@ -44,13 +47,8 @@ def outputs_to_tensors(outputs, repeats: int, max_new_tokens: int, pad_token_id:
         for completion in request.outputs:
             rows.append(list(completion.token_ids)[:max_new_tokens])
             truncated.append(completion.finish_reason == "length")
-    width = max((len(r) for r in rows), default=0)
-    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, tokens in enumerate(rows):
-        ids[r, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-        mask[r, :len(tokens)] = 1
-    return ids.to(device), mask.to(device), torch.tensor(truncated, dtype=torch.bool, device=device)
+    ids, mask = pad_token_lists(rows, pad_token_id, device, left=False)
+    return ids, mask, torch.tensor(truncated, dtype=torch.bool, device=device)
 
 
 @torch.no_grad()
@@ -69,8 +67,6 @@ def generate(model, prompt_ids, prompt_mask, *, repeats: int, max_new_tokens: in
     lora = model.load_lora(LORA_NAME, load_tensors=True) if adapter_active(model) else None
     outputs = model.fast_generate(prompts, sampling_params=params, lora_request=lora, use_tqdm=False)
     ids, mask, truncated = outputs_to_tensors(outputs, repeats, max_new_tokens, pad_token_id, prompt_ids.device)
-    if ids.shape[1] == 0:
-        return ids, mask, torch.zeros(ids.shape, dtype=torch.float32, device=ids.device), truncated
     logprobs, _ = completion_logprobs(model, prompt_ids.repeat_interleave(repeats, 0),
                                       prompt_mask.repeat_interleave(repeats, 0), ids, mask,
                                       temperature=temperature if temperature > 0 else 1.0, with_entropy=False,

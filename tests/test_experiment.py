@@ -3,7 +3,8 @@
 import pytest
 
 from scpo_lab.config import make_config
-from scpo_lab.experiment import arm_configs, compute_summary, cost_table, hacking_summary, run_experiment, sweep_configs
+from scpo_lab.experiment import (arm_configs, collapse_experiment, compute_summary, cost_table, hacking_summary,
+                                 run_experiment, sweep_configs)
 
 SETTINGS = {"n_problems": 3, "n_samples": 2, "batch_prompts": 3}
 
@@ -85,3 +86,13 @@ def test_compute_summary_intervals_over_seeds_or_problems_and_the_logged_flops()
         (mean, low, high)) and table.loc["a", "ci_over"] == "seeds"
     assert (table.loc["b", "pass@1"], table.loc["b", "ci_low"], table.loc["b", "ci_high"]) == (0.5, 0.25, 0.75)
     assert table.loc["b", "ci_over"] == "problems" and table.loc["b", "total_flops"] == 7e12
+
+
+def test_collapse_experiment_trains_every_seed_and_evaluates_only_the_eval_seeds(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCPO_LAB_RUNS", str(tmp_path))
+    metrics, held, base = collapse_experiment("smoke", ["grpo"], [0, 1], eval_seeds=[1])
+    assert sorted(metrics["label"].unique()) == ["grpo/s0", "grpo/s1"] and set(metrics["arm"]) == {"grpo"}
+    assert held["group"].tolist() == ["grpo"] and held["runs"].tolist() == [1]  # seed 1 only: interval over problems
+    assert held["ci_over"].tolist() == ["problems"] and base.task == "gsm8k"
+    evaluated = [d for d in tmp_path.glob("grpo-*") if (d / "eval.json").is_file()]
+    assert len(evaluated) == 1  # seed 0 trained, not evaluated

@@ -74,9 +74,9 @@ class DivergenceCritic(Critic):
         log_ratio = (teacher.logprobs - batch.logprobs) * mask  # sampled-token log-ratio, logged for every signal
         d = self.signal(batch, teacher) * mask  # d_{i,t}
         # the critic's own judgment of each rollout before centring (hack/*), and its sequence-level reward
-        self.proxy = self.sequence_reward = d.sum(1) / n_tokens
+        seq_mean = d.sum(1) / n_tokens  # dbar_i
+        self.proxy = self.sequence_reward = seq_mean
         if cfg.center == "group":
-            seq_mean = d.sum(1) / n_tokens  # dbar_i
             baseline = seq_mean.view(-1, batch.group_size).mean(1).repeat_interleave(batch.group_size)
             d = (d - baseline[:, None]) * mask
         units = self.unit_ids(batch, cfg.aggregation, cfg.span_tokens)
