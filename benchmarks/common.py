@@ -1,4 +1,5 @@
-"""What both benchmark scripts share: peak RSS, one child process per measured variant, a scratch folder."""
+"""What the benchmark scripts share: the host line every one prints first, peak RSS, one child process per
+measured variant, a scratch folder."""
 
 from __future__ import annotations
 
@@ -48,3 +49,78 @@ def scratch_dir(path: str | None, prefix: str):
 def print_load() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"load average at start: {load:.2f} on {os.cpu_count()} cores (timings are only meaningful on a quiet machine)")
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (Linux) or platform.processor() elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def cpu_isa() -> str:
+    """The vector ISA level that matters for these kernels: AVX2 / AVX-512 / AVX512-BF16 / AMX (most capable
+    last), read from the CPU flags; torch's own kernel choice (`get_cpu_capability`, which ATEN_CPU_CAPABILITY
+    can lower) is printed beside it."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    isa = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"),
+                                   ("amx_bf16", "AMX-BF16")) if flag in flags]
+    return " / ".join(isa) or "no AVX2"
+
+
+def _rate(work, units_per_call: float, seconds: float) -> float:
+    """units per second of `work()`, calls repeated for `seconds` after one warm-up call."""
+    import time
+    work()
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        work()
+        calls += 1
+    return units_per_call * calls / (time.perf_counter() - start)
+
+
+def host_measurements(seconds: float = 3.0) -> dict:
+    """Memory read bandwidth (GB/s: a 256 MiB fp32 tensor summed, larger than any cache) and 2048 x 2048 GEMM
+    GFLOP/s in fp32 and bf16, at torch's current thread count; `seconds` in all, split between the three."""
+    import torch
+    share = seconds / 3
+    big = torch.ones(64 * 1024 * 1024, dtype=torch.float32)
+    bandwidth = _rate(lambda: big.sum(), big.numel() * 4 / 1e9, share)
+    del big
+    out = {"mem_read_gbs": bandwidth}
+    n = 2048
+    for dtype, key in ((torch.float32, "gemm_fp32_gflops"), (torch.bfloat16, "gemm_bf16_gflops")):
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        out[key] = _rate(lambda: a @ b, 2 * n ** 3 / 1e9, share)
+    return out
+
+
+def host_line(seconds: float = 3.0) -> str:
+    """One line naming the host a benchmark ran on: CPU model, ISA, torch's kernel set, threads, and a short
+    measurement of memory bandwidth and GEMM throughput (so a figure can be read against its machine)."""
+    import torch
+    m = host_measurements(seconds)
+    return (f"host: {cpu_model()} | ISA {cpu_isa()} | torch {torch.__version__} kernels "
+            f"{torch.backends.cpu.get_cpu_capability()} | threads {torch.get_num_threads()} of "
+            f"{os.cpu_count()} cores | mem read {m['mem_read_gbs']:.1f} GB/s | GEMM 2048 fp32 "
+            f"{m['gemm_fp32_gflops']:.0f} GFLOP/s, bf16 {m['gemm_bf16_gflops']:.0f} GFLOP/s")
+
+
+def print_host() -> None:
+    """The host line, then the load average: every benchmark's output begins with these."""
+    print(host_line(), flush=True)
+    print_load()

@@ -21,7 +21,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import peak_rss_mib, scratch_dir  # noqa: E402
+from common import peak_rss_mib, print_host, scratch_dir  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -114,6 +114,11 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one, deleted)")
     args = parser.parse_args(argv)
 
+    import torch
+
+    print_host()
+    if torch.cuda.is_available():
+        print(f"gpu: {torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}, torch CUDA {torch.version.cuda}")
     results = []
     with scratch_dir(args.workdir, "gpu-check-") as workdir:
         for shape in args.shapes:

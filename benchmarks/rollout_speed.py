@@ -24,7 +24,7 @@ import argparse
 import os
 import time
 
-from common import print_load
+from common import print_host
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -56,7 +56,7 @@ def main() -> None:
     from scpo_lab.rollout import encode_prompts, generate
     from scpo_lab.tasks import get_task
 
-    print_load()
+    print_host()
     torch.manual_seed(0)
     policy = load_policy(args.model, backend="hf")
     with torch.no_grad():

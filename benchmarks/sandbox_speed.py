@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import print_load  # noqa: E402
+from common import print_host  # noqa: E402
 
 from scpo_lab.sandbox import Limits, SandboxJob, run_program, run_programs  # noqa: E402
 
@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--mbppplus-all", action="store_true", help="also time all 378 canonical solutions")
     args = parser.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
-    print_load()
+    print_host()
     builders = {"trivial": trivial_jobs, "mbppplus": mbppplus_jobs}
     run_program(SandboxJob("pass"))  # warm-up: page cache for the interpreter and the stdlib
     rows = []

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from common import peak_rss_mib, print_load, run_child, scratch_dir
+from common import peak_rss_mib, print_host, run_child, scratch_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download: every model here is local
 
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
             print_table([result])
             print(MARKER + json.dumps(result), flush=True)
             return 0
-        print_load()
+        print_host()
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         unknown = [m for m in methods if m not in METHODS]
         if unknown:

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 
-from common import peak_rss_mib, print_load, run_child, scratch_dir
+from common import peak_rss_mib, print_host, run_child, scratch_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download: every model here is local
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -276,7 +276,7 @@ def main(argv=None) -> int:
             print_table([result])
             print(MARKER + json.dumps(result), flush=True)
             return 0
-        print_load()
+        print_host()
         results = [r for r in (run_in_subprocess(f, args, workdir) for f in FRAMEWORKS) if r is not None]
         if not results:
             print("no framework finished", file=sys.stderr)
