@@ -8,16 +8,20 @@ start in ~7 ms instead of ~20; the prelude takes its own folder off sys.path) st
 process group, in its own temporary folder (deleted afterwards), with an environment built from scratch (nothing
 inherited: no secrets, no tokens, no PYTHON* variable but ours). Inside, sandbox_prelude.py sets rlimits (CPU
 seconds, address space, file size, no core files, no child processes) and installs an audit hook that refuses
-sockets, subprocesses, fork, signals, ctypes and file writes (and most reads) outside its folder, then runs it.
-Out here: a wall-clock limit after which the whole process group is SIGKILLed, and caps on stdout+stderr and on
-the report pipe (the program is killed when it exceeds them).
+sockets, subprocesses, fork, signals, ctypes and file writes (and most reads) outside its folder, and counts the
+files it creates and the bytes they hold (limits.max_files, limits.total_file_bytes), then runs it. Out here: a
+wall-clock limit after which the whole process group is SIGKILLed, caps on stdout+stderr and on the report pipe,
+and a watch on the folder's total size (polled every WATCH_S), so a program that writes many files each under the
+per-file limit is stopped before it fills the disk; the folder is deleted whatever happened.
 
 Status (SandboxResult.status):
     passed        the program ran to completion (exit 0); tasks then compare outputs and may call it failed
     failed        it raised an uncaught exception / exited non-zero (trace: the error's last lines)
     timeout       wall-clock or CPU limit
     memory        MemoryError (address-space limit)
-    crash         killed by a signal (e.g. segfault from unbounded recursion) or past the output caps
+    crash         killed by a signal (e.g. segfault from unbounded recursion)
+    output_limit  past a cap on what it may produce: stdout+stderr, test reports, the bytes or the number of files
+                  it writes (killed at once; tasks report "Output Limit Exceeded")
     syntax_error  main.py does not compile; it never ran
 What is NOT isolated (see README "Code tasks and the sandbox"): same user id, same kernel, same filesystem view
 (reads are limited by the hook, not by the kernel); the hook is in-process, so a C-level escape is not stopped.
@@ -39,8 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PRELUDE = Path(__file__).with_name("sandbox_prelude.py")
-STATUSES = ("passed", "failed", "timeout", "memory", "crash", "syntax_error")
+STATUSES = ("passed", "failed", "timeout", "memory", "crash", "output_limit", "syntax_error")
 TRACE_CHARS = 1200
+WATCH_S = 0.05  # how often the folder's total size is measured while a program runs
 
 
 @dataclass(frozen=True)
@@ -48,12 +53,15 @@ class Limits:
     wall_s: float = 10.0            # wall clock, then SIGKILL to the process group
     cpu_s: int = 10                 # RLIMIT_CPU (whole seconds)
     memory_mb: int = 1024           # RLIMIT_AS: address space, so MemoryError rather than the host's OOM killer
-    output_bytes: int = 1_000_000   # stdout + stderr kept; beyond it the program is killed (crash)
+    output_bytes: int = 1_000_000   # stdout + stderr kept; beyond it the program is killed (output_limit)
     report_bytes: int = 64_000_000  # harness reports (one line per test); beyond it the program is killed
     file_bytes: int = 10_000_000    # RLIMIT_FSIZE: largest file it may write in its folder
+    total_file_bytes: int = 32_000_000  # all files in its folder together (its inputs included); then killed
+    max_files: int = 256            # files and folders it may create; the next one is refused and it is killed
 
     def __post_init__(self):
-        for name in ("wall_s", "cpu_s", "memory_mb", "output_bytes", "report_bytes", "file_bytes"):
+        for name in ("wall_s", "cpu_s", "memory_mb", "output_bytes", "report_bytes", "file_bytes",
+                     "total_file_bytes", "max_files"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"limits.{name}: got {value!r}; must be a number > 0")
@@ -120,8 +128,10 @@ def _run_in(folder: str, job: SandboxJob) -> SandboxResult:
         Path(folder, name).write_text(text, encoding="utf-8")
     Path(folder, ".stdin").write_text(job.stdin, encoding="utf-8")
     report_read, report_write = os.pipe()
-    config = [report_write, int(max(1, limits.cpu_s)), int(limits.memory_mb), int(limits.file_bytes),
-              int(job.harness is not None)]
+    # no single file may be larger than the folder's total cap either
+    config = [report_write, int(max(1, limits.cpu_s)), int(limits.memory_mb),
+              int(min(limits.file_bytes, limits.total_file_bytes)), int(job.harness is not None),
+              int(limits.max_files), int(limits.total_file_bytes)]
     start = time.monotonic()
     with open(Path(folder, ".stdin"), "rb") as stdin:
         try:
@@ -133,13 +143,50 @@ def _run_in(folder: str, job: SandboxJob) -> SandboxResult:
             raise
         finally:
             os.close(report_write)  # the child holds its own copy; EOF arrives when the child exits
-    out, stopped = _collect(proc, report_read, start + limits.wall_s, limits)
+    out, stopped = _collect(proc, report_read, start + limits.wall_s, limits, _FolderWatch(folder, limits))
     wall = time.monotonic() - start
     return _result(proc.returncode, out, stopped, wall, limits)
 
 
-def _collect(proc, report_fd: int, deadline: float, limits: Limits):
-    """Read stdout, stderr and reports until the program exits or breaks a limit; returns (buffers, why stopped)."""
+def folder_bytes(folder: str) -> int:
+    """Total size of the regular files under `folder` (links not followed; entries vanishing meanwhile skipped)."""
+    total, stack = 0, [folder]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                pass
+    return total
+
+
+class _FolderWatch:
+    """Has the program written more than limits.total_file_bytes to its folder (beyond the inputs it was given)?
+    Measured at most every WATCH_S."""
+
+    def __init__(self, folder: str, limits: Limits):
+        self.folder, self.cap, self.next_at = folder, limits.total_file_bytes, 0.0
+        self.inputs = folder_bytes(folder)
+
+    def exceeded(self) -> bool:
+        now = time.monotonic()
+        if now < self.next_at:
+            return False
+        self.next_at = now + WATCH_S
+        return folder_bytes(self.folder) - self.inputs > self.cap
+
+
+def _collect(proc, report_fd: int, deadline: float, limits: Limits, watch: _FolderWatch):
+    """Read stdout, stderr and reports until the program exits or breaks a limit; returns (buffers, why stopped).
+    Every WATCH_S the folder's size is measured too: the prelude refuses a write-open past the cap, but a file
+    already open grows without asking it."""
     buffers = {"stdout": bytearray(), "stderr": bytearray(), "report": bytearray()}
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
@@ -153,7 +200,10 @@ def _collect(proc, report_fd: int, deadline: float, limits: Limits):
             if remaining <= 0:
                 stopped = "timeout"
                 break
-            for key, _ in sel.select(timeout=min(remaining, 0.5)):
+            if watch.exceeded():
+                stopped = "files"
+                break
+            for key, _ in sel.select(timeout=min(remaining, WATCH_S)):
                 chunk = os.read(key.fileobj.fileno(), 65536)
                 if not chunk:
                     sel.unregister(key.fileobj)
@@ -164,11 +214,15 @@ def _collect(proc, report_fd: int, deadline: float, limits: Limits):
                     stopped = "output"
                 elif len(buffers["report"]) > limits.report_bytes:
                     stopped = "report"
-        if stopped is None:  # every stream closed (e.g. the program closed stdout): wait for the exit itself
+        while stopped is None:  # every stream closed (e.g. the program closed stdout): wait for the exit itself
             try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                proc.wait(timeout=max(0.0, min(WATCH_S, deadline - time.monotonic())))
+                break
             except subprocess.TimeoutExpired:
-                stopped = "timeout"
+                if watch.exceeded():
+                    stopped = "files"
+                elif time.monotonic() >= deadline:
+                    stopped = "timeout"
     finally:
         _kill_group(proc)  # also reaps anything left in its process group
         proc.wait()
@@ -198,9 +252,13 @@ def _result(returncode, buffers, stopped, wall, limits: Limits) -> SandboxResult
     if stopped == "timeout":
         status, trace = "timeout", f"Time limit exceeded: wall clock {limits.wall_s:.1f} s"
     elif stopped == "output":
-        status, trace = "crash", f"Output limit exceeded: more than {limits.output_bytes} bytes on stdout/stderr"
+        status, trace = "output_limit", f"Output limit exceeded: more than {limits.output_bytes} bytes on stdout/stderr"
     elif stopped == "report":
-        status, trace = "crash", "Output limit exceeded: too much test output"
+        status, trace = "output_limit", "Output limit exceeded: too much test output"
+    elif stopped == "files" or "output_limit" in kinds:
+        status = "output_limit"
+        trace = kinds.get("output_limit", {}).get("trace") or (
+            f"Output limit exceeded: more than {limits.total_file_bytes} bytes written to files")
     elif "syntax_error" in kinds:
         status, trace = "syntax_error", kinds["syntax_error"].get("trace", "SyntaxError")
     elif "memory" in kinds or (returncode != 0 and "MemoryError" in last_err):

@@ -1,13 +1,17 @@
 """What runs first inside every sandboxed interpreter, before the untrusted program (sandbox.py starts it).
 
-    python -S -s sandbox_prelude.py REPORT_FD CPU_S MEMORY_MB FILE_BYTES HARNESS(0|1)   (cwd: the program's folder)
+    python -S -s sandbox_prelude.py REPORT_FD CPU_S MEMORY_MB FILE_BYTES HARNESS(0|1) MAX_FILES TOTAL_FILE_BYTES
+                                                                                    (cwd: the program's folder)
 
 1. sets the resource limits (CPU seconds, address space, file size, no core files, no new processes);
 2. compiles main.py (a SyntaxError is reported as such: the program never ran);
 3. reads and compiles the trusted harness, if any, before the untrusted code could rewrite it;
 4. installs an audit hook (PEP 578; it cannot be removed from Python code) that refuses sockets, new processes,
    signals to other processes, ctypes, raising limits, writes outside the folder and reads outside the folder,
-   the Python installation and a few device files;
+   the Python installation and a few device files; it counts the files and folders the program creates and
+   ends it (reporting kind "output_limit") at the one past MAX_FILES, or at a file opened for writing once the
+   folder holds more than TOTAL_FILE_BYTES beyond its inputs (a file already open grows without an audit event:
+   sandbox.py also watches the folder's size from outside);
 5. runs main.py, then the harness with the program's globals; reports on file descriptor `report_fd` (JSON lines).
 
 Only the standard library, and little of it (json, re and traceback cost ~10 ms of a ~20 ms start; traceback is
@@ -16,6 +20,7 @@ imported only on an error): this file runs before every single program.
 
 import _json
 import builtins
+import errno
 import os
 import posix
 import resource
@@ -29,7 +34,7 @@ if not hasattr(builtins, "exit"):  # -S skips site, which defines exit() and qui
         raise SystemExit(code)
 
     builtins.exit = builtins.quit = _exit
-REPORT_FD, CPU_S, MEMORY_MB, FILE_BYTES, HARNESS = (int(a) for a in sys.argv[1:6])
+REPORT_FD, CPU_S, MEMORY_MB, FILE_BYTES, HARNESS, MAX_FILES, TOTAL_FILE_BYTES = (int(a) for a in sys.argv[1:8])
 sys.argv = ["main.py"]
 HERE = os.path.realpath(os.getcwd())
 
@@ -94,6 +99,41 @@ if HARNESS:
 #    this function returns only the interpreter holds the hook (gc's object walks, the way to reach it, are refused).
 def _install_policy(here: str) -> None:
     lstat, readlink, getcwd, stat_of = os.lstat, os.readlink, os.getcwd, os.stat  # C functions
+    write, hard_exit, scandir = os.write, os._exit, os.scandir
+    created = [0]  # files, folders and links the program has made in its folder
+
+    def limit_message(trace: str) -> bytes:
+        return (_to_json({"kind": "output_limit", "trace": f"Output limit exceeded: {trace}"}) + "\n").encode()
+
+    too_many = limit_message(f"more than {MAX_FILES} files created")
+    too_large = limit_message(f"more than {TOTAL_FILE_BYTES} bytes written to files")
+
+    def folder_bytes() -> int:
+        total, stack = 0, [here]
+        while stack:
+            try:
+                entries = list(scandir(stack.pop()))
+            except OSError:
+                continue
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+                except OSError:
+                    pass
+        return total
+
+    inputs = folder_bytes()  # main.py, the harness, stdin and test files: not the program's output
+
+    def end_for(message: bytes) -> None:
+        """Report, then end the program at once (a refusal alone could be caught and ignored)."""
+        try:
+            write(REPORT_FD, message)
+        except OSError:
+            pass
+        hard_exit(1)
     is_link, is_block, is_char = stat.S_ISLNK, stat.S_ISBLK, stat.S_ISCHR
     _any, _type, _str, _bytes, _int, _tuple = any, type, str, bytes, int, tuple
     Denied, NotImportable = PermissionError, ImportError
@@ -148,6 +188,22 @@ def _install_policy(here: str) -> None:
                           "shutil.rmtree", "os.setxattr", "os.removexattr", "os.chflags"})
     two_paths = frozenset({"os.rename", "os.link", "os.symlink"})
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+    new_entry = frozenset({"os.mkdir", "os.link", "os.symlink"})  # (the new name is the second of two paths)
+
+    def exists(real: str) -> bool:
+        try:
+            lstat(real)
+            return True
+        except OSError:
+            return False
+
+    def count_new_entry(real: str) -> None:
+        """One more directory entry: past MAX_FILES the program is ended."""
+        if exists(real):
+            return
+        created[0] += 1
+        if created[0] > MAX_FILES:
+            end_for(too_many)
 
     def check_open(path, mode, flags) -> None:
         if _type(path) is _int:
@@ -168,6 +224,10 @@ def _install_policy(here: str) -> None:
                 raise Denied(f"sandbox: device files are not allowed: {real}")
         except OSError:
             pass  # does not exist yet
+        if writing:
+            count_new_entry(real)
+            if folder_bytes() - inputs > TOTAL_FILE_BYTES:
+                end_for(too_large)
 
     def policy(event, args) -> None:
         if event in denied:
@@ -180,6 +240,8 @@ def _install_policy(here: str) -> None:
             for path in args[:2 if event in two_paths else 1]:
                 if _type(path) is not _int and not under(plain(path), (here,)):
                     raise Denied(f"sandbox: {event} outside the working folder is not allowed")
+            if event in new_entry and _type(args[1 if event in two_paths else 0]) is not _int:
+                count_new_entry(plain(args[1 if event in two_paths else 0]))
 
     sys.addaudithook(policy)
 
@@ -205,6 +267,8 @@ except MemoryError:
     sys.exit(1)
 except BaseException as err:  # the program's own uncaught error: a failed run, not a sandbox fault
     text = format_error(err)
+    if isinstance(err, OSError) and err.errno == errno.EFBIG:  # past RLIMIT_FSIZE: the output cap, not a bug
+        report(kind="output_limit", trace=f"Output limit exceeded: a file larger than {FILE_BYTES} bytes")
     report(kind="exception", trace=tail(text))
     try:
         sys.stderr.write(text)

@@ -18,7 +18,7 @@ def hostile_programs(victim, secret_name):
         "fork bomb": ("import os\nwhile True:\n    os.fork()\n", {"failed"}),
         "multiprocessing": ("import multiprocessing as m\nm.Process(target=print).start()\n", {"failed"}),
         "memory bomb": ("x = []\nwhile True:\n    x.append(bytearray(10**7))\n", {"memory"}),
-        "huge output": ("while True:\n    print('x' * 10000)\n", {"crash"}),
+        "huge output": ("while True:\n    print('x' * 10000)\n", {"output_limit"}),
         "write outside": (f"open({str(victim)!r}, 'w').write('pwned')\n", {"failed"}),
         "delete outside": (f"import os\nos.remove({str(victim)!r})\n", {"failed"}),
         "write via ../": ("open('../scpo-escape.txt', 'w').write('x')\n", {"failed"}),
@@ -87,6 +87,77 @@ def test_hostile_programs_fail_within_limits_and_harm_nothing(tmp_path, monkeypa
     assert os.getpid() > 0  # and this process is still here (a killed parent would have ended the test run)
 
 
+@pytest.fixture
+def sandbox_tmp(tmp_path, monkeypatch):
+    """The sandbox's folders go under a temp dir of this test's own, so it can check that nothing remains."""
+    import tempfile
+    root = tmp_path / "sandboxes"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    return root
+
+
+# Each file is under the per-file limit (1 MB); together they pass the 5 MB total after 6 files.
+MANY_FILES = ("for i in range(300):\n    with open(f'out{i}.bin', 'wb') as f:\n        f.write(b'x' * 1_000_000)\n"
+              "print('done')\n")
+CAPS = Limits(wall_s=10.0, cpu_s=10, memory_mb=256, file_bytes=1_000_000, total_file_bytes=5_000_000, max_files=50)
+WIDE = Limits(wall_s=10.0, cpu_s=10, memory_mb=256, file_bytes=1_000_000, total_file_bytes=5_000_000,
+              max_files=10_000)
+
+
+def test_total_bytes_written_are_capped(sandbox_tmp):
+    start = time.monotonic()
+    result = run_program(MANY_FILES, limits=WIDE)
+    assert result.status == "output_limit" and "more than 5000000 bytes written to files" in result.trace
+    assert "done" not in result.stdout
+    assert time.monotonic() - start < 5.0  # stopped at once, not at the wall limit
+    assert list(sandbox_tmp.iterdir()) == []  # and nothing remains
+
+
+def test_one_open_file_cannot_pass_the_total_either(sandbox_tmp):
+    """An open file grows without any audit event: the watch from outside stops it (and RLIMIT_FSIZE is at most
+    the total cap too)."""
+    limits = Limits(wall_s=10.0, cpu_s=10, memory_mb=256, file_bytes=50_000_000, total_file_bytes=3_000_000)
+    program = "import time\nf = open('big.bin', 'wb')\nwhile True:\n    f.write(b'x' * 100_000)\n    f.flush()\n"
+    result = run_program(program, limits=limits)
+    assert result.status == "output_limit"  # past 3 MB: killed from outside, or refused by RLIMIT_FSIZE (EFBIG)
+    assert list(sandbox_tmp.iterdir()) == []
+
+
+def test_number_of_files_is_capped(sandbox_tmp):
+    program = ("import os\nfor i in range(10_000):\n    try:\n        open(f'f{i}', 'w').close()\n"
+               "    except OSError:\n        pass\nprint('survived')\n")
+    result = run_program(program, limits=CAPS)
+    assert result.status == "output_limit" and "more than 50 files created" in result.trace
+    assert "survived" not in result.stdout
+    folders = run_program("import os\nfor i in range(100):\n    os.mkdir(f'd{i}')\n", limits=CAPS)
+    assert folders.status == "output_limit"
+    assert list(sandbox_tmp.iterdir()) == []
+
+
+def test_programs_within_the_caps_still_pass_and_inputs_do_not_count(sandbox_tmp):
+    big_input = "1\n" * 3_000_000  # 6 MB of stdin: the caps are on what the program writes, not on its inputs
+    program = ("import sys\nn = sum(1 for _ in sys.stdin)\nfor i in range(4):\n"
+               "    open(f'o{i}', 'w').write('y' * 900_000)\nprint(n)\n")
+    result = run_program(program, stdin=big_input, limits=CAPS)
+    assert (result.status, result.stdout) == ("passed", "3000000\n")
+    assert list(sandbox_tmp.iterdir()) == []
+
+
+def test_one_file_past_the_per_file_limit_is_an_output_limit(sandbox_tmp):
+    result = run_program("open('a.bin', 'wb').write(b'x' * 2_000_000)\n", limits=CAPS)
+    assert result.status == "output_limit" and "larger than 1000000 bytes" in result.trace
+    caught = run_program("try:\n    open('a.bin', 'wb').write(b'x' * 2_000_000)\nexcept OSError:\n    pass\n",
+                         limits=CAPS)
+    assert caught.status == "passed"  # a program that handles EFBIG itself goes on (its output is then judged)
+
+
+def test_output_limit_reads_as_its_own_verdict():
+    from scpo_lab.tasks.code import TestRun, feedback
+    run = TestRun("output_limit", 0, 3, {"index": 0, "input": "x", "expected": "1", "why": "output_limit"})
+    assert feedback(run).startswith("Output Limit Exceeded: 0/3 tests passed.")
+
+
 def test_working_folder_is_private_and_removed():
     result = run_program("import os\nopen('scratch.txt', 'w').write('ok')\nprint(os.getcwd())\n", limits=FAST)
     assert result.status == "passed"
@@ -126,7 +197,7 @@ def test_exit_status_and_statuses():
     assert run_program("print(1)\nexit()\n", limits=FAST).status == "passed"
     assert run_program("quit(4)\n", limits=FAST).status == "failed"
     assert run_program("import sys\nsys.exit(2)\n", limits=FAST).status == "failed"
-    assert set(STATUSES) == {"passed", "failed", "timeout", "memory", "crash", "syntax_error"}
+    assert set(STATUSES) == {"passed", "failed", "timeout", "memory", "crash", "output_limit", "syntax_error"}
 
 
 def test_harness_reports_and_sees_the_program():

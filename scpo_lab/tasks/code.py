@@ -151,7 +151,7 @@ def _numbers_close(e: str, a: str) -> bool:
 class TestRun:
     """A candidate over a list of tests."""
 
-    status: str               # passed | failed | timeout | memory | crash | syntax_error (sandbox.STATUSES)
+    status: str               # passed | failed | timeout | memory | crash | output_limit | syntax_error (sandbox.STATUSES)
     passed: int
     total: int
     failure: dict | None = None  # the first failing test: {index, input, expected, actual | error, why}
@@ -232,7 +232,7 @@ def show(value) -> str:
 
 _HEADLINES = {"wrong_answer": "Wrong Answer", "runtime_error": "Runtime Error", "timeout": "Time Limit Exceeded",
               "memory": "Memory Limit Exceeded", "crash": "Runtime Error (the process crashed)",
-              "failed": "Runtime Error", "missing": "Wrong Answer"}
+              "output_limit": "Output Limit Exceeded", "failed": "Runtime Error", "missing": "Wrong Answer"}
 
 
 def feedback(run: TestRun, code_found: bool = True) -> str:
