@@ -157,18 +157,25 @@ def test_switching_to_the_critic_adapter_leaves_the_policy_unchanged(problems):
     flags = {n: p.requires_grad for n, p in policy.model.named_parameters()}
     with torch.no_grad():
         logits_before = policy.model(input_ids=batch.completion_ids).logits
-    cfg = make_config("smoke", method="scpo-critic", **{"value.lr": 0.01, "value.gae_lambda": 1.0})
+    # A small step and several epochs: the fit converges (values -> 1 for passes, -> 0 for failures) instead of
+    # hovering near 1/2, so the assertions below hold by a wide margin on every kernel set. (lr 0.01 x 1 epoch
+    # left values within 0.487..0.513 on one host and separated them on another: rounding decided the test.)
+    cfg = make_config("smoke", method="scpo-critic",
+                      **{"value.lr": 0.003, "value.critic_epochs": 4, "value.gae_lambda": 1.0})
     critic = OnlineCritic(cfg, policy.tokenizer)
     group = torch.zeros(len(batch))
     explained = []
-    for _ in range(50):  # critic-only updates on one batch: the critic learns the outcome of the first token
+    for _ in range(25):  # critic-only updates on one batch: the critic learns the outcome of the first token
         teacher = critic.teacher_pass(policy, batch, temperature=1.0, micro_batch_size=4)
         _, stats = critic.advantages(batch, group, teacher)
         explained.append(stats["critic/explained_variance"])
         critic.after_update(policy)
     values_after_first = teacher.values[:, 1:].mean(1)  # states that have read the first token
-    assert auroc(values_after_first, passed) > 0.9
-    assert explained[-1] > explained[1] + 0.2  # s_0 cannot know the outcome: explained variance stays below 1
+    assert auroc(values_after_first, passed) == 1.0
+    # a margin, not just an order: every pass's value above every failure's by half the reward's range
+    assert values_after_first[passed].min() - values_after_first[~passed].max() > 0.5
+    assert explained[-1] > explained[1] + 0.4  # s_0 cannot know the outcome: explained variance stays below 1
+    assert explained[-1] < 0.95
     assert policy.model.active_adapter == "default"
     critic_params = {n: p for n, p in policy.model.named_parameters() if f".{CRITIC_ADAPTER}." in n}
     assert critic_params and any(p.abs().sum() > 0 for n, p in critic_params.items() if "lora_B" in n)
