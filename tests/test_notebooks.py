@@ -16,6 +16,32 @@ def test_every_notebook_has_a_parameters_cell_and_no_stored_outputs():
         assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), path.name
 
 
+def test_opening_a_notebook_in_jupyterlab_changes_nothing():
+    """JupyterLab stores the kernel's kernelspec and the language_info its kernel reports, and saves with nbformat:
+    the tracked files already hold exactly that, so opening (and autosaving) one leaves `git status` clean."""
+    import nbformat
+    from jupyter_client.manager import start_new_kernel
+
+    manager, client = start_new_kernel(kernel_name="python3")
+    try:
+        reply = client.kernel_info(reply=True, timeout=60)["content"]
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    spec = manager.kernel_spec
+    for path in notebook_paths():
+        text = path.read_text(encoding="utf-8")
+        nb = nbformat.reads(text, as_version=4)
+        assert nb.metadata["kernelspec"] == {"display_name": spec.display_name, "language": spec.language,
+                                             "name": "python3"}, path.name
+        stored = dict(nb.metadata["language_info"])
+        live = dict(reply["language_info"])
+        # the patch version is the user's own Python's; everything else is the kernel's
+        assert stored.pop("version").rsplit(".", 1)[0] == live.pop("version").rsplit(".", 1)[0], path.name
+        assert stored == live, path.name
+        assert nbformat.writes(nb) + "\n" == text, f"{path.name}: not in the layout nbformat saves"
+
+
 def test_quickstart_executes_on_the_smoke_profile(tmp_path, monkeypatch):
     monkeypatch.setenv("SCPO_LAB_RUNS", str(tmp_path / "runs"))
     index = build_reports(profile="smoke", notebooks=["00_quickstart"], output_dir=tmp_path / "reports")
