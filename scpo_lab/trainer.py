@@ -237,6 +237,8 @@ def _load_checkpoint(ckpt: Path, step: int, policy, optimizer, critic) -> dict:
     state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
     if not isinstance(state, dict) or state.get("step") != step:
         raise ValueError(f"{ckpt / 'trainer_state.json'}: not the state of step {step}")
+    if state.pop("has_critic", False) and not (ckpt / "critic.pt").is_file():  # older checkpoints lack the key
+        raise FileNotFoundError(2, "missing", str(ckpt / "critic.pt"))
     critic_state = None
     if critic is not None and (ckpt / "critic.pt").is_file():
         critic_state = torch.load(ckpt / "critic.pt", weights_only=True)
@@ -473,9 +475,11 @@ def _save_checkpoint(run: RunDir, policy, optimizer, step: int, state: dict, cri
     try:
         policy.save_adapter(path / "adapter")
         torch.save(optimizer.state_dict(), path / "optimizer.pt")
-        if critic is not None and critic.state_dict():
+        has_critic = bool(critic is not None and critic.state_dict())
+        if has_critic:
             torch.save(critic.state_dict(), path / "critic.pt")  # e.g. sdpo's EMA teacher
-        (path / "trainer_state.json").write_text(json.dumps({**state, "step": step}))
+        # has_critic: so that a deleted critic.pt is a damaged checkpoint, not a silently fresh critic
+        (path / "trainer_state.json").write_text(json.dumps({**state, "step": step, "has_critic": has_critic}))
         run.mark_complete(path)  # written last: a checkpoint without it is ignored on resume
     except OSError:
         shutil.rmtree(path, ignore_errors=True)  # a half-written checkpoint only takes space (a full disk)

@@ -186,6 +186,18 @@ def test_resume_sets_a_damaged_checkpoint_aside_and_uses_the_previous_one(tmp_pa
     assert (run.path / "DONE").is_file()
 
 
+def test_a_deleted_critic_state_is_a_damaged_checkpoint(tmp_path, monkeypatch, caplog):
+    cfg = smoke(tmp_path, method="sdpo", steps=3, save_every=1)  # its EMA teacher lives in critic.pt
+    reference = train(cfg.replace(runs_dir=str(tmp_path / "ref")), progress=False).metrics
+    run = _killed_in_step_3(tmp_path, monkeypatch, cfg)
+    (run.checkpoints_dir / "step-2" / "critic.pt").unlink()
+    with caplog.at_level(logging.WARNING, logger="scpo_lab"):
+        resumed = train(cfg, progress=False).metrics
+    assert any("critic.pt" in r.getMessage() for r in caplog.records)
+    assert (run.checkpoints_dir / "step-2.damaged").is_dir()
+    assert resumed["distill/loss"].tolist() == pytest.approx(reference["distill/loss"].tolist(), abs=1e-5)
+
+
 def test_every_checkpoint_damaged_starts_over_cleanly(tmp_path, monkeypatch):
     cfg = smoke(tmp_path, steps=3, save_every=1)
     reference = train(cfg.replace(runs_dir=str(tmp_path / "ref")), progress=False).metrics
