@@ -269,6 +269,25 @@ def test_runs_folder_that_is_a_file_is_one_line_and_writes_nothing(tmp_path, mon
     assert err.startswith("error: runs_dir:")
 
 
+def test_a_read_only_runs_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    real_mkdir = Path.mkdir
+    (tmp_path / "runs").mkdir()
+
+    def read_only(self, *args, **kwargs):  # as chmod a-w would (the tests may run as root, which ignores it)
+        if self.parent == tmp_path / "runs":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(ValueError, match="^runs_dir: cannot create .*Permission denied.*writable folder") as err:
+        train(smoke(tmp_path, steps=1), progress=False)
+    one_line(err.value)
+    assert main(["train", "--profile", "smoke", "--no-progress", "--set", "steps=1",
+                 f"runs_dir={tmp_path / 'runs'}"]) == 2
+    assert cli_error(capsys).startswith("error: runs_dir: cannot create")
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
 def test_an_evaluation_is_never_lost_when_eval_json_cannot_be_written(tmp_path, monkeypatch, capsys):
     from scpo_lab.runs import RunDir
 
