@@ -129,7 +129,8 @@ def test_cli_train_from_yaml_then_loads_the_finished_run(tmp_path, capsys):
 
 # --- issue 22: options never dropped, numbers in scientific notation, nothing non-finite, empty or non-UTF-8 files
 
-LCB_UPSTREAM = {"task.name": "livecodebench", "task.options.source": "upstream", "task.options.path": "/data/test6.jsonl"}
+LCB_UPSTREAM = {"task.name": "livecodebench", "task.options.source": "upstream",
+                "task.options.path": "/data/test6.jsonl"}
 
 
 @pytest.mark.parametrize("profile", ["smoke", "cpu"])
