@@ -9,21 +9,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import sys
+import tempfile
+from pathlib import Path
 
 from scpo_lab.config import ConfigError
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
     """`key=value` pairs (dotted keys for sections); values are parsed as YAML scalars (numbers, bools, ...)."""
-    import yaml
+    from scpo_lab.config import yaml_load
 
     out = {}
     for pair in pairs:
         if "=" not in pair:
             raise ConfigError(f"--set: expected key=value, got {pair!r}")
         key, value = pair.split("=", 1)
-        out[key] = yaml.safe_load(value)
+        out[key] = yaml_load(value)
     return out
 
 
@@ -43,9 +47,38 @@ def cmd_train(args) -> int:
     print(f"run folder: {run.path}")
     if args.eval_problems:
         result = _evaluate_run(run, config, args.eval_problems, args.eval_samples)
-        run.dir.add_eval(result.to_dict())
         print(result.summary())
+        try:
+            run.dir.add_eval(result.to_dict())
+        except OSError as err:  # a read-only run folder: the evaluation is kept elsewhere, never lost
+            kept = _save_elsewhere(result.to_dict(), f"eval-{run.dir.name}.json")
+            raise ConfigError(f"{run.dir.eval_path}: cannot write ({err.strerror or err}); the result was saved to "
+                              f"{kept}") from None
     return 0
+
+
+def _save_elsewhere(record: dict, name: str) -> Path:
+    """Write `record` as JSON into the working directory, else the temp folder; the path it went to."""
+    for folder in (Path.cwd(), Path(tempfile.gettempdir())):
+        path = folder / name
+        try:
+            path.write_text(json.dumps(record, indent=1, default=str) + "\n", encoding="utf-8")
+            return path
+        except OSError:
+            continue
+    raise ConfigError(f"{name}: could not be written to {Path.cwd()} or {tempfile.gettempdir()}")
+
+
+def _check_eval_args(args) -> None:
+    if args.problems < 1 or args.samples < 1:
+        raise ConfigError(f"--problems/--samples: must be >= 1, got {args.problems}/{args.samples}")
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens: got {args.max_new_tokens}; must be an integer >= 1")
+    if not math.isfinite(args.temperature) or args.temperature <= 0:
+        raise ConfigError(f"--temperature: got {args.temperature}; must be a finite number > 0")
+    if args.adapter and not os.path.isdir(args.adapter):
+        raise ConfigError(f"--adapter: '{args.adapter}' is not a folder; use a run's final/ or a checkpoint's "
+                          "adapter/")
 
 
 def _evaluate_run(run, config, n_problems, n_samples, policy=None):
@@ -59,13 +92,14 @@ def _evaluate_run(run, config, n_problems, n_samples, policy=None):
 
 def cmd_eval(args) -> int:
     from scpo_lab.evaluation import evaluate
-    from scpo_lab.models import load_policy
+    from scpo_lab.models import LoraConfig, adapter_lora_config, load_policy
     from scpo_lab.tasks import get_task
 
-    if args.problems < 1 or args.samples < 1:
-        raise ConfigError(f"--problems/--samples: must be >= 1, got {args.problems}/{args.samples}")
+    _check_eval_args(args)
     task = get_task(args.task, **_parse_overrides(args.task_option or []))
-    policy = load_policy(args.model, backend=args.backend)
+    # the adapter's own LoRA shape (rank, alpha, modules), not the defaults: any run's final/ loads
+    lora = adapter_lora_config(args.adapter) if args.adapter else LoraConfig()
+    policy = load_policy(args.model, backend=args.backend, lora=lora)
     if args.adapter:
         policy.load_adapter(args.adapter)
     result = evaluate(policy, task, n_problems=args.problems, n_samples=args.samples,
@@ -120,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:
+    # user errors (bad input, a busy or damaged run folder, a full disk, a diverged run) print one line, no traceback
+    except (ConfigError, ValueError, OSError, RuntimeError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

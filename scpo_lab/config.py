@@ -8,6 +8,7 @@ is allowed, e.g. ``train.method: unknown 'ppo'; known: grpo, scpo-divergence, ra
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -346,9 +347,11 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
 
 
 def _positive(name: str, value: Any, allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    # inf and nan pass a comparison with 0 (or fail it silently): an infinite learning rate trains NaN weights
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (
+        value >= 0 if allow_zero else value > 0)
     if not ok:
-        raise ConfigError(f"{name}: got {value!r}; must be a number {'>= 0' if allow_zero else '> 0'}")
+        raise ConfigError(f"{name}: got {value!r}; must be a finite number {'>= 0' if allow_zero else '> 0'}")
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -407,11 +410,15 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.rollout_engine == "vllm" and cfg.model.fast_inference == "off":
         raise ConfigError("rollout_engine: 'vllm' needs model.fast_inference 'on' or 'auto' (Unsloth's vLLM engine); "
                           "allowed otherwise: auto, static, hf")
-    from scpo_lab.tasks import TASK_NAMES
+    from scpo_lab.tasks import TASK_NAMES, task_options
 
     _one_of("task.name", cfg.task.name, TASK_NAMES)
     if not isinstance(cfg.task.options, dict):
         raise ConfigError(f"task.options: got {cfg.task.options!r}; must be a mapping of task options")
+    unknown = sorted(set(cfg.task.options) - set(task_options(cfg.task.name)))
+    if unknown:  # here, not at the first get_task: a typo in a dotted --set key is refused by name up front
+        raise ConfigError(f"task.options.{unknown[0]}: unknown option for {cfg.task.name}; allowed: "
+                          f"{', '.join(task_options(cfg.task.name))}")
     for name in ("seed",):
         if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 0:
             raise ConfigError(f"{name}: got {getattr(cfg, name)!r}; must be an integer >= 0")
@@ -620,14 +627,33 @@ def make_config(profile: str = "cpu", **overrides) -> TrainConfig:
     data = _merge(TrainConfig().to_dict(), PROFILE_DEFAULTS[profile])
     dotted = {k: v for k, v in overrides.items() if "." in k or "__" in k}
     data = _merge(data, {k: v for k, v in overrides.items() if k not in dotted})
-    for key, value in dotted.items():
-        _set_dotted(data, key, value)
     task_override = overrides.get("task") if isinstance(overrides.get("task"), dict) else {}
-    new_name = task_override.get("name", overrides.get("task.name"))
+    new_name = task_override.get("name", dotted.get("task.name", dotted.get("task__name")))
     if new_name is not None and new_name != PROFILE_DEFAULTS[profile].get("task", {}).get("name", "arithmetic") \
-            and "options" not in task_override and "task.options" not in overrides:
+            and "options" not in task_override:
         data["task"]["options"] = {}  # another task: the profile's options were for its default task
+    for key, value in dotted.items():  # after that reset, so "task.options.<x>" keys are kept
+        _set_dotted(data, key, value)
     return from_dict(data).validate()
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader reading floats as YAML 1.2 does: 1e-4, 2e-4 and 1.0e30 are numbers, not strings."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str) -> Any:
+    """YAML text -> Python values, with scientific-notation floats (config files and `--set` values alike)."""
+    return yaml.load(text, Loader=_YamlLoader)
 
 
 def load_config(path: str | Path) -> TrainConfig:
@@ -636,13 +662,15 @@ def load_config(path: str | Path) -> TrainConfig:
     if not path.is_file():
         raise ConfigError(f"config: file '{path}' does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config: '{path}' is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"config: '{path}' is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
-    if data is None:
-        data = {}
+    if data is None:  # an empty file is a mistake (a wrong path, an unsaved editor), not "train the defaults"
+        raise ConfigError(f"config: '{path}' is empty; write at least 'profile: smoke|cpu|gpu' or some fields")
     if not isinstance(data, dict):
         raise ConfigError(f"config: '{path}' must be a mapping of fields, got {type(data).__name__}")
     profile = data.pop("profile", "cpu")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -362,16 +363,34 @@ def load_policy(name_or_path: str = "embedded", backend: str = "auto", lora: Lor
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     source = _resolve_source(name_or_path)
     t0 = time.perf_counter()
-    if resolved == "unsloth":
-        model, tokenizer = _load_unsloth(source, lora, dtype, device, seed, options)
-    else:
-        model, tokenizer = _load_hf(source, lora, dtype, device, seed, options)
+    try:
+        if resolved == "unsloth":
+            model, tokenizer = _load_unsloth(source, lora, dtype, device, seed, options)
+        else:
+            model, tokenizer = _load_hf(source, lora, dtype, device, seed, options)
+    except OSError as err:  # transformers / huggingface_hub: not found, offline, no connection (many lines)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"model.name: cannot load {name_or_path!r} ({first}); use 'embedded', 'tiny', a local "
+                         "model folder, or a hub id that is cached or reachable") from None
     model.config.use_cache = True  # KV cache for generate() (unsloth turns it off for training)
     model.eval()  # dropout off, as from_pretrained leaves it; the trainer calls .train() around its updates
     policy = Policy(model=model, tokenizer=tokenizer, backend=resolved, name=name_or_path, device=device)
     logger.info("loaded %s (%s, %s, %s) in %.1f s: %d params, %d trainable", name_or_path, resolved, dtype,
                 device, time.perf_counter() - t0, policy.num_parameters(), policy.num_parameters(True))
     return policy
+
+
+def adapter_lora_config(path) -> LoraConfig:
+    """The LoRA shape (r, alpha, dropout, target modules) a saved adapter folder was trained with."""
+    file = Path(path) / "adapter_config.json"
+    try:
+        saved = json.loads(file.read_text(encoding="utf-8"))
+        targets = saved["target_modules"]
+        return LoraConfig(r=int(saved["r"]), alpha=saved["lora_alpha"], dropout=float(saved.get("lora_dropout", 0.0)),
+                          target_modules=tuple(sorted(targets)) if not isinstance(targets, str) else (targets,))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"adapter path: '{file}' is not a readable PEFT LoRA config ({type(err).__name__}: "
+                         f"{err}); use a run's final/ or a checkpoint's adapter/") from None
 
 
 def tiny_policy(seed: int = 0, lora: LoraConfig | None = LoraConfig(r=4, alpha=8)) -> Policy:

@@ -8,9 +8,11 @@ Layout of one run folder:
     final/               the final adapter
     eval.json            a JSON list of evaluation records (dicts), one per evaluation
     DONE                 written when training finished
+    .lock                held (fcntl.flock) by the one process writing the folder; holds its pid and host
 
 Appends flush + fsync; readers ignore a torn final line (a kill mid-write); `truncate_after(step)` rewrites the
-logs atomically so a resumed run has neither duplicated nor missing rows.
+logs atomically so a resumed run has neither duplicated nor missing rows. config.json records the keys its hash
+left out (hash_exclude), so `check_identity()` can tell a hand-edited, truncated or deleted config.json.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import importlib.metadata
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,9 +37,19 @@ import pandas as pd
 DEFAULT_EXCLUDE: tuple[str, ...] = ("runs_dir", "notes", "save_every", "log_every")
 # provenance keys that RunDir adds to config.json next to the config itself
 META_KEYS: tuple[str, ...] = ("package_version", "git_commit", "created", "python", "torch", "transformers",
-                              "run_name", "run_hash")
+                              "run_name", "run_hash", "hash_exclude")
 COMPLETE = "COMPLETE"
 DONE = "DONE"
+LOCK = ".lock"
+DAMAGED = ".damaged"  # suffix of a checkpoint folder set aside because it does not load
+
+
+class RunFolderError(ValueError):
+    """A run folder (or the runs folder) cannot be used as it is. One line naming the file and what to do."""
+
+
+class RunLockedError(RuntimeError):
+    """Another live process is writing this run folder."""
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -260,22 +274,33 @@ class RunDir:
         name defaults to config["name"], else config["method"], else "run".
         """
         cfg = _as_dict(config)
+        run = cls.locate(cfg, name, runs_dir, exclude)
+        if run.config_path.exists():
+            run.check_identity()  # resume or reload only what this config wrote
+            return run
+        if run.has_outputs():  # never silently recreate a lost config.json next to results it did not describe
+            raise RunFolderError(f"{run.config_path}: missing, but the folder holds results; restore config.json "
+                                 "or delete the folder to train again")
+        _make_dir(run.path)
+        record = json.loads(json.dumps(cfg, default=_json_default))  # complete config, JSON-normalized
+        record.update(provenance())
+        record["run_name"] = run.path.name
+        record["run_hash"] = run.hash
+        record["hash_exclude"] = sorted(set(exclude))  # what check_identity needs to recompute the hash
+        _atomic_write_text(run.config_path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        return run
+
+    @classmethod
+    def locate(cls, config: Any, name: str | None = None, runs_dir: str | os.PathLike | None = None,
+               exclude: Iterable[str] = DEFAULT_EXCLUDE) -> "RunDir":
+        """The folder `create` would use for `config`; writes nothing."""
+        cfg = _as_dict(config)
         clash = [k for k in META_KEYS if k in cfg]
         if clash:
             raise ValueError(f"config: keys {clash} are reserved for run provenance; rename them")
         if name is None:
             name = cfg.get("name") or cfg.get("method") or "run"
-        h = config_hash(cfg, exclude)
-        root = Path(runs_dir) if runs_dir is not None else default_runs_dir()
-        run = cls(root / f"{_safe_name(name)}-{h}")
-        run.path.mkdir(parents=True, exist_ok=True)
-        if not run.config_path.exists():
-            record = json.loads(json.dumps(cfg, default=_json_default))  # complete config, JSON-normalized
-            record.update(provenance())
-            record["run_name"] = run.path.name
-            record["run_hash"] = h
-            _atomic_write_text(run.config_path, json.dumps(record, indent=2, sort_keys=True) + "\n")
-        return run
+        return cls(_root(runs_dir) / f"{_safe_name(name)}-{config_hash(cfg, exclude)}")
 
     # paths
     @property
@@ -311,6 +336,34 @@ class RunDir:
     def record(self) -> dict:
         """config.json as written: the config plus provenance keys."""
         return json.loads(self.config_path.read_text(encoding="utf-8"))
+
+    def check_identity(self) -> dict:
+        """config.json, verified against the folder's hash; RunFolderError (naming the file) when it is missing,
+        not JSON, or describes another config than the one the folder was made for (edited by hand)."""
+        path = self.config_path
+        fix = f"restore it or delete {self.path} to train again"
+        if not path.is_file():
+            raise RunFolderError(f"{path}: missing; {fix}")
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise RunFolderError(f"{path}: unreadable ({_first_line(err)}); {fix}") from None
+        if not isinstance(record, dict):
+            raise RunFolderError(f"{path}: must hold a JSON object, got {type(record).__name__}; {fix}")
+        cfg = {k: v for k, v in record.items() if k not in META_KEYS}
+        excludes = [record["hash_exclude"]] if isinstance(record.get("hash_exclude"), list) else _legacy_excludes(cfg)
+        if not any(config_hash(cfg, exclude) == self.hash for exclude in excludes):
+            raise RunFolderError(f"{path}: does not match the folder's hash {self.hash} (edited by hand?); {fix}")
+        return record
+
+    def has_outputs(self) -> bool:
+        """Anything a run writes besides config.json (metrics, samples, checkpoints, final/, eval, DONE)."""
+        return any(p.exists() for p in (self.metrics_path, self.samples_path, self.checkpoints_dir, self.final_dir,
+                                        self.eval_path, self.done_path))
+
+    def lock(self) -> "RunLock":
+        """`with run.lock(): ...` makes this process the folder's only writer (RunLockedError otherwise)."""
+        return RunLock(self.path)
 
     @property
     def config(self) -> dict:
@@ -389,6 +442,17 @@ class RunDir:
         ckpts = self.checkpoints()
         return ckpts[-1] if ckpts else None
 
+    @staticmethod
+    def set_aside(checkpoint: str | os.PathLike) -> Path:
+        """Rename a checkpoint that does not load to step-N.damaged[-k] (kept for a post-mortem, no longer listed)."""
+        checkpoint = Path(checkpoint)
+        target, k = checkpoint.with_name(checkpoint.name + DAMAGED), 1
+        while target.exists():
+            target, k = checkpoint.with_name(f"{checkpoint.name}{DAMAGED}-{k}"), k + 1
+        os.replace(checkpoint, target)
+        _fsync_dir(checkpoint.parent)
+        return target
+
     # eval + done
     def write_eval(self, records: Mapping | list[Mapping]) -> None:
         """Replace eval.json with `records` (one dict or a list of dicts), atomically."""
@@ -416,6 +480,81 @@ class RunDir:
 
     def is_finished(self) -> bool:
         return self.done_path.is_file()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _make_dir(path: Path) -> None:
+    """mkdir -p, failing with one line naming the folder (read-only runs folder, SCPO_LAB_RUNS naming a file)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunFolderError(f"runs_dir: cannot create '{path}' ({err.strerror or _first_line(err)}); set runs_dir "
+                             "or SCPO_LAB_RUNS to a writable folder") from None
+
+
+def _legacy_excludes(cfg: dict) -> Iterable[tuple[str, ...]]:
+    """Folders written before config.json recorded hash_exclude: the plain exclusions, then the trainer's (sections
+    added later are left out of the hash while at their defaults; see config.LATE_SECTIONS)."""
+    yield DEFAULT_EXCLUDE
+    try:
+        from scpo_lab.config import from_dict
+
+        yield DEFAULT_EXCLUDE + from_dict({k: v for k, v in cfg.items() if k != "processes"}).hash_exclude()
+    except Exception:  # not a TrainConfig (any dict can make a run folder): no other rule to try
+        return
+
+
+class RunLock:
+    """An exclusive lock on one run folder: fcntl.flock on <run>/.lock, which names the holder (pid, host, since).
+    The kernel drops a flock when its process ends however it ends (SIGKILL included), so a crashed writer
+    leaves no stale lock: the next process simply takes it. The file itself stays (removing it would let two
+    processes lock two different files)."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        _make_dir(self.folder)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise RunFolderError(f"runs_dir: cannot write '{self.path}' ({err.strerror or _first_line(err)}); set "
+                                 "runs_dir or SCPO_LAB_RUNS to a writable folder") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: by another process, or by another train() of this very process
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise RunLockedError(f"run folder '{self.folder}' is being written by {holder}; wait for it to finish "
+                                 "(a rerun then loads the finished run) or stop that process") from None
+        os.ftruncate(fd, 0)
+        started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {started}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import fcntl
+
+            os.ftruncate(self._fd, 0)  # no holder named once released
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 # --- finding and loading runs ------------------------------------------------------------------------------
@@ -473,12 +612,22 @@ def _matches(flat: Mapping, where: Mapping | None) -> bool:
 
 
 def _selected(runs_dir, names, where) -> list[tuple[RunDir, dict]]:
+    """(run, flattened config.json) of the selected runs; a folder whose config.json fails check_identity is
+    skipped with a warning naming the file (one bad folder must not hide, or mislabel, the others)."""
     names = [names] if isinstance(names, str) else names
+    root = _root(runs_dir)
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     out = []
-    for run in list_runs(runs_dir):
+    for run in (RunDir(p) for p in folders):
         if names is not None and run.name not in names and run.name.rsplit("-", 1)[0] not in names:
             continue
-        flat = flatten(run.record())
+        if not run.config_path.is_file() and not run.has_outputs():
+            continue  # not a run folder
+        try:
+            flat = flatten(run.check_identity())
+        except RunFolderError as err:
+            warnings.warn(f"skipping run folder {run.name}: {err}", stacklevel=3)
+            continue
         if _matches(flat, where):
             out.append((run, flat))
     return out
@@ -492,7 +641,7 @@ def _frame(rows: list[dict], run: RunDir, flat: Mapping) -> pd.DataFrame:
     df["run_hash"] = run.hash
     df["finished"] = run.is_finished()
     for k, v in flat.items():
-        if k in ("run_name", "run_hash"):  # already the "run" and "run_hash" columns
+        if k in ("run_name", "run_hash") or k.startswith("hash_exclude"):  # "run", "run_hash" columns; bookkeeping
             continue
         col = k if k not in df.columns else f"config.{k}"
         df[col] = [v] * n if isinstance(v, tuple) else v

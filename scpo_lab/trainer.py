@@ -15,10 +15,12 @@ checkpoint replays the same problems and draws, and its metrics.jsonl has no dup
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -93,9 +95,17 @@ class Run:
         return policy
 
 
+class RunWriteError(RuntimeError):
+    """A write into the run folder failed (a full disk, lost permissions); the last complete checkpoint is intact."""
+
+
 def train(config: TrainConfig, policy=None, *, progress: bool = True, runs_dir: str | None = None) -> Run:
     """Train `config` in its run folder, or load it if that folder already finished; resumes a killed run.
-    Under `accelerate launch --num_processes N` (or torchrun) the N processes share each step (distributed.py)."""
+    Under `accelerate launch --num_processes N` (or torchrun) the N processes share each step (distributed.py).
+    One process writes a run folder at a time (RunDir.lock; rank 0 under several processes)."""
+    if not isinstance(config, TrainConfig):  # e.g. a dict: say how to build one instead of an AttributeError
+        raise ConfigError(f"config: train() takes a TrainConfig, got {type(config).__name__}; build one with "
+                          "make_config(profile, **fields) or load_config(path)")
     config.validate()
     world = distributed.world()
     distributed.check_config(config, world.size)
@@ -103,60 +113,168 @@ def train(config: TrainConfig, policy=None, *, progress: bool = True, runs_dir: 
     train_problems = _training_problems(task, config)
     if not train_problems:
         raise ConfigError(f"task.name: {config.task.name!r} yielded no training problems; check its data or options")
-    record = config.to_dict() | ({"processes": world.size} if world.enabled else {})  # its own run folder
-    create = dict(name=config.method, runs_dir=runs_dir or config.runs_dir,
-                  exclude=DEFAULT_EXCLUDE + config.hash_exclude())
-    if world.is_main:
-        run = RunDir.create(record, **create)
-    world.barrier()  # rank 0 has written config.json; the others open the same folder
-    if not world.is_main:
-        run = RunDir.create(record, **create)
-    if run.is_finished():
+    record, create = _folder_args(config, runs_dir, world)
+    if RunDir.locate(record, **create).is_finished():  # reading a finished run needs no model and no lock
+        run = RunDir.create(record, **create)  # checks its config.json
         log.info("run %s already finished: loading it", run.path.name)
         return Run(config, run)
-    policy = policy or policy_for(config)
+    policy = policy or policy_for(config)  # before the folder exists: a model that cannot load leaves nothing
+    with _writer(RunDir.locate(record, **create), world):
+        if world.is_main:
+            run = RunDir.create(record, **create)
+        world.barrier()  # rank 0 has written config.json; the others open the same folder
+        if not world.is_main:
+            run = RunDir.create(record, **create)
+        if run.is_finished():  # another process finished it while this one loaded its model
+            log.info("run %s already finished: loading it", run.path.name)
+            return Run(config, run)
+        _train_in(run, config, policy, task, train_problems, world, progress)
+    return Run(config, run)
+
+
+def _folder_args(config: TrainConfig, runs_dir, world: distributed.World) -> tuple[dict, dict]:
+    """(the record config.json holds, RunDir.create's keyword arguments) of `config`'s run folder."""
+    record = config.to_dict() | ({"processes": world.size} if world.enabled else {})  # its own run folder
+    return record, dict(name=config.method, runs_dir=runs_dir or config.runs_dir,
+                        exclude=DEFAULT_EXCLUDE + config.hash_exclude())
+
+
+def run_dir_of(config: TrainConfig, runs_dir: str | None = None) -> RunDir:
+    """The run folder `train(config)` uses in this process (it may not exist yet)."""
+    record, create = _folder_args(config, runs_dir, distributed.world())
+    return RunDir.locate(record, **create)
+
+
+def _writer(run: RunDir, world: distributed.World):
+    """The run folder's lock, held by the process that writes it (rank 0); the other ranks only read."""
+    return run.lock() if world.is_main else contextlib.nullcontext()
+
+
+def _train_in(run: RunDir, config: TrainConfig, policy, task, train_problems, world, progress: bool) -> None:
+    """Resume from the newest checkpoint that loads, train the remaining steps, write final/ and DONE."""
     model = policy.model
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     critic = make_critic(config.method, config, policy.tokenizer)
 
-    start_step, state = 0, {"generated_tokens": 0, "flops": 0.0}
-    latest = run.latest_checkpoint()
-    if latest is not None:
-        start_step, ckpt = latest
-        policy.load_adapter(ckpt / "adapter")
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-        state = json.loads((ckpt / "trainer_state.json").read_text())
-        if critic is not None and (ckpt / "critic.pt").is_file():
-            critic.load_state_dict(torch.load(ckpt / "critic.pt", weights_only=True))
+    start_step, state, damaged = _resume(run, policy, optimizer, critic, set_aside=world.is_main)
+    if start_step:
         log.info("resuming %s from step %d", run.path.name, start_step)
-    elif config.steps > 0:
-        policy.reset_adapter(seed=config.seed)  # a fresh run starts from the same LoRA init whatever ran before
+    else:
+        if damaged:  # a checkpoint that failed halfway may have loaded part of its state: start clean
+            optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+            critic = make_critic(config.method, config, policy.tokenizer)
+        if config.steps > 0:
+            policy.reset_adapter(seed=config.seed)  # a fresh run starts from the same LoRA init whatever ran before
     if world.is_main:
         run.truncate_after(start_step)  # rows written after the checkpoint are replayed, never duplicated
 
     n_params = parameter_count(model)
     bar = _progress(range(start_step + 1, config.steps + 1), progress and world.is_main, config.method,
                     total=config.steps, initial=start_step)
-    for step in bar:
-        row = training_step(config, policy, task, train_problems, optimizer, params, critic, step, state, n_params,
-                            run, world)
-        if world.is_main:
-            run.append_metrics(row)
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(reward=f"{row['reward']:.2f}", zero_std=f"{row['frac_reward_zero_std']:.2f}")
-        if step % config.save_every == 0 or step == config.steps:
+    last_good, step = start_step, start_step
+    try:
+        for step in bar:
+            row = training_step(config, policy, task, train_problems, optimizer, params, critic, step, state,
+                                n_params, run, world)
+            _check_finite(policy, critic)  # before its row, checkpoint or final/: nothing non-finite is kept
             if world.is_main:
-                _save_checkpoint(run, policy, optimizer, step, state, critic)
-            world.barrier()
-    world.check_in_sync(params)
-    if world.is_main:
-        policy.save_adapter(run.path / "final")
-        if critic is not None and critic.state_dict():
-            torch.save(critic.state_dict(), run.path / "final" / "critic.pt")  # heads and critics live with it
-        run.mark_done()
+                run.append_metrics(row)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(reward=f"{row['reward']:.2f}", zero_std=f"{row['frac_reward_zero_std']:.2f}")
+            if step % config.save_every == 0 or step == config.steps:
+                if world.is_main:
+                    _save_checkpoint(run, policy, optimizer, step, state, critic)
+                world.barrier()
+                last_good = step
+        world.check_in_sync(params)
+        if world.is_main:
+            _save_final(run, policy, critic)
+            run.mark_done()
+    except FloatingPointError as err:
+        raise FloatingPointError(f"run {run.path}: step {step}: {err}; nothing of this step was saved and "
+                                 f"{_kept(last_good)}") from None
+    except OSError as err:  # a full disk, a folder made read-only: one line, and what is already saved stays
+        what = f"could not write '{err.filename}'" if err.filename else "a write failed"
+        raise RunWriteError(f"run {run.path}: {what} ({err.strerror or err}); free space or fix the folder, then "
+                            f"rerun the same command: {_kept(last_good)}") from None
     world.barrier()
-    return Run(config, run)
+
+
+def _kept(step: int) -> str:
+    return (f"the checkpoint of step {step} is the last good one (a rerun resumes from it)" if step
+            else "no checkpoint was written (a rerun starts from step 0)")
+
+
+def _resume(run: RunDir, policy, optimizer, critic, set_aside: bool = True) -> tuple[int, dict, int]:
+    """(step, trainer state, number of damaged checkpoints) of the newest checkpoint that loads, (0, fresh, n)
+    if none does. A COMPLETE checkpoint can still be damaged (a deleted or truncated file, a disk error): it is
+    renamed step-N.damaged with a warning naming the file, and the one before it is tried."""
+    damaged = 0
+    for step, ckpt in reversed(run.checkpoints()):
+        try:
+            return step, _load_checkpoint(ckpt, step, policy, optimizer, critic), damaged
+        except Exception as err:  # any failure to read it makes it unusable: safetensors, pickle, JSON, missing
+            damaged += 1
+            where = getattr(err, "filename", None) or ckpt
+            message = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            aside = RunDir.set_aside(ckpt).name if set_aside else "left for rank 0"
+            log.warning("checkpoint %s does not load (%s: %s); set aside as %s, trying the one before", ckpt,
+                        where, message, aside)
+    return 0, {"generated_tokens": 0, "flops": 0.0}, damaged
+
+
+def _load_checkpoint(ckpt: Path, step: int, policy, optimizer, critic) -> dict:
+    """Restore adapter, optimizer and critic from `ckpt`; its trainer state. Every file is read before any is
+    applied, so a damaged file leaves the policy and optimizer as they were."""
+    from safetensors.torch import load_file
+
+    for name in ("adapter/adapter_model.safetensors", "optimizer.pt", "trainer_state.json"):
+        if not (ckpt / name).is_file():
+            raise FileNotFoundError(2, "missing", str(ckpt / name))
+    load_file(str(ckpt / "adapter" / "adapter_model.safetensors"))  # a truncated file fails here, before loading
+    optimizer_state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    if not isinstance(state, dict) or state.get("step") != step:
+        raise ValueError(f"{ckpt / 'trainer_state.json'}: not the state of step {step}")
+    if state.pop("has_critic", False) and not (ckpt / "critic.pt").is_file():  # older checkpoints lack the key
+        raise FileNotFoundError(2, "missing", str(ckpt / "critic.pt"))
+    critic_state = None
+    if critic is not None and (ckpt / "critic.pt").is_file():
+        critic_state = torch.load(ckpt / "critic.pt", weights_only=True)
+    policy.load_adapter(ckpt / "adapter")
+    optimizer.load_state_dict(optimizer_state)
+    if critic_state is not None:
+        critic.load_state_dict(critic_state)
+    return state
+
+
+def _non_finite(obj) -> bool:
+    """True if any tensor or float in a (nested) state dict is inf or nan."""
+    if isinstance(obj, torch.Tensor):
+        return obj.is_floating_point() and not bool(torch.isfinite(obj).all())
+    if isinstance(obj, float):
+        return not math.isfinite(obj)
+    if isinstance(obj, dict):
+        return any(_non_finite(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_non_finite(v) for v in obj)
+    return False
+
+
+def _check_finite(policy, critic) -> None:
+    """Stop at weights with inf or nan: a checkpoint or final/ must be a good state to resume or evaluate."""
+    lora = [p for p in policy.model.parameters() if p.requires_grad]
+    if _non_finite(lora):
+        raise FloatingPointError("the LoRA weights are not finite (lower learning_rate)")
+    if critic is not None and _non_finite(critic.state_dict()):
+        raise FloatingPointError("the critic's state is not finite (lower value.lr or the critic's weight)")
+
+
+def _save_final(run: RunDir, policy, critic) -> None:
+    policy.save_adapter(run.path / "final")
+    if critic is not None and critic.state_dict():
+        torch.save(critic.state_dict(), run.path / "final" / "critic.pt")  # heads and critics live with it
 
 
 def _training_problems(task, config: TrainConfig):
@@ -212,8 +330,8 @@ def training_step(config, policy, task, train_problems, optimizer, params, criti
         times["teacher"] = time.perf_counter() - t0
 
     if not torch.isfinite(advantages).all():  # stop before the update: the last checkpoint stays the good one
-        raise FloatingPointError(f"advantages at step {step} are not finite ({config.method}); the run stops and "
-                                 "its last checkpoint is kept — lower learning_rate or the critic's weight")
+        raise FloatingPointError(f"the advantages are not finite ({config.method}); lower learning_rate or the "
+                                 "critic's weight")
 
     # 4. update (a critic in warm-up keeps the actor still), then the critic's own update
     t0 = time.perf_counter()
@@ -313,8 +431,10 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
         world.sum_gradients(params)  # several processes: the whole batch's gradient on every process
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         if not torch.isfinite(grad_norm):
-            raise FloatingPointError("gradient norm is not finite; the last checkpoint is kept — lower learning_rate")
+            raise FloatingPointError("gradient norm is not finite (lower learning_rate)")
         optimizer.step()
+        if _non_finite(params):  # a finite gradient can still overflow the weights (a huge learning rate)
+            raise FloatingPointError("the LoRA weights are not finite after the update (lower learning_rate)")
         grad_norms.append(float(grad_norm))
     n = config.num_iterations
     return {"loss": sums["loss"] / n, "kl": sums["kl"] / n if config.beta > 0 else float("nan"),
@@ -352,10 +472,15 @@ def _sample_rows(step, batch: RolloutBatch, rewards, tokenizer=None, advantages=
 
 def _save_checkpoint(run: RunDir, policy, optimizer, step: int, state: dict, critic=None) -> None:
     path = run.checkpoint_dir(step)
-    path.mkdir(parents=True, exist_ok=True)
-    policy.save_adapter(path / "adapter")
-    torch.save(optimizer.state_dict(), path / "optimizer.pt")
-    if critic is not None and critic.state_dict():
-        torch.save(critic.state_dict(), path / "critic.pt")  # e.g. sdpo's EMA teacher
-    (path / "trainer_state.json").write_text(json.dumps({**state, "step": step}))
-    run.mark_complete(path)  # written last: a checkpoint without it is ignored on resume
+    try:
+        policy.save_adapter(path / "adapter")
+        torch.save(optimizer.state_dict(), path / "optimizer.pt")
+        has_critic = bool(critic is not None and critic.state_dict())
+        if has_critic:
+            torch.save(critic.state_dict(), path / "critic.pt")  # e.g. sdpo's EMA teacher
+        # has_critic: so that a deleted critic.pt is a damaged checkpoint, not a silently fresh critic
+        (path / "trainer_state.json").write_text(json.dumps({**state, "step": step, "has_critic": has_critic}))
+        run.mark_complete(path)  # written last: a checkpoint without it is ignored on resume
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)  # a half-written checkpoint only takes space (a full disk)
+        raise

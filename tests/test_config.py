@@ -125,3 +125,75 @@ def test_cli_train_from_yaml_then_loads_the_finished_run(tmp_path, capsys):
     assert "run folder:" in first and "pass@1" in first
     assert main(["train", "--config", str(cfg), "--no-progress", "--set", "save_every=5"]) == 0  # same hash
     assert capsys.readouterr().out.splitlines()[0] == first.splitlines()[0]
+
+
+# --- issue 22: options never dropped, numbers in scientific notation, nothing non-finite, empty or non-UTF-8 files
+
+LCB_UPSTREAM = {"task.name": "livecodebench", "task.options.source": "upstream",
+                "task.options.path": "/data/test6.jsonl"}
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu"])
+def test_dotted_task_options_are_kept_when_the_task_changes(profile):
+    cfg = make_config(profile, **LCB_UPSTREAM)
+    assert cfg.task.name == "livecodebench"
+    assert cfg.task.options == {"source": "upstream", "path": "/data/test6.jsonl"}  # not the profile's, not {}
+
+
+def test_cli_set_passes_dotted_task_options_through(tmp_path, monkeypatch):
+    import scpo_lab.trainer as trainer_module
+
+    seen = {}
+
+    def stops(config, **kwargs):  # the config the CLI built, without training it
+        seen["config"] = config
+        raise RuntimeError("stopped")
+
+    monkeypatch.setattr(trainer_module, "train", stops)
+    main(["train", "--profile", "smoke", "--set", *(f"{k}={v}" for k, v in LCB_UPSTREAM.items())])
+    assert seen["config"].task.options == {"source": "upstream", "path": "/data/test6.jsonl"}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("profile: smoke\n")
+    main(["train", "--config", str(cfg), "--set", *(f"{k}={v}" for k, v in LCB_UPSTREAM.items())])
+    assert seen["config"].task.options == {"source": "upstream", "path": "/data/test6.jsonl"}
+
+
+def test_an_unknown_dotted_task_option_is_refused_by_name():
+    with pytest.raises(ConfigError, match=r"^task.options.sorce: unknown option for livecodebench; allowed: source, "
+                                          "path"):
+        make_config("smoke", **{"task.name": "livecodebench", "task.options.sorce": "upstream"})
+
+
+def test_scientific_notation_is_a_number_in_yaml_and_set(tmp_path):
+    from scpo_lab.cli import _parse_overrides
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("profile: smoke\nlearning_rate: 1e-4\nvalue:\n  lr: 1.0e30\n")
+    loaded = load_config(cfg)
+    assert loaded.learning_rate == 1e-4 and loaded.value.lr == 1e30
+    overrides = _parse_overrides(["learning_rate=2e-4", "scpo.probe_lr=5E-3", "seed=3", "notes=1e-4x"])
+    assert overrides == {"learning_rate": 2e-4, "scpo.probe_lr": 5e-3, "seed": 3, "notes": "1e-4x"}
+    assert make_config("smoke", **overrides).learning_rate == 2e-4
+
+
+@pytest.mark.parametrize("field, value", [("learning_rate", float("inf")), ("temperature", float("inf")),
+                                          ("learning_rate", float("nan")), ("value.lr", float("inf")),
+                                          ("scpo.weight", float("inf")), ("max_grad_norm", float("nan")),
+                                          ("judge.temperature", float("-inf"))])
+def test_non_finite_numbers_are_refused_at_the_config(field, value):
+    with pytest.raises(ConfigError, match=f"^{field}: got {value!r}; must be a finite number"):
+        make_config("smoke", **{field: value})
+
+
+def test_an_empty_or_non_utf8_config_file_is_an_error_naming_it(tmp_path, capsys):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match=r"^config: '.*empty.yaml' is empty"):
+        load_config(empty)
+    assert main(["train", "--config", str(empty)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "empty.yaml' is empty" in err
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("profile: smoke\nnotes: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"^config: '.*latin.yaml' is not UTF-8 text"):
+        load_config(latin)

@@ -226,3 +226,66 @@ def test_git_commit_is_dirty_for_code_changes_not_for_regenerated_reports(tmp_pa
     assert git_commit(tmp_path) == head
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_commit(tmp_path) == head + "-dirty"
+
+
+# --- issue 22: a run folder's identity, its one writer --------------------------------------------------------
+
+def _two_runs(tmp_path):
+    good = RunDir.create(CFG, runs_dir=tmp_path)
+    other = RunDir.create({**CFG, "seed": 7}, runs_dir=tmp_path)
+    for run in (good, other):
+        run.append_metrics({"step": 1, "reward": 0.5})
+    return good, other
+
+
+@pytest.mark.parametrize("damage", ["edited", "truncated", "deleted", "not an object"])
+def test_a_damaged_config_json_is_named_and_load_runs_skips_it(tmp_path, damage):
+    good, other = _two_runs(tmp_path)
+    text = other.config_path.read_text()
+    if damage == "edited":
+        other.config_path.write_text(text.replace('"method": "grpo"', '"method": "scpo"'))
+    elif damage == "truncated":
+        other.config_path.write_text(text[:40])
+    elif damage == "deleted":
+        other.config_path.unlink()
+    else:
+        other.config_path.write_text("[1, 2]")
+    with pytest.raises(runs.RunFolderError) as err:
+        other.check_identity()
+    assert str(other.config_path) in str(err.value) and "\n" not in str(err.value)
+    with pytest.warns(UserWarning, match=f"skipping run folder {other.name}: .*config.json"):
+        df = load_runs(tmp_path)
+    assert set(df["run"]) == {good.name} and set(df["method"]) == {"grpo"}
+    with pytest.warns(UserWarning):
+        assert len(load_eval(tmp_path)) == 0
+    with pytest.raises(runs.RunFolderError):  # resuming it would train under a config the file does not say
+        RunDir.create({**CFG, "seed": 7}, runs_dir=tmp_path)
+    assert good.check_identity()["seed"] == 0
+
+
+def test_an_edited_seed_is_not_resumed_under_another_config(tmp_path):
+    _, other = _two_runs(tmp_path)
+    record = other.record()
+    record["seed"] = 8
+    other.config_path.write_text(json.dumps(record))
+    with pytest.raises(runs.RunFolderError, match="does not match the folder's hash"):
+        RunDir.create({**CFG, "seed": 7}, runs_dir=tmp_path)
+
+
+def test_folders_without_hash_exclude_still_verify(tmp_path):
+    run = RunDir.create(CFG, runs_dir=tmp_path, exclude=runs.DEFAULT_EXCLUDE)
+    record = run.record()
+    del record["hash_exclude"]  # as the code before this check wrote config.json
+    run.config_path.write_text(json.dumps(record, indent=2, sort_keys=True))
+    assert run.check_identity()["method"] == "grpo"
+    assert RunDir.create(CFG, runs_dir=tmp_path) == run
+    assert "hash_exclude" not in load_runs(tmp_path).columns
+
+
+def test_one_writer_per_run_folder_in_one_process(tmp_path):
+    run = RunDir.create(CFG, runs_dir=tmp_path)
+    with run.lock():
+        with pytest.raises(runs.RunLockedError, match=f"is being written by pid {__import__('os').getpid()} on "):
+            run.lock().acquire()  # another train() of the same kernel: refused too
+    with run.lock():  # released on exit
+        pass

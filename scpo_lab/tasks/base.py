@@ -4,7 +4,7 @@ import abc
 import random
 from dataclasses import dataclass, field
 
-from scpo_lab.tasks.answers import answers_match, extract_final_answer
+from scpo_lab.tasks.answers import answers_match, canonical_number, extract_final_answer
 
 SPLITS = ("train", "test")
 
@@ -58,8 +58,11 @@ def check_count(n, field_name: str = "n") -> None:
 
 def verify_final_answer(problem: Problem, completion: str) -> Verdict:
     """Binary reward for numeric tasks: the completion's final answer (answers.py) against problem.answer."""
-    extracted = extract_final_answer(completion)
     expected = problem.answer
+    if not isinstance(expected, str) or canonical_number(expected) is None:  # else every completion silently fails
+        raise ValueError(f"answer: problem {problem.id!r} has answer {expected!r}; numeric tasks need a number as a "
+                         "string, e.g. '42', '-3', '0.5'")
+    extracted = extract_final_answer(completion)
     if extracted is None:
         feedback = f"The expected answer is {expected}. No final answer was found in your response."
         return Verdict(0.0, False, feedback, None)

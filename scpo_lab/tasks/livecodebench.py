@@ -94,25 +94,57 @@ def load_upstream(path: str | Path, start_date: str | None = None, end_date: str
     rows = []
     for file in files:
         with open(file, encoding="utf-8") as f:
-            for line in f:
+            for number, line in enumerate(f, 1):
                 if not line.strip():
                     continue
-                row = json.loads(line)
-                day = str(row.get("contest_date", ""))[:10]
-                if (start_date and day < start_date) or (end_date and day >= end_date):
-                    continue
-                metadata = row.get("metadata") or "{}"
-                metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
-                public = row.get("public_test_cases") or "[]"
-                public = json.loads(public) if isinstance(public, str) else public
-                rows.append({"id": f"lcb-{row['question_id']}", "question": row["question_content"],
-                             "starter_code": row.get("starter_code") or "", "date": day,
-                             "platform": row.get("platform", ""), "difficulty": row.get("difficulty", ""),
-                             "func_name": metadata.get("func_name"),
-                             "public": check_tests(public, "public_test_cases"),
-                             # kept encoded: decoded, a release's private tests can take gigabytes
-                             "private": row.get("private_test_cases") or ""})
+                try:  # every problem names the file and line, so a bad row can be found and fixed
+                    row = _upstream_row(line, start_date, end_date)
+                except (ValueError, UnicodeDecodeError) as err:
+                    raise ValueError(f"task.path: {file}:{number}: {err}") from None
+                if row is not None:
+                    rows.append(row)
     return rows
+
+
+UPSTREAM_FIELDS = ("question_id", "question_content", "public_test_cases")
+
+
+def _upstream_row(line: str, start_date: str | None, end_date: str | None) -> dict | None:
+    """One line of an upstream .jsonl as a row; None when its contest_date is outside [start_date, end_date)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not valid JSON ({err.msg}, column {err.colno})") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"expected one JSON object per line with {', '.join(UPSTREAM_FIELDS)}, got "
+                         f"{type(row).__name__}")
+    missing = [name for name in UPSTREAM_FIELDS if name not in row]
+    if missing:
+        raise ValueError(f"missing field {missing[0]!r}; upstream rows need {', '.join(UPSTREAM_FIELDS)}")
+    day = str(row.get("contest_date", ""))[:10]
+    if (start_date and day < start_date) or (end_date and day >= end_date):
+        return None
+    metadata = _json_field(row, "metadata", "{}")
+    public = check_tests(_json_field(row, "public_test_cases", "[]"), "public_test_cases")
+    private = row.get("private_test_cases") or ""
+    if not public and not private:  # no test can fail: every program would be "Accepted"
+        raise ValueError(f"problem {row['question_id']!r} has no tests (public_test_cases and private_test_cases "
+                         "are empty)")
+    return {"id": f"lcb-{row['question_id']}", "question": str(row["question_content"]),
+            "starter_code": row.get("starter_code") or "", "date": day,
+            "platform": row.get("platform", ""), "difficulty": row.get("difficulty", ""),
+            "func_name": metadata.get("func_name") if isinstance(metadata, dict) else None,
+            "public": public,
+            # kept encoded: decoded, a release's private tests can take gigabytes
+            "private": private}
+
+
+def _json_field(row: dict, name: str, empty: str):
+    value = row.get(name) or empty
+    try:
+        return json.loads(value) if isinstance(value, str) else value
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{name}: not valid JSON ({err.msg})") from None
 
 
 def load_v5(split: str) -> list[dict]:
@@ -173,8 +205,13 @@ class LiveCodeBenchTask(Task):
         """The tests a verdict uses: half the public ones for training problems (feedback_tests="half"), else all."""
         meta = problem.meta
         if meta["split"] == "train" and self.feedback_tests == "half":
-            return meta["public"][:math.ceil(len(meta["public"]) / 2)]
-        return meta["public"] + decode_private_tests(meta["private"])
+            tests = meta["public"][:math.ceil(len(meta["public"]) / 2)]
+        else:
+            tests = meta["public"] + decode_private_tests(meta["private"])
+        if not tests:  # zero tests would pass every program ("Accepted: all 0 tests passed.")
+            raise ValueError(f"task: problem {problem.id} has no tests to verify with (feedback_tests="
+                             f"{self.feedback_tests!r}); use feedback_tests 'all' or a problem with public tests")
+        return tests
 
     def verify(self, problem: Problem, completion: str) -> Verdict:
         return self.verify_batch([problem], [completion])[0]
