@@ -205,10 +205,12 @@ def _forward_states(w: DecoderWeights, tokens: torch.Tensor, positions: torch.Te
         if i == record_layer:
             recorded = h
         qkv = layer.qkv(_rms_norm(h, layer.ln_attn, w.eps))
-        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
-        q = _rotate(q.view(b, s, w.n_heads, w.head_dim).transpose(1, 2), cos, sin).to(w.dtype)
-        cache_k[i][:, :, start:end] = _rotate(k.view(b, s, w.n_kv_heads, w.head_dim).transpose(1, 2), cos, sin)
-        cache_v[i][:, :, start:end] = v.view(b, s, w.n_kv_heads, w.head_dim).transpose(1, 2)
+        # q and k heads rotated together: one RoPE (six elementwise launches) per layer instead of two
+        qk = _rotate(qkv[..., :q_size + kv_size].view(b, s, w.n_heads + w.n_kv_heads, w.head_dim).transpose(1, 2),
+                     cos, sin)
+        q = qk[:, :w.n_heads].to(w.dtype)
+        cache_k[i][:, :, start:end] = qk[:, w.n_heads:]
+        cache_v[i][:, :, start:end] = qkv[..., q_size + kv_size:].view(b, s, w.n_kv_heads, w.head_dim).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, cache_k[i][:, :, :end], cache_v[i][:, :, :end], attn_mask=attn_mask,
                                              scale=w.scaling, enable_gqa=True)  # softmax(q k^T / sqrt(hd)) v
         h = h + layer.o(out.transpose(1, 2).reshape(b, s, q_size))
