@@ -109,18 +109,21 @@ def host_measurements(seconds: float = 3.0) -> dict:
     return out
 
 
-def host_line(seconds: float = 3.0) -> str:
+def host_line(seconds: float = 3.0, measurements: dict | None = None) -> str:
     """One line naming the host a benchmark ran on: CPU model, ISA, torch's kernel set, threads, and a short
     measurement of memory bandwidth and GEMM throughput (so a figure can be read against its machine)."""
     import torch
-    m = host_measurements(seconds)
+    m = measurements or host_measurements(seconds)
     return (f"host: {cpu_model()} | ISA {cpu_isa()} | torch {torch.__version__} kernels "
             f"{torch.backends.cpu.get_cpu_capability()} | threads {torch.get_num_threads()} of "
             f"{os.cpu_count()} cores | mem read {m['mem_read_gbs']:.1f} GB/s | GEMM 2048 fp32 "
             f"{m['gemm_fp32_gflops']:.0f} GFLOP/s, bf16 {m['gemm_bf16_gflops']:.0f} GFLOP/s")
 
 
-def print_host() -> None:
-    """The host line, then the load average: every benchmark's output begins with these."""
-    print(host_line(), flush=True)
+def print_host() -> dict:
+    """The host line, then the load average: every benchmark's output begins with these. Returns the host's
+    measurements (host_measurements), e.g. the bandwidth a memory floor is computed from."""
+    m = host_measurements()
+    print(host_line(measurements=m), flush=True)
     print_load()
+    return m

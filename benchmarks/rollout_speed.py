@@ -14,6 +14,9 @@ Two tables:
      engine with F.linear (USE_ONEDNN=False), the static engine (default), and static / HF generate.
   2. The RL shape: B/G prompts x G samples (G = --group-size). HF: num_return_sequences=G (each copy prefilled);
      ours: one prefill per prompt, cache copied G times.
+  3. The static engine in each precision (--precisions; default fp32,bf16 where the CPU has bf16 instructions):
+     tokens/s, ms per decode step, the weights' bytes one step reads and the floor they set at the host's
+     measured memory bandwidth (printed with the host line), and floor / measured.
 Each cell is the best of --repeats timed calls after one untimed warm-up call of the same shape (oneDNN builds
 its kernels for a new shape on the first call; the trainer pays that once per run).
 """
@@ -47,6 +50,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per cell (best is kept)")
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--profile", action="store_true", help="also profile decode steps at the first batch size")
+    parser.add_argument("--precisions", default=None,
+                        help="table 3's precisions (default: fp32,bf16 where the CPU has bf16 instructions, else fp32)")
+    parser.add_argument("--skip-hf", action="store_true", help="only table 3 (the static engine per precision)")
     args = parser.parse_args()
 
     import torch
@@ -56,7 +62,7 @@ def main() -> None:
     from scpo_lab.rollout import encode_prompts, generate
     from scpo_lab.tasks import get_task
 
-    print_host()
+    host = print_host()
     torch.manual_seed(0)
     policy = load_policy(args.model, backend="hf")
     with torch.no_grad():
@@ -93,6 +99,40 @@ def main() -> None:
             rates[label] = batch * T / seconds
         return rates
 
+    if not args.skip_hf:
+        _hf_tables(args, batches, T, G, row, hf_generate, ours)
+    from scpo_lab import precision
+
+    names = [p for p in (args.precisions or ("fp32,bf16" if precision.bf16_hardware() else "fp32")).split(",") if p]
+    _precision_table(names, batches, T, row, ours, model, host["mem_read_gbs"])
+    if args.profile:
+        for name in names:
+            with precision.activate(name):
+                _profile(model, tok, problems[:batches[0]], T, policy.device, name)
+
+
+def _precision_table(names, batches, T, row, ours, model, bandwidth_gbs: float) -> None:
+    """Table 3: the static engine in each precision, beside its memory floor (weights' bytes / bandwidth)."""
+    from scpo_lab import engine, precision
+
+    print(f"\n3. Static engine per precision, B distinct prompts, {T} new tokens; measured memory read "
+          f"{bandwidth_gbs:.1f} GB/s; floor = weights' bytes read per decode step / that bandwidth")
+    header = (f"{'batch':>6} | {'precision':>9} | {'tokens/s':>9} | {'ms/step':>8} | {'weights MB':>10} | "
+              f"{'floor ms':>8} | {'floor / measured':>16}")
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        with precision.activate(name):
+            weight_mb = engine.snapshot(model).weight_bytes / 1e6
+            floor_ms = weight_mb / 1e3 / bandwidth_gbs * 1e3
+            for b in batches:
+                rate = row(b, b, 1, [("static (default)", lambda i, m, r: ours(i, m, r, "static"))])["static (default)"]
+                ms = 1e3 * b / rate  # wall ms per generated token of a row = per decode step (prefill included)
+                print(f"{b:>6} | {name:>9} | {rate:9.1f} | {ms:8.1f} | {weight_mb:10.0f} | {floor_ms:8.1f} | "
+                      f"{floor_ms / ms:15.0%}")
+
+
+def _hf_tables(args, batches, T, G, row, hf_generate, ours) -> None:
     decode_variants = [("HF generate", hf_generate), ("ours, HF forward", lambda i, m, r: ours(i, m, r, "hf")),
                        ("static, F.linear", lambda i, m, r: ours(i, m, r, "static", onednn=False)),
                        ("static (default)", lambda i, m, r: ours(i, m, r, "static"))]
@@ -104,9 +144,6 @@ def main() -> None:
     print(f"\n2. RL shape: B/{G} prompts x {G} samples, {T} new tokens; tokens/s")
     _print_table(rl_rows, [v[0] for v in rl_variants])
 
-    if args.profile:
-        _profile(model, tok, problems[:batches[0]], T, policy.device)
-
 
 def _print_table(rows, labels) -> None:
     header = f"{'batch':>6} | " + " | ".join(f"{label:>17}" for label in labels) + " | static / HF generate"
@@ -117,7 +154,7 @@ def _print_table(rows, labels) -> None:
         print(f"{batch:>6} | {cells} | {rates['static (default)'] / rates['HF generate']:.2f}x")
 
 
-def _profile(model, tok, problems, T, device) -> None:
+def _profile(model, tok, problems, T, device, name: str = "fp32") -> None:
     """Self CPU time per operator over one static-engine call, per decode step."""
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -135,8 +172,8 @@ def _profile(model, tok, problems, T, device) -> None:
         call()
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
-    print(f"\n3. Where a decode step's time goes (static engine, batch {len(problems)}, {T} steps incl. prefill; "
-          "profiler overhead included)")
+    print(f"\n4. Where a decode step's time goes (static engine, {name}, batch {len(problems)}, {T} steps incl. "
+          "prefill; profiler overhead included)")
     print(f"{'operator':>45} | ms per step | share")
     for e in events[:12]:
         print(f"{e.key[:45]:>45} | {e.self_cpu_time_total / 1000 / T:11.2f} | {e.self_cpu_time_total / total:5.1%}")

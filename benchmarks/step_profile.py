@@ -48,11 +48,12 @@ METHODS = tuple(VARIANTS)
 PHASES = ("generation", "verification", "teacher", "update", "step")
 MARKER = "STEP_PROFILE_JSON "  # prefix of the one JSON line a child process prints for its parent
 TEACHER_TARGET = 0.25  # teacher seconds / grpo step seconds
+BF16_TARGET = 2.5  # grpo step seconds fp32 / bf16, on a host with AMX-BF16 (issue 20)
 RSS_TARGET_MIB = 4096.0  # < 4 GiB
 
 
 def _overrides(args) -> dict:
-    out = {"steps": args.steps, "seed": args.seed}
+    out = {"steps": args.steps, "seed": args.seed, "precision": args.precision}
     if args.model is not None:
         out["model.name"] = args.model
     if args.prompts is not None:
@@ -92,8 +93,14 @@ def profile_method(method: str, args, runs_dir: str) -> dict:
     measured, measured_tokens = rows[first:], tokens[first:]
     mean = {p: sum(r[f"time/{p}"] for r in measured) / len(measured) for p in PHASES}
     gen_time = sum(r["time/generation"] for r in measured)
+    from scpo_lab import precision
+
     return {
-        "method": method,
+        "method": method if args.precision == "fp32" else f"{method} [{args.precision}]",
+        "base_method": method,
+        "precision": precision.resolve(config.precision),
+        "first_pass_ratio_max": max(r.get("ratio/first_pass_max", float("nan")) for r in rows),
+        "first_pass_ratio_mean": sum(r.get("ratio/first_pass_mean", float("nan")) for r in rows) / len(rows),
         "model": config.model.name,
         "steps": config.steps,
         "measured_steps": len(measured),
@@ -114,9 +121,9 @@ def profile_method(method: str, args, runs_dir: str) -> dict:
     }
 
 
-def run_in_subprocess(method: str, args, runs_dir: str) -> dict | None:
+def run_in_subprocess(method: str, args, runs_dir: str, precision: str = "fp32") -> dict | None:
     """`--method NAME` in a fresh interpreter (its own peak RSS); its stderr passes through."""
-    cmd = ["--method", method, "--steps", str(args.steps),
+    cmd = ["--method", method, "--precision", precision, "--steps", str(args.steps),
            "--seed", str(args.seed), "--runs-dir", runs_dir]
     for flag, value in (("--model", args.model), ("--prompts", args.prompts), ("--group-size", args.group_size),
                         ("--max-new-tokens", args.max_new_tokens)):
@@ -134,10 +141,10 @@ def print_table(results: list[dict]) -> None:
               f"its total is in 'step 1 s')")
     else:
         print("only 1 step: it is the warm-up step and is reported as is (use --steps >= 2 to exclude it)")
-    grpo = next((r["seconds"] for r in results if r["method"] == "grpo"), None)
+    grpo = next((r["seconds"] for r in results if r.get("base_method", r["method"]) == "grpo"), None)
 
     def added(r):  # what the method adds to a GRPO step: its teacher pass, and the whole-step difference
-        if grpo is None or r["method"] == "grpo":
+        if grpo is None or r.get("base_method", r["method"]) == "grpo":
             return "-"
         teacher, whole = r["seconds"]["teacher"] / grpo["step"], r["seconds"]["step"] / grpo["step"] - 1
         return f"{100 * teacher:+.0f}% / {100 * whole:+.0f}%"
@@ -181,6 +188,18 @@ def print_targets(results: list[dict]) -> None:
     worst = max(results, key=lambda r: r["peak_rss_mib"])["method"]
     verdict = "MEETS" if peak < RSS_TARGET_MIB else "MISSES"
     print(f"peak RSS: {peak:.0f} MiB ({worst}) (target < {RSS_TARGET_MIB:.0f} MiB = 4 GiB): {verdict}")
+    by_precision = {r["precision"]: r for r in results if r.get("base_method") == "grpo"}
+    if {"fp32", "bf16"} <= set(by_precision):
+        fp32, bf16 = by_precision["fp32"], by_precision["bf16"]
+        speedup = fp32["seconds"]["step"] / bf16["seconds"]["step"]
+        update = fp32["seconds"]["update"] / bf16["seconds"]["update"]
+        generation = fp32["seconds"]["generation"] / bf16["seconds"]["generation"]
+        verdict = "MEETS" if speedup >= BF16_TARGET else "MISSES"
+        print(f"grpo step fp32 / bf16: {speedup:.2f}x (update {update:.2f}x, generation {generation:.2f}x) "
+              f"(target >= {BF16_TARGET}x on a host with AMX-BF16): {verdict}")
+        print(f"  first-pass ratio pi/pi_sampler, bf16: mean {bf16['first_pass_ratio_mean']:.4f}, max "
+              f"{bf16['first_pass_ratio_max']:.4f} (fp32: mean {fp32['first_pass_ratio_mean']:.5f}, max "
+              f"{fp32['first_pass_ratio_max']:.5f})")
     if results[0]["model"] == "tiny":
         print("NOTE: --model tiny is a plumbing check; its timings and memory say nothing about the targets.")
 
@@ -196,6 +215,10 @@ def main(argv=None) -> int:
     parser.add_argument("--group-size", type=int, default=None, help="rollouts per prompt (default: profile's)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the cpu profile's")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"),
+                        help="the config's precision (with --method)")
+    parser.add_argument("--precisions", default="fp32",
+                        help="comma-separated precisions, each method run in each (e.g. fp32,bf16)")
     parser.add_argument("--runs-dir", default=None,
                         help="where run folders go (a fresh sub-folder per method; default: a temp dir, deleted)")
     args = parser.parse_args(argv)
@@ -213,13 +236,17 @@ def main(argv=None) -> int:
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
             parser.error(f"--methods: unknown {unknown[0]!r}; allowed: {', '.join(METHODS)}")
-        results = [r for r in (run_in_subprocess(m, args, runs_dir) for m in methods) if r is not None]
+        precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+        if any(p not in ("auto", "fp32", "bf16") for p in precisions):
+            parser.error(f"--precisions: {args.precisions!r}; allowed: auto, fp32, bf16 (comma-separated)")
+        jobs = [(m, p) for m in methods for p in precisions]
+        results = [r for r in (run_in_subprocess(m, args, runs_dir, p) for m, p in jobs) if r is not None]
         if not results:
             print("no method finished", file=sys.stderr)
             return 1
         print_table(results)
         print_targets(results)
-        return 0 if len(results) == len(methods) else 1
+        return 0 if len(results) == len(jobs) else 1
 
 
 if __name__ == "__main__":

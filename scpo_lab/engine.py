@@ -11,6 +11,9 @@ keeps the products and removes the rest:
   with oneDNN's linear (the op torch.compile's CPU freezing pass uses): at batch 16 the 30 layers' products
   take ~17 ms instead of ~39 ms through F.linear here (same fp32 arithmetic, another summation order; outputs
   agree to ~1e-5 relative). Elsewhere, or with `USE_ONEDNN = False`, plain F.linear;
+- under `precision: bf16` (scpo_lab.precision) the merged weights are cast to bf16 (half the bytes per decode
+  step; packed for oneDNN where it has bf16 kernels) and so is the KV cache; the residual stream, the norms and
+  the sampler's softmax stay fp32;
 - the KV cache is one tensor per layer of shape [B, kv_heads, prompt_len + max_new_tokens, head_dim], allocated
   once and written in place;
 - the prompt of each group is prefilled once and its cache copied G times (prefix sharing);
@@ -29,18 +32,22 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from scpo_lab import precision
+
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 COMPACT_FRACTION = 0.25  # drop finished rows once this share of the active batch is done
 USE_ONEDNN = True  # module switch so benchmarks can measure both paths
 
 
 class _Linear:
-    """y = x W^T + b, with W packed for oneDNN when that is available (CPU, fp32), else F.linear."""
+    """y = x W^T + b, with W packed for oneDNN when that is available (CPU, fp32 or bf16 where oneDNN has bf16
+    kernels), else F.linear. x is cast to W's dtype: a bf16 snapshot multiplies in bf16 (fp32 accumulation inside
+    the kernel) and returns bf16."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, batch_hint: int):
-        self.bias, self.packed = bias, False
+        self.bias, self.packed, self.dtype = bias, False, weight.dtype
         self.weight = weight
-        if USE_ONEDNN and weight.device.type == "cpu" and weight.dtype == torch.float32 \
+        if USE_ONEDNN and weight.device.type == "cpu" and _packable(weight.dtype) \
                 and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
             try:
                 self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), batch_hint)
@@ -49,9 +56,22 @@ class _Linear:
                 pass
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.dtype)
         if self.packed:
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of weight (and bias) a product reads."""
+        n = self.weight.numel() * self.weight.element_size()
+        return n + (0 if self.bias is None else self.bias.numel() * self.bias.element_size())
+
+
+def _packable(dtype: torch.dtype) -> bool:
+    if dtype == torch.float32:
+        return True
+    return dtype == torch.bfloat16 and bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
 
 
 @dataclass
@@ -77,6 +97,15 @@ class DecoderWeights:
     head_dim: int
     eps: float
     scaling: float
+    dtype: torch.dtype = torch.float32  # of the products' weights, their outputs and the KV cache
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights one decode step reads: every layer's products and the lm_head (the embedding table
+        is read one row per token)."""
+        linears = [lin for layer in self.layers for lin in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+        norms = [t for layer in self.layers for t in (layer.ln_attn, layer.ln_mlp)] + [self.ln_final]
+        return sum(lin.nbytes for lin in linears + [self.lm_head]) + sum(t.numel() * t.element_size() for t in norms)
 
 
 def _backbone(model):
@@ -111,26 +140,40 @@ def _effective_weight(module) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 @torch.no_grad()
-def snapshot(model, batch_hint: int = 16) -> DecoderWeights:
-    """The weights as the model computes them now (adapter state included), laid out for batches ~batch_hint."""
+def snapshot(model, batch_hint: int = 16, dtype: torch.dtype | None = None) -> DecoderWeights:
+    """The weights as the model computes them now (adapter state included), laid out for batches ~batch_hint.
+    dtype: of the products' weights (merged in the model's dtype, then cast) and of the KV cache; None = the
+    current precision's (scpo_lab.precision.activate: bf16 under bf16, else the model's own dtype). The
+    embedding, the norms and the residual stream keep the model's dtype."""
+    dtype = dtype or precision.snapshot_dtype()
     base = _backbone(model)
     config, inner = base.config, base.model
+    dtype = dtype or inner.embed_tokens.weight.dtype
+    with torch.autocast(inner.embed_tokens.weight.device.type, enabled=False):  # merge at the weights' precision
+        return _snapshot(base, config, inner, batch_hint, dtype)
+
+
+def _snapshot(base, config, inner, batch_hint: int, dtype: torch.dtype) -> DecoderWeights:
+    def effective(module):
+        weight, bias = _effective_weight(module)
+        return weight.to(dtype), None if bias is None else bias.to(dtype)
+
     layers = []
     for block in inner.layers:
         attn, mlp = block.self_attn, block.mlp
-        (wq, bq), (wk, bk), (wv, bv) = (_effective_weight(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
-        wo, bo = _effective_weight(attn.o_proj)
-        (wg, _), (wu, _), (wd, _) = (_effective_weight(m) for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
+        (wq, bq), (wk, bk), (wv, bv) = (effective(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
+        wo, bo = effective(attn.o_proj)
+        (wg, _), (wu, _), (wd, _) = (effective(m) for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
         b_qkv = None if bq is None else torch.cat([bq, bk, bv])
         layers.append(_Layer(block.input_layernorm.weight, _Linear(torch.cat([wq, wk, wv]), b_qkv, batch_hint),
                              _Linear(wo, bo, batch_hint), block.post_attention_layernorm.weight,
                              _Linear(torch.cat([wg, wu]), None, batch_hint), _Linear(wd, None, batch_hint)))
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    lm_head = _Linear(*_effective_weight(base.get_output_embeddings()), batch_hint)
+    lm_head = _Linear(*effective(base.get_output_embeddings()), batch_hint)
     return DecoderWeights(
         embed=inner.embed_tokens.weight, layers=layers, ln_final=inner.norm.weight, lm_head=lm_head,
         rotary=inner.rotary_emb, n_heads=config.num_attention_heads, n_kv_heads=config.num_key_value_heads,
-        head_dim=head_dim, eps=config.rms_norm_eps, scaling=head_dim ** -0.5)
+        head_dim=head_dim, eps=config.rms_norm_eps, scaling=head_dim ** -0.5, dtype=dtype)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -162,10 +205,12 @@ def _forward_states(w: DecoderWeights, tokens: torch.Tensor, positions: torch.Te
         if i == record_layer:
             recorded = h
         qkv = layer.qkv(_rms_norm(h, layer.ln_attn, w.eps))
-        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
-        q = _rotate(q.view(b, s, w.n_heads, w.head_dim).transpose(1, 2), cos, sin)
-        cache_k[i][:, :, start:end] = _rotate(k.view(b, s, w.n_kv_heads, w.head_dim).transpose(1, 2), cos, sin)
-        cache_v[i][:, :, start:end] = v.view(b, s, w.n_kv_heads, w.head_dim).transpose(1, 2)
+        # q and k heads rotated together: one RoPE (six elementwise launches) per layer instead of two
+        qk = _rotate(qkv[..., :q_size + kv_size].view(b, s, w.n_heads + w.n_kv_heads, w.head_dim).transpose(1, 2),
+                     cos, sin)
+        q = qk[:, :w.n_heads].to(w.dtype)
+        cache_k[i][:, :, start:end] = qk[:, w.n_heads:]
+        cache_v[i][:, :, start:end] = qkv[..., q_size + kv_size:].view(b, s, w.n_kv_heads, w.head_dim).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, cache_k[i][:, :, :end], cache_v[i][:, :, :end], attn_mask=attn_mask,
                                              scale=w.scaling, enable_gqa=True)  # softmax(q k^T / sqrt(hd)) v
         h = h + layer.o(out.transpose(1, 2).reshape(b, s, q_size))
@@ -185,8 +230,8 @@ def _forward(w: DecoderWeights, tokens: torch.Tensor, positions: torch.Tensor, c
 
 def _empty_cache(w: DecoderWeights, rows: int, slots: int, device) -> tuple[list, list]:
     shape = (rows, w.n_kv_heads, slots, w.head_dim)
-    return ([torch.empty(shape, dtype=w.embed.dtype, device=device) for _ in w.layers],
-            [torch.empty(shape, dtype=w.embed.dtype, device=device) for _ in w.layers])
+    return ([torch.empty(shape, dtype=w.dtype, device=device) for _ in w.layers],
+            [torch.empty(shape, dtype=w.dtype, device=device) for _ in w.layers])
 
 
 def _prefill_mask(mask: torch.Tensor) -> torch.Tensor:

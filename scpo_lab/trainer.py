@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from scpo_lab import distributed
+from scpo_lab import distributed, precision
 from scpo_lab.config import ConfigError, TrainConfig
 from scpo_lab.critics import make_critic
 from scpo_lab.metrics import hacking_stats
@@ -53,7 +53,11 @@ def policy_for(config: TrainConfig, device=None):
                       target_modules=tuple(m.lora_target_modules))
     options = GpuOptions(**{f.name: getattr(m, f.name) for f in fields(GpuOptions)})  # same names
     device = device if device is not None else distributed.world().device
-    return load_policy(m.name, backend=m.backend, lora=lora, seed=config.seed, options=options, device=device)
+    # CPU: the weights stay fp32 in either precision (bf16 is autocast + the engine's snapshot); CUDA: the
+    # weights carry the precision (bf16 by default there, as before the option existed)
+    fp32_on_cuda = precision.legacy(device) == "bf16" and precision.resolve(config.precision, device) == "fp32"
+    return load_policy(m.name, backend=m.backend, lora=lora, seed=config.seed, options=options, device=device,
+                       dtype=torch.float32 if fp32_on_cuda else None)
 
 
 def parameter_count(model) -> int:
@@ -134,7 +138,9 @@ def train(config: TrainConfig, policy=None, *, progress: bool = True, runs_dir: 
 
 def _folder_args(config: TrainConfig, runs_dir, world: distributed.World) -> tuple[dict, dict]:
     """(the record config.json holds, RunDir.create's keyword arguments) of `config`'s run folder."""
-    record = config.to_dict() | ({"processes": world.size} if world.enabled else {})  # its own run folder
+    resolved = precision.resolve(config.precision, world.device)  # the precision actually used is its identity
+    record = config.to_dict() | precision.identity(resolved, world.device) | (
+        {"processes": world.size} if world.enabled else {})  # its own run folder
     return record, dict(name=config.method, runs_dir=runs_dir or config.runs_dir,
                         exclude=DEFAULT_EXCLUDE + config.hash_exclude())
 
@@ -172,11 +178,14 @@ def _train_in(run: RunDir, config: TrainConfig, policy, task, train_problems, wo
     n_params = parameter_count(model)
     bar = _progress(range(start_step + 1, config.steps + 1), progress and world.is_main, config.method,
                     total=config.steps, initial=start_step)
+    resolved = precision.resolve(config.precision, world.device)
+    log.info("precision: %s (config: %s)", resolved, config.precision)
     last_good, step = start_step, start_step
     try:
         for step in bar:
-            row = training_step(config, policy, task, train_problems, optimizer, params, critic, step, state,
-                                n_params, run, world)
+            with precision.activate(resolved, world.device):
+                row = training_step(config, policy, task, train_problems, optimizer, params, critic, step, state,
+                                    n_params, run, world)
             _check_finite(policy, critic)  # before its row, checkpoint or final/: nothing non-finite is kept
             if world.is_main:
                 run.append_metrics(row)
@@ -396,7 +405,8 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
             ref_logp = [completion_logprobs(model, *inputs, with_entropy=False, **forward)[0] for _, inputs in micro]
     sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0, "distill": 0.0, "head": 0.0}
     grad_norms = []
-    for _ in range(config.num_iterations):
+    ratio_sum, ratio_max = 0.0, float("-inf")  # first pass: pi_theta / pi_sampler over its tokens
+    for iteration in range(config.num_iterations):
         optimizer.zero_grad(set_to_none=True)
         for i, (rows, inputs) in enumerate(micro):
             width = inputs[2].shape[1]
@@ -408,6 +418,12 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
             support = out[2] if target is not None else None
             # mu = 1: the batch was sampled from this very policy, so old = current (ratio 1 up to numerics)
             old = logp.detach() if config.num_iterations == 1 else batch.logprobs[rows, :width]
+            if iteration == 0:  # the update's forward vs the sampler's recorded log-probs, before any step: 1 up
+                # to numerics (engine vs HF forward, and bf16 rounding under precision bf16)
+                ratio = torch.exp(logp.detach() - batch.logprobs[rows, :width])[micro_mask.bool()]
+                if ratio.numel():
+                    ratio_sum += float(ratio.sum())
+                    ratio_max = max(ratio_max, float(ratio.max()))
             loss, stats = policy_loss(logp, old, advantages[rows, :width] if dense else advantages[rows], micro_mask,
                                       ref_logp=None if ref_logp is None else ref_logp[i], beta=config.beta,
                                       eps_low=config.epsilon, eps_high=config.epsilon_high, loss_agg=config.loss_agg,
@@ -440,6 +456,8 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
     return {"loss": sums["loss"] / n, "kl": sums["kl"] / n if config.beta > 0 else float("nan"),
             "clip_ratio": sums["clip_ratio"] / n, "entropy": sums["entropy"] / n,
             "grad_norm": sum(grad_norms) / n, "learning_rate": config.learning_rate,
+            "ratio/first_pass_mean": ratio_sum / max(1.0, float(mask.sum())),
+            "ratio/first_pass_max": ratio_max if ratio_max > float("-inf") else float("nan"),
             **({"distill/loss": sums["distill"] / n} if target is not None else {}),
             **({"head/loss_student": sums["head"] / n} if getattr(critic, "wants_states", False) else {})}
 

@@ -46,6 +46,7 @@ def test_the_new_model_fields_leave_cached_runs_hashes_alone_until_set():
     for name in ("lora_target_modules", "gradient_checkpointing", "load_in_4bit", "fast_inference",
                  "gpu_memory_utilization", "max_seq_length"):
         del record["model"][name]  # a config.json written before these fields existed
+    del record["precision"]  # as is precision (fp32 runs hash as before it existed: tests/test_precision.py)
     assert config_hash(record, DEFAULT_EXCLUDE + ("value", "judge", "irl")) == _hash(base)
     assert _hash(make_config("cpu", **{"model.lora_target_modules": ["q_proj", "v_proj"]})) != _hash(base)
     assert _hash(make_config("cpu", **{"model.gradient_checkpointing": "on"})) != _hash(base)

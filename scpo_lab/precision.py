@@ -1,0 +1,184 @@
+"""Which floating-point format the matrix products of a run use: `precision: auto | fp32 | bf16`.
+
+bf16 covers the matrix products and nothing else:
+  - the static engine's snapshot (rollouts and the teacher pass): the LoRA delta is merged in fp32,
+    W' = W + (alpha/r) B A, then W' is stored in bf16 (half the bytes a decode step reads) and multiplied with
+    bf16 activations; the KV cache is bf16; the residual stream, RMSNorm and the logits' log-softmax stay fp32;
+  - every HF forward and backward of the step (the update, a reference or critic pass) under
+    `torch.autocast("cpu", dtype=torch.bfloat16)`: linear / matmul / attention in bf16, the weights cast on the
+    fly, so the stored weights (frozen base and LoRA masters) and AdamW's state stay fp32.
+Log-softmax, log-probs, importance ratios, advantages, losses and the optimizer are fp32 in both precisions
+(bf16 rounding of pi / pi_old is a known source of RL instability).
+
+`auto` (resolve): bf16 on a CPU with AMX-BF16; on a CPU with AVX512-BF16 but no AMX, bf16 only where a short
+measurement at the update's matrix shape (512 x 576 -> 1536, F.linear) finds bf16 at least BF16_MIN_SPEEDUP
+times faster than fp32 (the result is cached per host, torch version, kernel set and thread count under
+$SCPO_LAB_CACHE, so every process on one host resolves the same way); fp32 everywhere else (an AVX2 host runs
+bf16 in software, measured 2.4x slower). On CUDA the GPU path's own choice stands: auto = bf16 weights, as
+load_policy always did there; fp32 loads fp32 weights.
+
+Run identity: the trainer adds `precision_used: bf16` to the run record (and so to the hash) when the resolved
+precision differs from what the lab ran before this option existed (fp32 on CPU, bf16 on CUDA), so every
+run folder cached before the option stays valid where auto resolves to fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import os
+import time
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16")
+RESOLVED = ("fp32", "bf16")
+BF16_MIN_SPEEDUP = 1.3  # auto on an AVX512-BF16 host without AMX: bf16 must measure at least this much faster
+_current: contextvars.ContextVar[str] = contextvars.ContextVar("scpo_lab_precision", default="fp32")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_hardware(flags: set[str] | None = None) -> str | None:
+    """'amx' (AMX-BF16 tiles), 'avx512_bf16' (bf16 dot products in AVX-512) or None (no bf16 instructions)."""
+    flags = cpu_flags() if flags is None else flags
+    if "amx_bf16" in flags:
+        return "amx"
+    if "avx512_bf16" in flags:
+        return "avx512_bf16"
+    return None
+
+
+def _best_seconds(work, repeats: int = 7) -> float:
+    work()  # warm-up: oneDNN / MKL pick and build their kernels for the shape
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - start)
+    return best  # the best of several: robust to another process taking the cores for a moment
+
+
+def measure_bf16_speedup(rows: int = 512, d_in: int = 576, d_out: int = 1536) -> float:
+    """fp32 seconds / bf16 seconds of F.linear at [rows, d_in] -> d_out (default: the update's shape)."""
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(rows, d_in, generator=gen), torch.randn(d_out, d_in, generator=gen)
+    xb, wb = x.bfloat16(), w.bfloat16()
+    fp32 = _best_seconds(lambda: torch.nn.functional.linear(x, w))
+    bf16 = _best_seconds(lambda: torch.nn.functional.linear(xb, wb))
+    return fp32 / bf16
+
+
+def _host_key() -> str:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return (f"{model}|{torch.__version__}|{torch.backends.cpu.get_cpu_capability()}|"
+            f"threads={torch.get_num_threads()}")
+
+
+_measured: dict[str, float] = {}
+
+
+def cached_bf16_speedup() -> float:
+    """measure_bf16_speedup() once per host key (CPU, torch, kernel set, threads), kept in
+    $SCPO_LAB_CACHE/host-precision.json so that later processes resolve `auto` the same way."""
+    from scpo_lab.models import cache_root
+
+    key = _host_key()
+    if key in _measured:
+        return _measured[key]
+    path = cache_root() / "host-precision.json"
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if key not in table:
+        table[key] = round(measure_bf16_speedup(), 3)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only cache: measure again next process
+    _measured[key] = float(table[key])
+    return _measured[key]
+
+
+def _device(device) -> torch.device:
+    """None = where load_policy puts a model by default: CUDA when available, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve(precision: str, device: torch.device | str | None = None) -> str:
+    """'auto' | 'fp32' | 'bf16' -> the precision a run on `device` uses: 'fp32' or 'bf16' (see the module doc)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: unknown {precision!r}; allowed: {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if _device(device).type == "cuda":
+        return "bf16"
+    hardware = bf16_hardware()
+    if hardware == "amx":
+        return "bf16"
+    if hardware == "avx512_bf16" and cached_bf16_speedup() >= BF16_MIN_SPEEDUP:
+        return "bf16"
+    return "fp32"
+
+
+def legacy(device: torch.device | str | None = None) -> str:
+    """What the lab ran before the option existed: bf16 weights on CUDA, fp32 elsewhere."""
+    return "bf16" if _device(device).type == "cuda" else "fp32"
+
+
+def identity(resolved: str, device: torch.device | str | None = None) -> dict:
+    """The run-record entry for the precision a run uses: {} where it is the pre-option default (so cached runs'
+    hashes stay valid), else {"precision_used": resolved}."""
+    return {} if resolved == legacy(device) else {"precision_used": resolved}
+
+
+def current() -> str:
+    """The precision set by the innermost `activate` ('fp32' outside any)."""
+    return _current.get()
+
+
+def snapshot_dtype() -> torch.dtype | None:
+    """The static engine's snapshot dtype under the current precision: bfloat16 under bf16, else None (the
+    weights' own dtype, as before the option existed)."""
+    return torch.bfloat16 if current() == "bf16" else None
+
+
+@contextlib.contextmanager
+def activate(resolved: str, device: torch.device | str | None = None):
+    """Inside: the static engine snapshots its weights in `resolved`'s dtype, and with bf16 on CPU every HF
+    forward/backward runs under torch.autocast("cpu", bfloat16). fp32 (or CUDA, whose weights already carry the
+    dtype) changes nothing but `current()`."""
+    if resolved not in RESOLVED:
+        raise ValueError(f"precision: {resolved!r} is not resolved; allowed: {', '.join(RESOLVED)} (resolve() first)")
+    token = _current.set(resolved)
+    device_type = _device(device).type
+    try:
+        if resolved == "bf16" and device_type == "cpu":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+    finally:
+        _current.reset(token)
