@@ -40,7 +40,8 @@ def test_precision_is_validated_with_a_one_line_error():
     with pytest.raises(ConfigError) as err:
         make_config("smoke", precision="fp16")
     assert str(err.value) == "precision: unknown 'fp16'; allowed: auto, fp32, bf16"
-    assert make_config("cpu").precision == "auto" and make_config("smoke").precision == "fp32"
+    assert make_config("cpu").precision == "fp32" and make_config("smoke").precision == "fp32"  # pinned: README
+    assert make_config("gpu").precision == "auto" and make_config("cpu", precision="auto").precision == "auto"
     with pytest.raises(ValueError, match="precision: unknown 'half'"):
         precision.resolve("half")
 
