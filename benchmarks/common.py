@@ -52,31 +52,18 @@ def print_load() -> None:
 
 
 def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (Linux) or platform.processor() elsewhere."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    """The CPU's marketing name (scpo_lab.precision reads /proc/cpuinfo), or platform.processor() elsewhere."""
+    from scpo_lab.precision import cpu_model as proc_cpu_model
     import platform
-    return platform.processor() or platform.machine()
+    return proc_cpu_model() or platform.processor() or platform.machine()
 
 
 def cpu_isa() -> str:
     """The vector ISA level that matters for these kernels: AVX2 / AVX-512 / AVX512-BF16 / AMX (most capable
-    last), read from the CPU flags; torch's own kernel choice (`get_cpu_capability`, which ATEN_CPU_CAPABILITY
-    can lower) is printed beside it."""
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
+    last), from the CPU flags the package reads for `precision: auto`; torch's own kernel choice
+    (`get_cpu_capability`, which ATEN_CPU_CAPABILITY can lower) is printed beside it."""
+    from scpo_lab.precision import cpu_flags
+    flags = cpu_flags()
     isa = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"),
                                    ("amx_bf16", "AMX-BF16")) if flag in flags]
     return " / ".join(isa) or "no AVX2"

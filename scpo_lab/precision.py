@@ -80,14 +80,17 @@ def measure_bf16_speedup(rows: int = 512, d_in: int = 576, d_out: int = 1536) ->
     return fp32 / bf16
 
 
-def _host_key() -> str:
-    model = ""
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (empty where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
     except OSError:
-        pass
-    return (f"{model}|{torch.__version__}|{torch.backends.cpu.get_cpu_capability()}|"
+        return ""
+
+
+def _host_key() -> str:
+    return (f"{cpu_model()}|{torch.__version__}|{torch.backends.cpu.get_cpu_capability()}|"
             f"threads={torch.get_num_threads()}")
 
 
