@@ -95,8 +95,9 @@ def measure(shape: str, folder: str, method: str, args) -> dict:
 
 
 def main(argv=None) -> list[dict]:
-    from scpo_lab.config import METHODS
+    from scpo_lab.critics import methods
 
+    METHODS = methods()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--shapes", nargs="+", default=["smollm2-135m", "qwen2.5-0.5b"], choices=list(SHAPES))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))

@@ -12,8 +12,10 @@ How a step is split (trainer.py):
                step on the same weights, so the weights stay identical without a broadcast
     metrics    each process's row, averaged over processes (counts summed) and written by rank 0; samples
                gathered to rank 0; checkpoints, the final adapter and DONE written once, by rank 0
-Methods whose critic trains its own parameters on local rollouts (scpo-head, scpo-critic, scpo-irl, the probe
-signal of scpo-divergence) would let those parameters drift apart across processes: they are refused for now.
+    critics    a critic that trains parameters (the head, the online critic, the probe, the discriminator) divides
+               its losses by the whole batch's counts and sums its gradients over processes before its own
+               optimizer step (`sum_gradients`), or gathers what it trains on (the discriminator's experts and
+               negatives), so its parameters stay identical on every process too (checked at the end of a run)
 """
 
 from __future__ import annotations
@@ -23,9 +25,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-
-UNSUPPORTED_METHODS = ("scpo-head", "scpo-critic", "scpo-irl")
-
 
 @dataclass(frozen=True)
 class World:
@@ -126,13 +125,10 @@ def world() -> World:
 
 def check_config(config, size: int) -> None:
     """Refuse, with a one-line error, what multi-process training does not support."""
-    from scpo_lab.config import ConfigError
+    from scpo_lab.checks import ConfigError
 
     if size <= 1:
         return
-    if config.method in UNSUPPORTED_METHODS or (config.method == "scpo-divergence" and config.scpo.signal == "probe"):
-        raise ConfigError(f"method: {config.method!r} trains critic parameters on each process's rollouts, which "
-                          f"would drift apart across {size} processes; run it in one process")
     if config.prompts_per_step % size:
         raise ConfigError(f"prompts_per_step: {config.prompts_per_step} is not a multiple of the {size} processes "
                           "(each process samples whole groups)")

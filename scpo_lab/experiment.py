@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from scpo_lab import critics
 from scpo_lab.config import (TrainConfig, collapse_eval, collapse_sizes, comparison_settings, eval_settings,
                              make_config)
 from scpo_lab.evaluation import EvalResult, evaluate
@@ -23,42 +24,23 @@ from scpo_lab.trainer import Run, policy_for, train
 log = logging.getLogger("scpo_lab")
 
 
-# The arms the comparison notebooks share: name -> config overrides. One definition, so an arm that appears in
-# several notebooks is the same config (and the same cached run) everywhere.
-ARMS: dict[str, dict] = {
-    "grpo": {"method": "grpo"},
-    "sdpo": {"method": "sdpo"},
-    "opsd": {"method": "opsd"},
-    "scpo-token": {"method": "scpo-divergence", "scpo.center": "group", "scpo.aggregation": "token"},
-    "scpo-span": {"method": "scpo-divergence", "scpo.center": "group", "scpo.aggregation": "span",
-                  "scpo.span_tokens": 8},
-    "scpo-sequence": {"method": "scpo-divergence", "scpo.center": "group", "scpo.aggregation": "sequence"},
-    "scpo-head": {"method": "scpo-head"},
-    "scpo-critic-shared": {"method": "scpo-critic", "value.critic": "shared"},
-    # a second copy of the embedded model (the only local model); the smoke profile uses the tiny one
-    "scpo-critic-separate": {"method": "scpo-critic", "value.critic": "separate", "value.critic_model": "embedded"},
-    "scpo-judge": {"method": "scpo-judge"},
-    "scpo-irl-A": {"method": "scpo-irl", "irl.expert": "passing"},  # experts: the verifier's passing rollouts
-    "scpo-irl-B": {"method": "scpo-irl", "irl.expert": "teacher"},  # experts: self-teacher re-solves that pass
-    "random-reward": {"method": "random-reward"},
-    # an instrument check, not a method: the judge pays +1 for "answer" (in ~12% of the embedded model's arithmetic
-    # completions), which the verifier ignores; every step's rollouts are kept to follow the phrase's spread
-    "scpo-judge-exploitable": {"method": "scpo-judge", "judge.planted_phrase": "answer", "judge.planted_bonus": 1.0,
-                               "samples_every": 1},
-}
+# The arms the comparison notebooks share: name -> config overrides, from each critic's presets (its own module),
+# so an arm that appears in several notebooks is the same config (and the same cached run) everywhere.
+ARMS: dict[str, dict] = critics.arms()
 
 
 def arm_configs(profile: str, arms: list[str], seeds: list[int], sizes: dict | None = None,
                 **overrides) -> tuple[dict[str, TrainConfig], dict[str, str]]:
     """({"arm/s<seed>": config}, {label: arm}) for every arm x seed: the profile, the comparison sizes (or
     `sizes`), the arm's options (ARMS) and `overrides`."""
-    unknown = [a for a in arms if a not in ARMS]
+    known = critics.arms()  # read now: critics registered after import add their arms
+    unknown = [a for a in arms if a not in known]
     if unknown:
-        raise ValueError(f"arms: unknown {unknown[0]!r}; known: {', '.join(ARMS)}")
+        raise ValueError(f"arms: unknown {unknown[0]!r}; known: {', '.join(known)}")
     sizes = comparison_settings(profile)[0] if sizes is None else sizes
     configs, arm_of = {}, {}
     for arm in arms:
-        options = dict(ARMS[arm])
+        options = dict(known[arm])
         if profile == "smoke" and "value.critic_model" in options:
             options["value.critic_model"] = "tiny"
         for seed in seeds:
@@ -110,8 +92,8 @@ def compute_summary(metrics: pd.DataFrame, evals: dict[str, EvalResult], group_o
 
 def collapse_experiment(profile: str, arms: list[str], seeds: list[int],
                         eval_seeds: list[int]) -> tuple[pd.DataFrame, pd.DataFrame, EvalResult]:
-    """The GSM8K collapse-accounting runs of notebooks 01 and 05: every arm x seed at config.COLLAPSE_SIZES, and
-    held-out GSM8K pass@1 (config.COLLAPSE_EVAL) of the eval_seeds' adapters and of the base model.
+    """The GSM8K collapse-accounting runs of notebooks 01 and 05: every arm x seed at sizes.COLLAPSE_SIZES, and
+    held-out GSM8K pass@1 (sizes.COLLAPSE_EVAL) of the eval_seeds' adapters and of the base model.
     -> (training metrics with an `arm` column, compute_summary of the evaluated adapters per arm, base result)."""
     configs, arm_of = arm_configs(profile, arms, seeds, sizes=collapse_sizes(profile),
                                   task={"name": "gsm8k", "options": {}})
@@ -204,7 +186,7 @@ def run_experiment(configs: dict[str, TrainConfig], profile: str, *, include_bas
     One policy is loaded (lazily, only when something must be computed) and shared: each run resets its LoRA
     adapter before training, evaluation loads the run's adapter into it.
 
-    settings: evaluation sizes (default: the profile's, config.EVAL_SETTINGS); evaluate=False trains only;
+    settings: evaluation sizes (default: the profile's, sizes.EVAL_SETTINGS); evaluate=False trains only;
     checkpoint_evals=True also evaluates every saved checkpoint (Experiment.curve: pass@1 along training)."""
     settings = dict(settings or eval_settings(profile))
     shared: dict = {}
@@ -252,11 +234,12 @@ def value_calibration(run: Run, n_problems: int = 32, group_size: int = 4, polic
     -> rows (step, predicted, passed). Cached in the run folder (calibration.json), keyed by the arguments."""
     import torch
 
-    from scpo_lab.critics import make_critic
+    from scpo_lab.critics import critic_class, make_critic
 
     config = run.config
-    if config.method not in ("scpo-head", "scpo-critic"):
-        raise ValueError(f"run: method {config.method!r} has no value to calibrate; allowed: scpo-head, scpo-critic")
+    if not hasattr(critic_class(config.method), "predict_success"):
+        with_value = [m for m in critics.methods() if hasattr(critic_class(m), "predict_success")]
+        raise ValueError(f"run: method {config.method!r} has no value to calibrate; allowed: {', '.join(with_value)}")
 
     def compute():
         shared = policy or policy_for(config)

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, ContextManager
 
 import torch
 
-from scpo_lab.config import is_missing_model_path
+from scpo_lab.checks import is_missing_model_path
+from scpo_lab.paths import cache_root
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -123,10 +124,6 @@ class Policy:
 
 
 # ----------------------------------------------------------------------------------------------- cache
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SCPO_LAB_CACHE") or "~/.cache/scpo_lab").expanduser()
 
 
 def embedded_gguf_path() -> Path:

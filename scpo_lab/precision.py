@@ -100,7 +100,7 @@ _measured: dict[str, float] = {}
 def cached_bf16_speedup() -> float:
     """measure_bf16_speedup() once per host key (CPU, torch, kernel set, threads), kept in
     $SCPO_LAB_CACHE/host-precision.json so that later processes resolve `auto` the same way."""
-    from scpo_lab.models import cache_root
+    from scpo_lab.paths import cache_root
 
     key = _host_key()
     if key in _measured:

@@ -23,8 +23,8 @@ from transformers import DynamicCache
 
 from scpo_lab import engine as static_engine
 from scpo_lab import vllm_engine
-from scpo_lab.config import ROLLOUT_ENGINES
 from scpo_lab.engine import sample_token
+from scpo_lab.padding import pad_cat
 
 if TYPE_CHECKING:
     from scpo_lab.tasks.base import Problem
@@ -61,7 +61,7 @@ def encode_prompts(tokenizer, messages: list[list[dict]], device) -> tuple[torch
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
-ENGINES = ROLLOUT_ENGINES  # "auto" | "static" | "hf"
+ENGINES = ("auto", "static", "hf", "vllm")  # rollout_engine (config.py validates against this)
 
 
 def generate(model, prompt_ids, prompt_mask, *, repeats: int, max_new_tokens: int, temperature: float, top_p: float,
@@ -158,11 +158,11 @@ def sample_rollouts(policy, problems: list[Problem], *, group_size: int, max_new
         parts.append((prompt_ids.repeat_interleave(group_size, 0), prompt_mask.repeat_interleave(group_size, 0),
                       *completion))
     model.train(was_training)
-    prompt_ids, prompt_mask = _pad_cat([p[0] for p in parts], tok.pad_token_id, left=True), \
-        _pad_cat([p[1] for p in parts], 0, left=True)
-    completion_ids = _pad_cat([p[2] for p in parts], tok.pad_token_id)
-    completion_mask = _pad_cat([p[3] for p in parts], 0)
-    logprobs = _pad_cat([p[4] for p in parts], 0.0)
+    prompt_ids, prompt_mask = pad_cat([p[0] for p in parts], tok.pad_token_id, left=True), \
+        pad_cat([p[1] for p in parts], 0, left=True)
+    completion_ids = pad_cat([p[2] for p in parts], tok.pad_token_id)
+    completion_mask = pad_cat([p[3] for p in parts], 0)
+    logprobs = pad_cat([p[4] for p in parts], 0.0)
     truncated = torch.cat([p[5] for p in parts])
     texts = tok.batch_decode(completion_ids * completion_mask + tok.pad_token_id * (1 - completion_mask),
                              skip_special_tokens=True)
@@ -173,18 +173,6 @@ def sample_rollouts(policy, problems: list[Problem], *, group_size: int, max_new
         group_ids=torch.arange(len(problems)).repeat_interleave(group_size), truncated=truncated,
         group_size=group_size,
     )
-
-
-def _pad_cat(tensors: list[torch.Tensor], value, left: bool = False) -> torch.Tensor:
-    """Concatenate [b_i, w_i] tensors along rows, padding widths to the widest (on the left or the right)."""
-    if len(tensors) == 1:
-        return tensors[0]
-    width = max(t.shape[1] for t in tensors)
-    padded = []
-    for t in tensors:
-        pad = t.new_full((t.shape[0], width - t.shape[1]), value)
-        padded.append(torch.cat([pad, t] if left else [t, pad], dim=1))
-    return torch.cat(padded)
 
 
 def micro_batches(batch: RolloutBatch, size: int, prompt_ids: torch.Tensor | None = None,

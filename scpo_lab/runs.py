@@ -37,7 +37,7 @@ import pandas as pd
 DEFAULT_EXCLUDE: tuple[str, ...] = ("runs_dir", "notes", "save_every", "log_every")
 # provenance keys that RunDir adds to config.json next to the config itself
 META_KEYS: tuple[str, ...] = ("package_version", "git_commit", "created", "python", "torch", "transformers",
-                              "run_name", "run_hash", "hash_exclude")
+                              "run_name", "run_hash", "hash_exclude", "migrated_from")
 COMPLETE = "COMPLETE"
 DONE = "DONE"
 LOCK = ".lock"
@@ -356,6 +356,37 @@ class RunDir:
             raise RunFolderError(f"{path}: does not match the folder's hash {self.hash} (edited by hand?); {fix}")
         return record
 
+    @classmethod
+    def adopt(cls, config: Any, name: str | None, runs_dir, exclude: Iterable[str],
+              old_exclude: Iterable[str]) -> "RunDir | None":
+        """The folder `config` had under an older identity rule (`old_exclude`), renamed to its folder under
+        `exclude` and its config.json rewritten (`config` in full, the original provenance, the new hash and
+        exclusions, `migrated_from`), under its lock; None when there is nothing to adopt (no old folder, a
+        folder under the new rule already, the old one being written by another process, or not verifying)."""
+        cfg = _as_dict(config)
+        new = cls.locate(cfg, name, runs_dir, exclude)
+        old = cls.locate(cfg, name, runs_dir, old_exclude)
+        if new.path.exists() or old.path == new.path or not old.config_path.is_file():
+            return None
+        try:
+            with old.lock():
+                if new.path.exists():  # another process adopted it first
+                    return None
+                kept = old.check_identity()  # only a folder that is what its name says
+                os.replace(old.path, new.path)  # the held lock file moves with it
+                _fsync_dir(new.path.parent)
+                record = json.loads(json.dumps(cfg, default=_json_default)) | {
+                    k: v for k, v in kept.items() if k in META_KEYS} | {
+                    "run_name": new.path.name, "run_hash": new.hash, "hash_exclude": sorted(set(exclude)),
+                    "migrated_from": old.path.name}
+                _atomic_write_text(new.config_path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        except (RunLockedError, FileNotFoundError):
+            return None  # being written (an older checkout training in it) or moved meanwhile: leave it
+        except RunFolderError as err:
+            warnings.warn(f"old run folder {old.path} does not verify ({err}); training anew in {new.path}")
+            return None
+        return new
+
     def has_outputs(self) -> bool:
         """Anything a run writes besides config.json (metrics, samples, checkpoints, final/, eval, DONE)."""
         return any(p.exists() for p in (self.metrics_path, self.samples_path, self.checkpoints_dir, self.final_dir,
@@ -497,13 +528,14 @@ def _make_dir(path: Path) -> None:
 
 
 def _legacy_excludes(cfg: dict) -> Iterable[tuple[str, ...]]:
-    """Folders written before config.json recorded hash_exclude: the plain exclusions, then the trainer's (sections
-    added later are left out of the hash while at their defaults; see config.LATE_SECTIONS)."""
+    """Folders written before config.json recorded hash_exclude: the plain exclusions, then the trainer's rule of
+    that time (scpo_lab.migrate.legacy_exclude)."""
     yield DEFAULT_EXCLUDE
     try:
         from scpo_lab.config import from_dict
+        from scpo_lab.migrate import legacy_exclude
 
-        yield DEFAULT_EXCLUDE + from_dict({k: v for k, v in cfg.items() if k != "processes"}).hash_exclude()
+        yield DEFAULT_EXCLUDE + legacy_exclude(from_dict({k: v for k, v in cfg.items() if k != "processes"}))
     except Exception:  # not a TrainConfig (any dict can make a run folder): no other rule to try
         return
 

@@ -26,6 +26,7 @@ from transformers import DynamicCache
 
 from scpo_lab import engine as static_engine
 from scpo_lab.objective import backbone_and_head, chunk_logprobs
+from scpo_lab.padding import pad_token_lists
 from scpo_lab.rollout import RolloutBatch
 
 # The grader's note appended to the question in the teacher's context. Kept in one place so every critic and
@@ -58,6 +59,7 @@ def with_note(prompt: list[dict], note: str) -> list[dict]:
 
 @dataclass
 class TeacherOutput:
+    """What a critic's teacher pass returns; every field a critic may fill is declared here."""
     logprobs: torch.Tensor | None  # [B, T] log pi(y_t | x, c, y_<t), 0 where masked (None: a judge reads no tokens)
     tokens_read: int  # tokens the teacher forward processed (shared prefixes once), for FLOP accounting
     dist_logprobs: torch.Tensor | None = None  # [B, T, k] log-probs on a support (top_k or support_ids)
@@ -68,6 +70,8 @@ class TeacherOutput:
     values: torch.Tensor | None = None  # [B, T] a value critic's V(s_t), when the method has one
     extras: list[dict] | None = None  # per rollout, written to samples.jsonl (a judge's critique and score)
     critic_data: dict | None = None  # what a critic's own pass computed for its advantages (judge scores, ...)
+    has_teacher: torch.Tensor | None = None  # [B] bool: the row had a teacher context (sdpo / opsd)
+    context_stats: dict | None = None  # how the teacher contexts were built (distill/sibling_frac, ...)
 
 
 @torch.no_grad()
@@ -186,14 +190,3 @@ def _common_prefix_length(sequences: list[list[int]]) -> int:
         if any(s[i] != sequences[0][i] for s in sequences[1:]):
             return i
     return n
-
-
-def pad_token_lists(sequences: list[list[int]], pad: int, device, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists -> (ids, mask) [n, longest (at least 1)], padded on the left or the right."""
-    width = max(1, max(len(s) for s in sequences))
-    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        cols = slice(width - len(s), width) if left else slice(0, len(s))
-        ids[i, cols], mask[i, cols] = torch.tensor(s, dtype=torch.long), 1
-    return ids.to(device), mask.to(device)

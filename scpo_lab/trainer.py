@@ -29,19 +29,17 @@ import torch
 
 from scpo_lab import distributed, precision
 from scpo_lab.config import ConfigError, TrainConfig
-from scpo_lab.critics import make_critic
+from scpo_lab.critics import Critic, CriticResult, LossTerm, UpdateForward, make_critic
 from scpo_lab.metrics import hacking_stats
-from scpo_lab.objective import (completion_logprobs, distill_loss, group_advantages, group_reward_std,
-                                 loss_denominator, policy_loss)
+from scpo_lab.migrate import legacy_exclude
+from scpo_lab.objective import (completion_logprobs, group_advantages, group_reward_std, loss_denominator,
+                                 policy_loss)
 from scpo_lab.rollout import RolloutBatch, micro_batches, sample_rollouts
 from scpo_lab.runs import DEFAULT_EXCLUDE, RunDir
+from scpo_lab.seeds import step_seed
 from scpo_lab.tasks import get_task
 
 log = logging.getLogger("scpo_lab")
-
-
-def _step_seed(seed: int, step: int, stream: int) -> int:
-    return (seed * 1_000_003 + step * 97 + stream) % (2**31 - 1)
 
 
 def policy_for(config: TrainConfig, device=None):
@@ -118,6 +116,9 @@ def train(config: TrainConfig, policy=None, *, progress: bool = True, runs_dir: 
     if not train_problems:
         raise ConfigError(f"task.name: {config.task.name!r} yielded no training problems; check its data or options")
     record, create = _folder_args(config, runs_dir, world)
+    if world.is_main:  # a folder of the old run identity is renamed once, by one process
+        _adopt_legacy(config, record, create)
+    world.barrier()
     if RunDir.locate(record, **create).is_finished():  # reading a finished run needs no model and no lock
         run = RunDir.create(record, **create)  # checks its config.json
         log.info("run %s already finished: loading it", run.path.name)
@@ -148,7 +149,16 @@ def _folder_args(config: TrainConfig, runs_dir, world: distributed.World) -> tup
 def run_dir_of(config: TrainConfig, runs_dir: str | None = None) -> RunDir:
     """The run folder `train(config)` uses in this process (it may not exist yet)."""
     record, create = _folder_args(config, runs_dir, distributed.world())
-    return RunDir.locate(record, **create)
+    return _adopt_legacy(config, record, create) or RunDir.locate(record, **create)
+
+
+def _adopt_legacy(config: TrainConfig, record: dict, create: dict) -> RunDir | None:
+    """A folder written under the run identity before issue 17 (scpo_lab/migrate.py), renamed to today's."""
+    adopted = RunDir.adopt(record, **create, old_exclude=DEFAULT_EXCLUDE + legacy_exclude(config))
+    if adopted is not None:
+        log.info("run folder %s renamed to %s (run identity hashes only what the method reads)",
+                 adopted.record()["migrated_from"], adopted.path.name)
+    return adopted
 
 
 def _writer(run: RunDir, world: distributed.World):
@@ -161,7 +171,7 @@ def _train_in(run: RunDir, config: TrainConfig, policy, task, train_problems, wo
     model = policy.model
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    critic = make_critic(config.method, config, policy.tokenizer)
+    critic = make_critic(config.method, config, policy.tokenizer, world)
 
     start_step, state, damaged = _resume(run, policy, optimizer, critic, set_aside=world.is_main)
     if start_step:
@@ -169,13 +179,14 @@ def _train_in(run: RunDir, config: TrainConfig, policy, task, train_problems, wo
     else:
         if damaged:  # a checkpoint that failed halfway may have loaded part of its state: start clean
             optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-            critic = make_critic(config.method, config, policy.tokenizer)
+            critic = make_critic(config.method, config, policy.tokenizer, world)
         if config.steps > 0:
             policy.reset_adapter(seed=config.seed)  # a fresh run starts from the same LoRA init whatever ran before
     if world.is_main:
         run.truncate_after(start_step)  # rows written after the checkpoint are replayed, never duplicated
 
     n_params = parameter_count(model)
+    loop = _Loop(config, policy, task, train_problems, optimizer, params, critic, n_params, run, world)
     bar = _progress(range(start_step + 1, config.steps + 1), progress and world.is_main, config.method,
                     total=config.steps, initial=start_step)
     resolved = precision.resolve(config.precision, world.device)
@@ -184,8 +195,7 @@ def _train_in(run: RunDir, config: TrainConfig, policy, task, train_problems, wo
     try:
         for step in bar:
             with precision.activate(resolved, world.device):
-                row = training_step(config, policy, task, train_problems, optimizer, params, critic, step, state,
-                                    n_params, run, world)
+                row = training_step(loop, step, state)
             _check_finite(policy, critic)  # before its row, checkpoint or final/: nothing non-finite is kept
             if world.is_main:
                 run.append_metrics(row)
@@ -196,7 +206,7 @@ def _train_in(run: RunDir, config: TrainConfig, policy, task, train_problems, wo
                     _save_checkpoint(run, policy, optimizer, step, state, critic)
                 world.barrier()
                 last_good = step
-        world.check_in_sync(params)
+        world.check_in_sync(params + (critic.parameters() if critic is not None else []))
         if world.is_main:
             _save_final(run, policy, critic)
             run.mark_done()
@@ -301,44 +311,57 @@ def _progress(iterable, enabled: bool, desc: str, **kwargs):
     return tqdm(iterable, desc=desc, **kwargs)
 
 
-def training_step(config, policy, task, train_problems, optimizer, params, critic, step, state, n_params, run,
-                  world: distributed.World = distributed.World()) -> dict:
+@dataclass
+class _Loop:
+    """What every step of one run shares."""
+    config: TrainConfig
+    policy: object
+    task: object
+    train_problems: list
+    optimizer: torch.optim.Optimizer
+    params: list  # the policy's trainable (LoRA) parameters
+    critic: Critic | None
+    n_params: int  # N of the FLOP counts
+    run: RunDir
+    world: distributed.World = distributed.World()
+
+
+def training_step(loop: _Loop, step: int, state: dict) -> dict:
+    """sample -> verify -> critic -> update -> log; `state` holds the cumulative counts (tokens, FLOPs)."""
+    config, policy, critic, world = loop.config, loop.policy, loop.critic, loop.world
     times = {}
     # 1. sample: prompts_per_step problems, G rollouts each (this process's share of whole groups)
     t0 = time.perf_counter()
-    rng = random.Random(_step_seed(config.seed, step, 0))
-    problems = rng.sample(train_problems, min(config.prompts_per_step, len(train_problems)))[world.rank::world.size]
-    batch = sample_rollouts(policy, problems, group_size=config.group_size, max_new_tokens=config.max_new_tokens,
-                            temperature=config.temperature, top_p=config.top_p,
-                            seed=_step_seed(config.seed, step, 1) + 7919 * world.rank, engine=config.rollout_engine)
+    rng = random.Random(step_seed(config.seed, step, 0))
+    problems = rng.sample(loop.train_problems, min(config.prompts_per_step, len(loop.train_problems)))
+    batch = sample_rollouts(policy, problems[world.rank::world.size], group_size=config.group_size,
+                            max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+                            seed=step_seed(config.seed, step, 1) + 7919 * world.rank, engine=config.rollout_engine)
     times["generation"] = time.perf_counter() - t0
 
     # 2. verify
     t0 = time.perf_counter()
-    batch.verdicts = task.verify_batch(batch.problems, batch.texts)
-    rewards = torch.tensor([v.reward for v in batch.verdicts], dtype=torch.float32)
-    verifier_rewards = rewards
-    if config.method == "random-reward":  # control: a reward independent of the completion
-        gen = torch.Generator().manual_seed(_step_seed(config.seed, step, 2))
-        rewards = torch.bernoulli(torch.full_like(rewards, 0.5), generator=gen)
+    batch.verdicts = loop.task.verify_batch(batch.problems, batch.texts)
+    verifier_rewards = torch.tensor([v.reward for v in batch.verdicts], dtype=torch.float32)
     times["verification"] = time.perf_counter() - t0
 
-    # 3. advantages: A_i = (r_i - mean_group r) / (std_group r + eps), then the critic's signal
-    advantages = group_advantages(rewards, config.group_size, scale=config.scale_rewards)
-    extra, times["teacher"], target, teacher = {}, 0.0, None, None
+    # 3. advantages: A_i = (r_i - mean_group r) / (std_group r + eps), then the critic's
+    t0 = time.perf_counter()
+    result = CriticResult(group_advantages(verifier_rewards, config.group_size, scale=config.scale_rewards), {})
+    teacher = None
     if critic is not None:
-        t0 = time.perf_counter()
-        teacher = critic.teacher_pass(policy, batch, temperature=config.temperature,
-                                      micro_batch_size=config.micro_batch_size)
-        advantages, extra = critic.advantages(batch, advantages, teacher)
-        if getattr(critic, "proxy", None) is not None:  # the critic's own score of each rollout vs the verifier
-            extra.update(hacking_stats(critic.proxy, [v.passed for v in batch.verdicts],
-                                       probability=getattr(critic, "proxy_is_probability", False)))
-        target = critic.distillation_target(batch, teacher)  # sdpo / opsd: an imitation loss in the update
-        state["flops"] += 2 * n_params * world.sum(teacher.tokens_read)  # a forward pass costs 2 N FLOPs per token
-        times["teacher"] = time.perf_counter() - t0
-
-    if not torch.isfinite(advantages).all():  # stop before the update: the last checkpoint stays the good one
+        if critic.needs_teacher:
+            teacher = critic.teacher_pass(policy, batch, temperature=config.temperature,
+                                          micro_batch_size=config.micro_batch_size)
+            state["flops"] += 2 * loop.n_params * world.sum(teacher.tokens_read)  # a forward: 2 N FLOPs per token
+        result = critic.advantages(batch, result.advantages, teacher, step=step)
+    times["teacher"] = time.perf_counter() - t0 if teacher is not None else 0.0  # the second pass and its critic
+    rewards = verifier_rewards if result.rewards is None else result.rewards  # what the method trains on
+    stats = dict(result.stats)
+    if result.score is not None:  # the critic's own score of each rollout vs the verifier
+        stats.update(hacking_stats(result.score, [v.passed for v in batch.verdicts],
+                                   probability=result.score_is_probability))
+    if not torch.isfinite(result.advantages).all():  # stop before the update: the last checkpoint stays the good one
         raise FloatingPointError(f"the advantages are not finite ({config.method}); lower learning_rate or the "
                                  "critic's weight")
 
@@ -346,12 +369,14 @@ def training_step(config, policy, task, train_problems, optimizer, params, criti
     t0 = time.perf_counter()
     update = {}
     if critic is None or critic.updates_actor():
-        update = _update(config, policy, batch, advantages, optimizer, params, target, critic, world)
+        update = _update(config, policy, batch, result.advantages, loop.optimizer, loop.params, result.loss_term,
+                         world)
     if critic is not None:
-        extra.update(critic.after_update(policy) or {})
+        stats.update(critic.after_update(policy) or {})
     times["update"] = time.perf_counter() - t0
 
     # 5. log (TRL's metric names where they mean the same thing)
+    n_params = loop.n_params
     generated, prompt_tokens = world.sum(batch.num_tokens), world.sum(int(batch.prompt_mask.sum()))  # all processes
     state["generated_tokens"] += int(generated)
     state["flops"] += 2 * n_params * (prompt_tokens / config.group_size + generated)  # sampling
@@ -373,29 +398,28 @@ def training_step(config, policy, task, train_problems, optimizer, params, criti
         "flops": state["flops"],
         "params/extra": critic.extra_parameters() if critic is not None else 0,  # heads, critics (not the LoRA)
         **update,
-        **extra,
+        **stats,
         **{f"time/{k}": v for k, v in times.items()},
     }
     row["time/step"] = sum(times.values())
     if step % config.samples_every == 0 or step == config.steps:
-        rows = world.gather(_sample_rows(step, batch, rewards, policy.tokenizer, advantages, teacher))
+        rows = world.gather(_sample_rows(step, batch, rewards, policy.tokenizer, result.advantages, teacher))
         if world.is_main:
-            run.append_samples([r for part in rows for r in part])
-    return world.mean_row(row)
+            loop.run.append_samples([r for part in rows for r in part])
+    return world.mean_row(row, summed=("loss",) + ((result.loss_term.name,) if result.loss_term else ()))
 
 
-def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, target=None, critic=None,
+def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, term: LossTerm | None = None,
             world: distributed.World = distributed.World()) -> dict:
-    """mu passes of micro-batched forward/backward over the rollouts, one optimizer step per pass.
-    `target` (a critics.DistillTarget) adds weight * objective.distill_loss on the rows that have a teacher;
-    a critic with `wants_states` (scpo-head) adds its loss on the forward's final hidden states."""
+    """mu passes of micro-batched forward/backward over the rollouts, one optimizer step per pass; a critic's
+    LossTerm (its distillation loss, a head's BCE) is added to every micro-batch's loss."""
     model = policy.model
     model.train()
     mask = batch.completion_mask
     dense = advantages.dim() == 2
     # normalisers so micro-batch losses (and processes' losses) sum exactly to the full-batch loss
     normalizer = world.sum(loss_denominator(mask, config.loss_agg, config.max_new_tokens))
-    n_tokens = world.sum(float(mask.sum()))  # the distillation loss is a mean over the whole batch's tokens
+    n_tokens = world.sum(float(mask.sum()))  # a LossTerm is a mean over the whole batch's tokens
     # rows of one group share their prompt: one prompt forward per group (exact, see objective.py)
     forward = dict(temperature=config.temperature, group_size=config.group_size)
     micro = list(micro_batches(batch, config.micro_batch_size))
@@ -403,19 +427,18 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
     if config.beta > 0:
         with torch.no_grad(), policy.reference():
             ref_logp = [completion_logprobs(model, *inputs, with_entropy=False, **forward)[0] for _, inputs in micro]
-    sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0, "distill": 0.0, "head": 0.0}
+    sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0, "term": 0.0}
     grad_norms = []
     ratio_sum, ratio_max = 0.0, float("-inf")  # first pass: pi_theta / pi_sampler over its tokens
+    wants_states = term is not None and term.wants_states
     for iteration in range(config.num_iterations):
         optimizer.zero_grad(set_to_none=True)
         for i, (rows, inputs) in enumerate(micro):
             width = inputs[2].shape[1]
             micro_mask = inputs[3]
-            wants_states = getattr(critic, "wants_states", False)
-            support_ids = None if target is None else target.ids[rows, :width]
+            support_ids = None if term is None or term.support_ids is None else term.support_ids[rows, :width]
             out = completion_logprobs(model, *inputs, support_ids=support_ids, return_states=wants_states, **forward)
             logp, entropy = out[0], out[1]
-            support = out[2] if target is not None else None
             # mu = 1: the batch was sampled from this very policy, so old = current (ratio 1 up to numerics)
             old = logp.detach() if config.num_iterations == 1 else batch.logprobs[rows, :width]
             if iteration == 0:  # the update's forward vs the sampler's recorded log-probs, before any step: 1 up
@@ -428,17 +451,17 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
                                       ref_logp=None if ref_logp is None else ref_logp[i], beta=config.beta,
                                       eps_low=config.epsilon, eps_high=config.epsilon_high, loss_agg=config.loss_agg,
                                       max_completion_length=config.max_new_tokens, normalizer=normalizer)
-            if target is not None:
-                distill_mask = micro_mask * target.rows[rows, None]
-                distill, _ = distill_loss(support, target.logprobs[rows, :width], distill_mask, target.alpha,
-                                          target.token_clip, n_tokens)
-                loss = loss + target.weight * distill  # L = lam L_GRPO + (1 - lam) sum_t D_t / n_tokens
-                sums["distill"] += float(distill.detach())
-            sums["loss"] += float(loss.detach())  # the policy's loss (a head's loss is logged on its own)
-            if wants_states:  # the head learns the outcome from the student-context states of this very forward
-                head_loss = critic.state_loss(out[-1], rows, micro_mask, float(mask.sum()))
-                loss = loss + head_loss
-                sums["head"] += float(head_loss.detach())
+            extra = None
+            if term is not None:
+                computed = UpdateForward(logp, support_logprobs=out[2] if support_ids is not None else None,
+                                         states=out[-1] if wants_states else None)
+                extra, logged = term(computed, rows, micro_mask, n_tokens)
+                sums["term"] += logged
+                if term.policy_objective:  # part of the policy's loss (and of the logged `loss`)
+                    loss = loss + extra
+            sums["loss"] += float(loss.detach())
+            if extra is not None and not term.policy_objective:  # trains the critic's parameters through this forward
+                loss = loss + extra
             loss.backward()
             weight = float(micro_mask.sum()) / float(mask.sum())  # token share of this micro-batch
             sums["kl"] += stats["kl"] * weight if not math.isnan(stats["kl"]) else 0.0
@@ -458,8 +481,7 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
             "grad_norm": sum(grad_norms) / n, "learning_rate": config.learning_rate,
             "ratio/first_pass_mean": ratio_sum / max(1.0, float(mask.sum())),
             "ratio/first_pass_max": ratio_max if ratio_max > float("-inf") else float("nan"),
-            **({"distill/loss": sums["distill"] / n} if target is not None else {}),
-            **({"head/loss_student": sums["head"] / n} if getattr(critic, "wants_states", False) else {})}
+            **({term.name: sums["term"] / n} if term is not None else {})}
 
 
 def _sample_rows(step, batch: RolloutBatch, rewards, tokenizer=None, advantages=None, teacher=None) -> list[dict]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from scpo_lab.padding import pad_token_lists
+
 LORA_NAME = "scpo_lab_live_adapter"
 
 
@@ -38,8 +40,6 @@ def outputs_to_tensors(outputs, repeats: int, max_new_tokens: int, pad_token_id:
     """vLLM RequestOutputs (one per prompt, each with `repeats` completions: .token_ids, .finish_reason) ->
     (completion_ids [B, T] right-padded, T >= 1, mask [B, T], truncated [B]), rows prompt by prompt as
     rollout.generate."""
-    from scpo_lab.teacher import pad_token_lists
-
     rows, truncated = [], []
     for i, request in enumerate(outputs):
         if len(request.outputs) != repeats:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from scpo_lab.config import ConfigError, make_config
 from scpo_lab.distributed import World, check_config
@@ -18,13 +19,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {"method": "scpo-divergence", "steps": 3, "save_every": 1, "samples_every": 1, "learning_rate": 0.05}
 
 
-def _launch(runs_dir: Path, processes: int = 2) -> subprocess.CompletedProcess:
+def _launch(runs_dir: Path, processes: int = 2, settings: dict = SETTINGS) -> subprocess.CompletedProcess:
     accelerate = Path(sys.executable).with_name("accelerate")
     # --multi_gpu selects accelerate's torchrun launcher; with no GPU the processes use gloo on the CPU
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
            "-m", "scpo_lab.cli", "train", "--profile", "smoke", "--no-progress",
-           "--set", *(f"{k}={v}" for k, v in SETTINGS.items()), f"runs_dir={runs_dir}"]
+           "--set", *(f"{k}={v}" for k, v in settings.items()), f"runs_dir={runs_dir}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
 
@@ -67,6 +68,38 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
     assert (run / "DONE").is_file() and (run / "checkpoints" / "step-3" / "COMPLETE").is_file()
 
 
+CRITICS_WITH_PARAMETERS = [("scpo-head", {"value.train_lora": True}), ("scpo-critic", {}),
+                           ("scpo-irl", {"irl.expert": "teacher", "irl.keep_passing": False, "irl.teacher_rollouts": 1}), ("scpo-divergence", {"scpo.signal": "probe"})]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, options", CRITICS_WITH_PARAMETERS, ids=[m for m, _ in CRITICS_WITH_PARAMETERS])
+def test_critics_that_train_parameters_stay_in_sync_under_two_processes(tmp_path, method, options):
+    """Every critic with its own parameters trains under 2 processes: whole groups per process, the one-process
+    number of rollouts per step, and the policy's and the critic's parameters identical on both processes at the
+    end (World.check_in_sync fails the run otherwise); its final critic state is written once."""
+    settings = {"method": method, "steps": 2, "save_every": 1, "samples_every": 1, "learning_rate": 0.05,
+                **{k: str(v).lower() if isinstance(v, bool) else v for k, v in options.items()}}
+    done = _launch(tmp_path, settings=settings)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "drifted apart" not in done.stderr
+    [run] = list(tmp_path.iterdir())
+    samples = _rows(run, "samples.jsonl")
+    for step in (1, 2):
+        ids = [r["problem_id"] for r in samples if r["step"] == step]
+        assert len(ids) == 2 * 4 and len(set(ids)) == 2 and all(ids.count(i) == 4 for i in set(ids))
+    assert (run / "final" / "critic.pt").is_file() and (run / "DONE").is_file()
+    assert all(r["loss"] == r["loss"] for r in _rows(run, "metrics.jsonl"))
+
+
+def test_sum_gradients_and_the_sync_check_on_one_process_are_no_ops():
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.full((3,), 2.0)
+    World().sum_gradients([p])
+    assert torch.equal(p.grad, torch.full((3,), 2.0))
+    World().check_in_sync([p])
+
+
 def test_world_merges_rows_and_refuses_what_would_drift(monkeypatch):
     assert World().mean_row({"step": 1, "loss": 0.5}) == {"step": 1, "loss": 0.5}
     two = World(rank=0, size=2)
@@ -75,9 +108,8 @@ def test_world_merges_rows_and_refuses_what_would_drift(monkeypatch):
     monkeypatch.setattr(World, "gather", lambda self, obj: rows)
     # losses are shares of the whole batch's loss (summed); rates are means of equal shares; the rest as is
     assert two.mean_row(rows[0]) == {"step": 3, "loss": 0.75, "reward": 0.75, "method": "grpo", "flops": 7.0}
-    for method, options in (("scpo-head", {}), ("scpo-irl", {}), ("scpo-divergence", {"scpo.signal": "probe"})):
-        with pytest.raises(ConfigError, match="method"):
-            check_config(make_config("smoke", method=method, **options), 2)
+    for method, options in CRITICS_WITH_PARAMETERS:  # no longer refused: their parameters are kept in sync
+        check_config(make_config("smoke", method=method, **options), 2)
     with pytest.raises(ConfigError, match="prompts_per_step"):
         check_config(make_config("smoke", prompts_per_step=3), 2)
     with pytest.raises(ConfigError, match="scale_rewards"):

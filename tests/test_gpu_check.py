@@ -18,9 +18,9 @@ def test_gpu_check_trains_every_method_and_prints_the_table(tmp_path, capsys):
     spec.loader.exec_module(module)
     results = module.main(["--shapes", "tiny", "--steps", "2", "--prompts", "2", "--group-size", "2",
                            "--max-new-tokens", "4", "--workdir", str(tmp_path)])
-    from scpo_lab.config import METHODS
+    from scpo_lab.critics import methods
 
-    assert [r["method"] for r in results] == list(METHODS)
+    assert [r["method"] for r in results] == list(methods())
     assert not [r for r in results if "error" in r]
     assert all(r["steps"] == 2 and r["steps_per_s"] > 0 and r["rollout_tokens_per_s"] > 0 for r in results)
     out = capsys.readouterr().out

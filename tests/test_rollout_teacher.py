@@ -15,6 +15,11 @@ from scpo_lab.tasks.base import Verdict
 from scpo_lab.teacher import privileged_messages, teacher_pass
 
 
+def _pair(result):
+    """(advantages, stats) of a CriticResult."""
+    return result.advantages, result.stats
+
+
 @pytest.fixture(scope="module")
 def policy():
     p = tiny_policy(seed=0)
@@ -125,7 +130,7 @@ def test_divergence_critic_hand_computed():
     class Teacher:
         logprobs = torch.tensor([[-0.5, -4.0, -0.5], [-3.0, -0.9, 0.0]])
 
-    adv, stats = DivergenceCritic(cfg).advantages(batch, torch.tensor([0.7, -0.7]), Teacher())
+    adv, stats = _pair(DivergenceCritic(cfg).advantages(batch, torch.tensor([0.7, -0.7]), Teacher()))
     # d = [[0.5, -2.0, 0], [-2.0, 0.1, (masked)]]; clip to [-1, 1]; A + 0.5 * clip(d)
     expected = torch.tensor([[0.7 + 0.25, 0.7 - 0.5, 0.7], [-0.7 - 0.5, -0.7 + 0.05, -0.7]])
     torch.testing.assert_close(adv[:, :2], expected[:, :2])
@@ -153,8 +158,8 @@ def test_group_centering_span_aggregation_and_rescue_hand_computed():
     mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1], [1, 0, 0]])
     student = torch.zeros(4, 3)
     teacher = torch.tensor([[1.0, 3.0, 2.0], [-1.0, -3.0, 9.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]) * mask
-    adv, stats = DivergenceCritic(cfg).advantages(_critic_batch(student, mask, [False] * 4, 2), torch.zeros(4),
-                                                  _Teacher(teacher))
+    adv, stats = _pair(DivergenceCritic(cfg).advantages(_critic_batch(student, mask, [False] * 4, 2), torch.zeros(4),
+                                                  _Teacher(teacher)))
     # group 0: dbar = [2, -2] -> baseline 0; spans {0,1},{2}: row 0 -> [2, 2, 2], row 1 -> [-2, -2]
     # group 1: dbar = [0, 0] -> nothing to rescue
     expected = torch.tensor([[2.0, 2.0, 2.0], [-2.0, -2.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
@@ -166,8 +171,8 @@ def test_centering_removes_a_shift_common_to_the_group():
     cfg = make_config("smoke", method="scpo-divergence", **{"scpo.center": "group", "scpo.aggregation": "sequence"})
     mask = torch.ones(2, 2, dtype=torch.long)
     teacher = torch.tensor([[-0.3, -0.3], [-0.3, -0.3]])  # the teacher likes both rollouts equally less
-    adv, _ = DivergenceCritic(cfg).advantages(_critic_batch(torch.zeros(2, 2), mask, [False, False], 2),
-                                              torch.zeros(2), _Teacher(teacher))
+    adv, _ = _pair(DivergenceCritic(cfg).advantages(_critic_batch(torch.zeros(2, 2), mask, [False, False], 2),
+                                              torch.zeros(2), _Teacher(teacher)))
     assert torch.equal(adv, torch.zeros(2, 2))  # uncentred it would push both down: reverse-KL distillation
 
 
@@ -176,8 +181,8 @@ def test_rlsd_grounding_keeps_the_verifier_sign_and_never_acts_on_zero_advantage
                                                             "scpo.clip": 1.0})
     mask = torch.ones(3, 2, dtype=torch.long)
     d = torch.tensor([[0.4, -3.0], [0.4, -3.0], [2.0, -2.0]])
-    adv, stats = DivergenceCritic(cfg).advantages(_critic_batch(torch.zeros(3, 2), mask, [True, False, False], 3),
-                                                  torch.tensor([1.0, -0.5, 0.0]), _Teacher(d))
+    adv, stats = _pair(DivergenceCritic(cfg).advantages(_critic_batch(torch.zeros(3, 2), mask, [True, False, False], 3),
+                                                  torch.tensor([1.0, -0.5, 0.0]), _Teacher(d)))
     # s = clip(d, -1, 1) = [[0.4, -1], [0.4, -1], [1, -1]]; A exp(sign(A) * 0.5 * s)
     expected = torch.tensor([[math.exp(0.2), math.exp(-0.5)], [-0.5 * math.exp(-0.2), -0.5 * math.exp(0.5)],
                              [0.0, 0.0]])
@@ -196,7 +201,7 @@ def test_line_aggregation_uses_newline_tokens(policy):
     teacher = torch.arange(n, dtype=torch.float32)[None].repeat(2, 1)
     batch = _critic_batch(torch.zeros(2, n), torch.ones(2, n, dtype=torch.long), [True, False], 2,
                           completion_ids=torch.tensor([ids, ids]))
-    adv, _ = DivergenceCritic(cfg, tok).advantages(batch, torch.zeros(2), _Teacher(teacher))
+    adv, _ = _pair(DivergenceCritic(cfg, tok).advantages(batch, torch.zeros(2), _Teacher(teacher)))
     line = torch.tensor(ends).long().cumsum(0) - torch.tensor(ends).long()
     for unit in line.unique():  # every token of a line carries the mean of that line
         assert torch.allclose(adv[0, line == unit], teacher[0, line == unit].mean().expand(int((line == unit).sum())))

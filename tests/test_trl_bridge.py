@@ -44,14 +44,14 @@ def test_reward_function_reproduces_the_lab_critic_on_the_same_rollouts():
     batch.verdicts = task.verify_batch(batch.problems, batch.texts)
     cfg = make_config("smoke", method="scpo-divergence")
     critic = make_critic("scpo-divergence", cfg, policy.tokenizer)
-    critic.advantages(batch, torch.zeros(len(batch)), critic.teacher_pass(policy, batch, temperature=1.0,
+    result = critic.advantages(batch, torch.zeros(len(batch)), critic.teacher_pass(policy, batch, temperature=1.0,
                                                                             micro_batch_size=4))
     reward = ScpoReward("scpo-divergence", task, problems, config=cfg).bind(_fake_trainer(policy, 3))
     lengths = batch.completion_mask.sum(1).tolist()
     completion_ids = [batch.completion_ids[i, :n].tolist() for i, n in enumerate(lengths)]
     out = reward(prompts=[p.prompt for p in batch.problems], completions=batch.texts,
                  completion_ids=completion_ids, problem_id=[p.id for p in batch.problems])
-    assert out == pytest.approx(critic.sequence_reward.tolist(), abs=1e-4)
+    assert out == pytest.approx(result.sequence_reward.tolist(), abs=1e-4)
     verifier = VerifierReward(task, problems)
     assert verifier(batch.texts, batch.texts, problem_id=[p.id for p in batch.problems]) == \
         [v.reward for v in batch.verdicts]

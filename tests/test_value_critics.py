@@ -4,13 +4,18 @@ import pytest
 import torch
 
 from scpo_lab.config import ConfigError, make_config
-from scpo_lab.critics.base import outcome_bce
+from scpo_lab.critics.base import UpdateForward, outcome_bce
 from scpo_lab.critics.value import (CRITIC_ADAPTER, HeadCritic, OnlineCritic, ValueHead, auroc, clipped_value_loss,
                                     explained_variance, gae, shaping_rewards)
 from scpo_lab.models import tiny_policy
 from scpo_lab.rollout import sample_rollouts
 from scpo_lab.tasks import get_task
 from scpo_lab.tasks.base import Verdict
+
+
+def _pair(result):
+    """(advantages, stats) of a CriticResult."""
+    return result.advantages, result.stats
 
 
 @pytest.fixture(scope="module")
@@ -113,17 +118,19 @@ def test_head_critic_learns_the_outcome_from_the_teacher_pass_and_resumes(proble
     critic = HeadCritic(cfg, policy.tokenizer)
     group = torch.zeros(len(batch))
     teacher = critic.teacher_pass(policy, batch, temperature=1.0, micro_batch_size=4)
-    first, stats = critic.advantages(batch, group, teacher)
+    result = critic.advantages(batch, group, teacher)
+    first, stats = result.advantages, result.stats
     assert first.abs().max() == 0  # V = 1/2 everywhere at the start: Phi is constant, the shaping is zero
     for _ in range(30):
         critic.after_update(policy)
-        _, stats = critic.advantages(batch, group, teacher)
+        stats = critic.advantages(batch, group, teacher).stats
     assert stats["head/auroc_teacher"] > 0.9
     assert stats["head/loss_teacher"] < 0.6
     twin = HeadCritic(cfg, policy.tokenizer)
     twin.load_state_dict(critic.state_dict())
     twin.teacher_pass(policy, batch, temperature=1.0, micro_batch_size=4)
-    torch.testing.assert_close(twin.advantages(batch, group, teacher)[0], critic.advantages(batch, group, teacher)[0])
+    torch.testing.assert_close(twin.advantages(batch, group, teacher).advantages,
+                               critic.advantages(batch, group, teacher).advantages)
 
 
 def test_head_loss_reaches_lora_only_with_train_lora(problems):
@@ -134,13 +141,16 @@ def test_head_loss_reaches_lora_only_with_train_lora(problems):
         critic = HeadCritic(make_config("smoke", method="scpo-head", **{"value.train_lora": train_lora}),
                             policy.tokenizer)
         teacher = critic.teacher_pass(policy, batch, temperature=1.0, micro_batch_size=4)
-        critic.advantages(batch, torch.zeros(len(batch)), teacher)
+        term = critic.advantages(batch, torch.zeros(len(batch)), teacher).loss_term
+        assert term.wants_states and not term.policy_objective  # it trains the head, not the policy's objective
         with torch.no_grad():
             critic.head.net.weight.normal_()  # a non-zero head, so its loss has a gradient towards the states
-        _, _, states = completion_logprobs(policy.model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
-                                           batch.completion_mask, return_states=True)
+        logp, _, states = completion_logprobs(policy.model, batch.prompt_ids, batch.prompt_mask,
+                                              batch.completion_ids, batch.completion_mask, return_states=True)
         policy.model.zero_grad()
-        critic.state_loss(states, slice(None), batch.completion_mask, float(batch.completion_mask.sum())).backward()
+        loss, _ = term(UpdateForward(logp, states=states), slice(None), batch.completion_mask,
+                       float(batch.completion_mask.sum()))
+        loss.backward()
         lora_grads = [p.grad for n, p in policy.model.named_parameters() if "lora_B" in n]  # B = 0: A gets none
         assert any(g is not None and g.abs().sum() > 0 for g in lora_grads) == train_lora
 
@@ -167,7 +177,7 @@ def test_switching_to_the_critic_adapter_leaves_the_policy_unchanged(problems):
     explained = []
     for _ in range(25):  # critic-only updates on one batch: the critic learns the outcome of the first token
         teacher = critic.teacher_pass(policy, batch, temperature=1.0, micro_batch_size=4)
-        _, stats = critic.advantages(batch, group, teacher)
+        _, stats = _pair(critic.advantages(batch, group, teacher))
         explained.append(stats["critic/explained_variance"])
         critic.after_update(policy)
     values_after_first = teacher.values[:, 1:].mean(1)  # states that have read the first token
@@ -221,20 +231,6 @@ def test_value_options_are_validated():
         make_config("smoke", method="scpo-head", **{"value.gamma": 1.5})
     with pytest.raises(ConfigError, match="value.critic_model"):
         make_config("smoke", method="scpo-critic", **{"value.critic_model": "./no/such/model"})
-
-
-def test_default_value_section_leaves_the_run_hash_unchanged():
-    """Runs cached before the value, judge and irl sections existed are still found: their defaults are left out
-    of the hash."""
-    from scpo_lab.config import LATE_MODEL_FIELDS, LATE_SECTIONS
-    from scpo_lab.runs import DEFAULT_EXCLUDE, config_hash
-    cfg = make_config("smoke")
-    old_style = {k: v for k, v in cfg.to_dict().items() if k not in LATE_SECTIONS + ("precision",)}
-    old_style["model"] = {k: v for k, v in old_style["model"].items() if k not in LATE_MODEL_FIELDS}
-    assert config_hash(cfg.to_dict(), DEFAULT_EXCLUDE + cfg.hash_exclude()) == config_hash(old_style)
-    changed = cfg.replace(**{"value.gamma": 0.9})
-    assert "value" not in changed.hash_exclude()
-    assert config_hash(changed.to_dict(), DEFAULT_EXCLUDE + changed.hash_exclude()) != config_hash(old_style)
 
 
 def test_expected_calibration_error_hand_computed():

@@ -1,30 +1,106 @@
 """Self-critics: each turns the self-teacher pass into a reward signal that enters the GRPO objective.
 
-One small interface (`Critic`); one module per variant. The trainer calls `critic.advantages(...)` after the
-verifier and the teacher pass, and uses what it returns as the advantage of every completion token.
+The registry below is the only list of methods: `grpo` (the verifier alone, no critic) and every registered
+critic's `methods`. A critic module owns its config section, its formulas and its arm presets (critics/base.py);
+a new one is one file and one line here, or `register(MyCritic)` from the user's own module
+(docs/add_a_critic.md).
 """
 
 from __future__ import annotations
 
-from scpo_lab.critics.base import Critic, DistillTarget
+from scpo_lab.critics.base import Critic, CriticResult, LossTerm, UpdateForward
 from scpo_lab.critics.divergence import DivergenceCritic
 from scpo_lab.critics.irl import IrlCritic
 from scpo_lab.critics.judge import JudgeCritic
+from scpo_lab.critics.random_reward import RandomRewardCritic
 from scpo_lab.critics.selfdistill import OpsdCritic, SdpoCritic
 from scpo_lab.critics.value import HeadCritic, OnlineCritic
 
+BASELINE = "grpo"  # the method without a critic: group-relative advantages of the verifier's reward
+BASELINE_PRESETS = {"grpo": {"method": "grpo"}}
+
 # sdpo / opsd are baselines, not self-critics, but they use the same teacher pass and hooks
-CRITICS: dict[str, type[Critic]] = {"scpo-divergence": DivergenceCritic, "scpo-head": HeadCritic,
-                                    "scpo-critic": OnlineCritic, "scpo-judge": JudgeCritic, "scpo-irl": IrlCritic,
-                                    "sdpo": SdpoCritic, "opsd": OpsdCritic}
+CRITICS: dict[str, type[Critic]] = {}
 
 
-def make_critic(method: str, config, tokenizer=None) -> Critic | None:
-    """The critic of a method, or None for methods that skip the teacher pass (grpo, random-reward).
-    The tokenizer is needed by options that read token text (scpo.aggregation = "line")."""
+def register(cls: type[Critic]) -> type[Critic]:
+    """Add a critic class under each of its `methods` (usable as a class decorator). Its config section becomes
+    a TrainConfig section for configs built afterwards; its presets become comparison arms."""
+    if not (isinstance(cls, type) and issubclass(cls, Critic)) or not cls.methods:
+        raise TypeError(f"register: {cls!r} must be a Critic subclass with a non-empty `methods` tuple")
+    for method in cls.methods:
+        owner = CRITICS.get(method)
+        if method == BASELINE or (owner is not None and owner is not cls):
+            raise ValueError(f"register: method {method!r} is already {'grpo' if owner is None else owner.__name__}")
+    section = cls.section()
+    for other in set(CRITICS.values()):
+        if section is not None and other.section() == section and other.Config is not cls.Config:
+            raise ValueError(f"register: section {section!r} is already {other.__name__}'s")
+    if all(CRITICS.get(m) is cls for m in cls.methods):
+        return cls  # registered already
+    clash = sorted(set(cls.presets) & set(arms()))
+    if clash:
+        raise ValueError(f"register: arm {clash[0]!r} already exists")
+    for method in cls.methods:
+        CRITICS[method] = cls
+    return cls
+
+
+def unregister(cls: type[Critic]) -> None:
+    """Remove a critic registered with register() (a test, a notebook trying a variant); configs built afterwards
+    no longer have its section."""
+    for method in cls.methods:
+        if CRITICS.get(method) is cls:
+            del CRITICS[method]
+
+
+def methods() -> tuple[str, ...]:
+    """Every method name: grpo, then the registered critics' in registration order."""
+    return (BASELINE, *CRITICS)
+
+
+def critic_class(method: str) -> type[Critic] | None:
+    """The critic class of a method (None for grpo)."""
+    return CRITICS.get(method)
+
+
+def sections() -> dict[str, type]:
+    """Config section name -> its dataclass, over every registered critic (in registration order)."""
+    out: dict[str, type] = {}
+    for cls in CRITICS.values():
+        if cls.Config is not None:
+            out.setdefault(cls.Config.name, cls.Config)
+    return out
+
+
+def section_of(method: str) -> str | None:
+    """The config section a method reads (None: only the common fields)."""
     cls = CRITICS.get(method)
-    return cls(config, tokenizer) if cls else None
+    return cls.section() if cls is not None else None
 
 
-__all__ = ["CRITICS", "Critic", "DistillTarget", "DivergenceCritic", "HeadCritic", "IrlCritic", "JudgeCritic",
-           "OnlineCritic", "OpsdCritic", "SdpoCritic", "make_critic"]
+def arms() -> dict[str, dict]:
+    """The comparison notebooks' arms: name -> config overrides, from grpo's and every critic's presets."""
+    out = dict(BASELINE_PRESETS)
+    for cls in dict.fromkeys(CRITICS.values()):
+        out.update(cls.presets)
+    return out
+
+
+def make_critic(method: str, config, tokenizer=None, world=None) -> Critic | None:
+    """The critic of a method, or None for grpo. The tokenizer is needed by options that read token text
+    (scpo.aggregation = "line"); `world` (distributed.World) by critics that train parameters on several
+    processes."""
+    cls = CRITICS.get(method)
+    return cls(config, tokenizer, world) if cls else None
+
+
+# The registry: one line per critic module (a new critic: add its class here, or register() it elsewhere)
+for _cls in (DivergenceCritic, HeadCritic, OnlineCritic, JudgeCritic, IrlCritic, SdpoCritic, OpsdCritic,
+             RandomRewardCritic):
+    register(_cls)
+
+__all__ = ["BASELINE", "CRITICS", "Critic", "CriticResult", "DivergenceCritic", "HeadCritic", "IrlCritic",
+           "JudgeCritic", "LossTerm", "OnlineCritic", "OpsdCritic", "RandomRewardCritic", "SdpoCritic",
+           "UpdateForward", "arms", "critic_class", "make_critic", "methods", "register", "section_of", "sections",
+           "unregister"]

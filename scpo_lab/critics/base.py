@@ -1,41 +1,91 @@
+"""The contract between the trainer and a critic (docs/add_a_critic.md walks through a new one).
+
+A critic module holds, in one file: the critic class with its method name(s) (`methods`), its config section (a
+`checks.Section` dataclass in `Config`, validated on construction), its formulas in the module docstring, and its
+arm presets (`presets`). One line in critics/__init__.py (or `register(MyCritic)` from any module) registers it;
+the config, the run identity, the comparison notebooks' arms and the CLI read everything else from the class.
+
+Each training step the trainer calls, in this order:
+    teacher = critic.teacher_pass(policy, batch, ...)        the second pass (None when needs_teacher is False)
+    result = critic.advantages(batch, A, teacher, step=...)   -> CriticResult (A = the verifier's group advantages)
+    update: the clipped surrogate on result.advantages, plus result.loss_term on every micro-batch (if any)
+    stats = critic.after_update(policy)                      the critic's own training, after the actor's step
+"""
+
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from scpo_lab.distributed import World
+
 
 @dataclass
-class DistillTarget:
-    """What a distillation baseline adds to the update: pull the student toward these teacher log-probs."""
-    ids: torch.Tensor  # [B, T, k] support token ids
-    logprobs: torch.Tensor  # [B, T, k] teacher log-probs on the support (no gradient)
-    rows: torch.Tensor  # [B] bool: the row has a teacher
-    weight: float  # multiplies the distillation loss (1 - grpo_weight)
-    alpha: float  # 0 forward KL, 1 reverse KL, between: generalized JSD
-    token_clip: float  # 0 = off
+class UpdateForward:
+    """What the update's forward of one micro-batch computed, for a LossTerm."""
+    logprobs: torch.Tensor  # [b, T] log pi(y_t | x, y_<t), with gradient
+    support_logprobs: torch.Tensor | None = None  # [b, T, k] the student's log-probs on LossTerm.support_ids
+    states: torch.Tensor | None = None  # [b, T, H] final hidden states s_t (LossTerm.wants_states)
+
+
+class LossTerm(abc.ABC):
+    """A term a critic adds to the update's loss, computed from the update's own forward of each micro-batch
+    (the distillation loss of sdpo / opsd, the reward head's BCE on the student-context states).
+
+    policy_objective: True when the term is part of the policy's objective (it is included in the logged `loss`);
+    False when it trains the critic's own parameters through this forward (logged only under `name`)."""
+
+    name: str = ""  # the metrics key of the term's value, e.g. "distill/loss"
+    policy_objective: bool = True
+    support_ids: torch.Tensor | None = None  # [B, T, k]: the forward also returns log-probs on these ids
+    wants_states: bool = False  # the forward also returns its final hidden states
+
+    @abc.abstractmethod
+    def __call__(self, forward: UpdateForward, rows, mask: torch.Tensor, n_tokens: float) -> tuple[torch.Tensor, float]:
+        """(the tensor added to the micro-batch's loss, the value logged under `name`) for the batch rows `rows`
+        with completion mask `mask` [b, T]; n_tokens = completion tokens of the whole batch, all processes."""
+
+
+@dataclass
+class CriticResult:
+    """What a critic's advantages() returns: everything the trainer reads from a critic each step."""
+    advantages: torch.Tensor  # [B] per rollout or [B, T] per completion token: what the surrogate uses
+    stats: dict  # floats logged in this step's metrics row (scpo/*, judge/*, head/*, ...)
+    score: torch.Tensor | None = None  # [B] the critic's own score of each rollout, before any mix with the
+    #                                    verifier: compared with the verifier each step (metrics.hacking_stats)
+    score_is_probability: bool = False  # the score is on the verifier's [0, 1] scale (a judge's score, a D)
+    sequence_reward: torch.Tensor | None = None  # [B] s_i of r'_i = r_i + w s_i (the TRL bridge's reward)
+    rewards: torch.Tensor | None = None  # [B] the reward the method trains on, when it is not the verifier's
+    loss_term: LossTerm | None = None  # a term added to the update's loss (distillation, a head's BCE)
 
 
 class Critic(abc.ABC):
-    """Turns (rollouts, verifier rewards, teacher pass) into advantages.
+    """Turns (rollouts, verifier rewards, teacher pass) into advantages; see the module docstring."""
 
-    advantages(...) returns a [B] (one value per rollout) or [B, T] (per completion token) tensor and a dict of
-    float statistics logged under `scpo/` each step.
-    """
+    methods: ClassVar[tuple[str, ...]] = ()  # the method names this class implements (config.method)
+    Config: ClassVar[type | None] = None  # its config section (a checks.Section dataclass), or None
+    presets: ClassVar[dict[str, dict]] = {}  # comparison arms: arm name -> config overrides ({"method": ...})
+    needs_teacher: ClassVar[bool] = True  # False: no second pass (teacher_pass is not called)
+    reads_sampler_logprobs: ClassVar[bool] = False  # advantages() reads batch.logprobs (the TRL bridge adds them)
+    sequence_level: ClassVar[bool] = False  # its sequence_reward can stand alone as a TRL reward function
 
-    needs_teacher: bool = True
-    # The critic's own score of each rollout in the last advantages() call ([B], before any mix with the verifier),
-    # or None. The trainer logs its agreement with the verifier each step (metrics.hacking_stats, hack/*).
-    proxy: torch.Tensor | None = None
-    proxy_is_probability: bool = False  # the proxy is on the verifier's [0, 1] scale (a judge's score, a D)
-    # Sequence-level critics: what each rollout's reward gains before the critic's weight ([B]; r'_i = r_i + w s_i),
-    # set by advantages(); the TRL bridge hands it to GRPOTrainer as a reward function's output.
-    sequence_reward: torch.Tensor | None = None
-
-    def __init__(self, config, tokenizer=None):
+    def __init__(self, config, tokenizer=None, world: World | None = None):
         self.config = config
         self.tokenizer = tokenizer
+        # several processes: a critic that trains parameters sums their gradients over `world` (like the policy's)
+        self.world = world or World()
+
+    @classmethod
+    def section(cls) -> str | None:
+        """The config key of its section ("judge"), or None."""
+        return cls.Config.name if cls.Config is not None else None
+
+    def options(self):
+        """This critic's config section (config.<section>)."""
+        return getattr(self.config, self.section())
 
     def teacher_pass(self, policy, batch, *, temperature: float, micro_batch_size: int):
         """The self-teacher pass this critic reads (default: sampled-token log-probs under privileged context)."""
@@ -43,17 +93,21 @@ class Critic(abc.ABC):
         return teacher_pass(policy, batch, batch.verdicts, temperature=temperature, micro_batch_size=micro_batch_size,
                             engine=self.config.rollout_engine)
 
+    @classmethod
+    def check_sequence_level(cls, config) -> None:
+        """Raise ValueError (one line) if this config's sequence_reward cannot serve as a TRL reward function."""
+
+    def parameters(self) -> list:
+        """The tensors the critic trains (kept identical across processes, checked at the end of a run)."""
+        return []
+
     def extra_parameters(self) -> int:
         """Parameters the method adds beyond the policy and its adapter (heads, critics)."""
         return 0
 
     @abc.abstractmethod
-    def advantages(self, batch, group_advantages: torch.Tensor, teacher) -> tuple[torch.Tensor, dict]:
-        ...
-
-    def distillation_target(self, batch, teacher) -> DistillTarget | None:
-        """An extra distillation loss for the update (baselines only); evaluators return None."""
-        return None
+    def advantages(self, batch, group_advantages: torch.Tensor, teacher, step: int = 0) -> CriticResult:
+        """The step's advantages from the rollouts, the verifier's group advantages [B] and the teacher pass."""
 
     def after_update(self, policy) -> dict | None:
         """Called after each optimizer step (e.g. to move an EMA teacher, or to train a critic); may return
@@ -71,12 +125,15 @@ class Critic(abc.ABC):
         pass
 
 
-def outcome_bce(logits: torch.Tensor, passed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Token-mean binary cross-entropy of every state's logit [B, T] against its rollout's verifier outcome [B]:
-    the training loss of the probes, heads that predict success from hidden states."""
+def outcome_bce(logits: torch.Tensor, passed: torch.Tensor, mask: torch.Tensor,
+                n_tokens: float | None = None) -> torch.Tensor:
+    """Binary cross-entropy of every state's logit [B, T] against its rollout's verifier outcome [B], summed over
+    the masked states and divided by n_tokens (default: this batch's; several processes pass the count over all
+    of them, so the processes' gradients sum to the whole batch's): the training loss of the probes and heads
+    that predict success from hidden states."""
     labels = passed.float()[:, None].expand_as(logits)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-    return (loss * mask).sum() / mask.sum().clamp(min=1)
+    return (loss * mask).sum() / (mask.sum().clamp(min=1) if n_tokens is None else max(n_tokens, 1.0))
 
 
 def signal_stats(signal: torch.Tensor, mask: torch.Tensor, group_advantages: torch.Tensor, group_size: int) -> dict:

@@ -1,5 +1,5 @@
-"""V5 `scpo-irl`: inverse RL. A discriminator learns online to tell expert completions from the policy's; its
-output, read as a reward, enters the GRPO objective beside the verifier's (config.IrlConfig has the formulas).
+"""V5 `scpo-irl`: inverse RL. A discriminator D(x, y) = sigmoid(z) learns online to tell expert completions from
+the policy's; its output, read as a reward, enters the GRPO objective beside the verifier's (options `irl.*`).
 
 Per step:
     features   phi(x, y) = mean over the completion of the frozen base model's final hidden states, in the
@@ -12,22 +12,68 @@ Per step:
                r'_i = r_i + weight * reward_i, group-relative (scored by D before D trains on this batch)
     D update   after the actor's update: disc_updates AdamW steps on class-balanced BCE with label smoothing
                (+ an R1 gradient penalty on the experts), experts from the buffer, negatives = this batch's
-               non-expert rollouts
+               non-expert rollouts; D = a linear or MLP head, its own AdamW (lr), disc_updates steps per step,
+               class-balanced BCE with label smoothing (targets 1 - label_smoothing and label_smoothing)
+    buffer     buffer_size expert feature rows shared across steps, so a group with no success still gets a target
+               from earlier experts
+Several processes: the step's experts and negatives are gathered from every process, so each holds the same
+buffer and takes the same discriminator steps (its parameters stay identical everywhere).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from scpo_lab.critics.base import Critic, signal_stats
-from scpo_lab.critics.value import ValueHead
+from scpo_lab import checks
+from scpo_lab.critics.base import Critic, CriticResult, signal_stats
+from scpo_lab.critics.value import HEADS, ValueHead
 from scpo_lab.objective import group_advantages
 from scpo_lab.rollout import sample_rollouts
 from scpo_lab.stats import auroc
 from scpo_lab.teacher import TeacherOutput, teacher_pass, with_note
+
+FORMS = ("airl", "gail")
+EXPERTS = ("passing", "teacher")
+
+
+@dataclass
+class IrlConfig(checks.Section):
+    """Options of scpo-irl (`irl.*`); the formulas are the module docstring's."""
+
+    name = "irl"
+    form: str = "airl"  # airl | gail
+    expert: str = "passing"  # passing | teacher
+    teacher_rollouts: int = 2
+    keep_passing: bool = True
+    head: str = "mlp"  # linear | mlp
+    head_hidden: int = 64
+    lr: float = 1e-3
+    disc_updates: int = 2
+    buffer_size: int = 256
+    label_smoothing: float = 0.1
+    grad_penalty: float = 0.0
+    reward_clip: float = 2.0
+    weight: float = 0.25
+
+    def check(self) -> None:
+        f = self.field_name
+        checks.one_of(f("form"), self.form, FORMS)
+        checks.one_of(f("expert"), self.expert, EXPERTS)
+        checks.one_of(f("head"), self.head, HEADS)
+        for name in ("teacher_rollouts", "head_hidden", "disc_updates", "buffer_size"):
+            checks.positive_int(f(name), getattr(self, name))
+        checks.boolean(f("keep_passing"), self.keep_passing)
+        checks.positive(f("lr"), self.lr)
+        checks.positive(f("reward_clip"), self.reward_clip)
+        for name in ("weight", "grad_penalty"):
+            checks.positive(f(name), getattr(self, name), allow_zero=True)
+        if not isinstance(self.label_smoothing, (int, float)) or not 0 <= self.label_smoothing < 0.5:
+            raise checks.ConfigError(f"{f('label_smoothing')}: got {self.label_smoothing!r}; must be in [0, 0.5)")
+
 
 RESOLVE_NOTE = ("\n\n[Your previous attempt:\n{attempt}\n\nAn automatic checker graded it: {feedback} "
                 "Solve the problem again.]")
@@ -69,10 +115,14 @@ def pooled_features(policy, batch, messages, *, micro_batch_size: int, engine: s
 class IrlCritic(Critic):
     """scpo-irl: discriminator reward, experts from the verifier (A) or from the self-teacher (B)."""
 
-    proxy_is_probability = True  # the proxy is D in [0, 1]
+    methods = ("scpo-irl",)
+    Config = IrlConfig
+    presets = {"scpo-irl-A": {"method": "scpo-irl", "irl.expert": "passing"},  # experts: the verifier's passes
+               "scpo-irl-B": {"method": "scpo-irl", "irl.expert": "teacher"}}  # self-teacher re-solves that pass
+    sequence_level = True
 
-    def __init__(self, config, tokenizer=None):
-        super().__init__(config, tokenizer)
+    def __init__(self, config, tokenizer=None, world=None):
+        super().__init__(config, tokenizer, world)
         self.disc: ValueHead | None = None
         self.optimizer = None
         self.buffer: torch.Tensor | None = None  # [N, H] expert features, oldest first
@@ -150,10 +200,16 @@ class IrlCritic(Critic):
                     experts, read = teacher_features[keep], read + teacher_read
             negatives = features
         stats["irl/experts_new"] = len(experts)
+        if self.world.enabled:  # every process trains D on the whole batch's experts and negatives
+            experts = torch.cat(self.world.gather(experts))
+            negatives = torch.cat(self.world.gather(negatives))
         self._step_data = {"experts": experts, "negatives": negatives, "stats": stats}
         return TeacherOutput(logprobs=None, tokens_read=read, critic_data={"features": features})
 
-    def advantages(self, batch, group_advantages_, teacher):
+    def parameters(self) -> list:
+        return [] if self.disc is None else list(self.disc.parameters())
+
+    def advantages(self, batch, group_advantages_, teacher, step: int = 0) -> CriticResult:
         cfg = self.config.irl
         with torch.no_grad():
             logits = self.disc(teacher.critic_data["features"])
@@ -161,15 +217,14 @@ class IrlCritic(Critic):
         rewards = torch.tensor([v.reward for v in batch.verdicts], dtype=torch.float32)
         passed = torch.tensor([bool(v.passed) for v in batch.verdicts])
         advantages = group_advantages(rewards + cfg.weight * reward, batch.group_size, scale=self.config.scale_rewards)
-        self.proxy = torch.sigmoid(logits)  # D(x, y)
-        self.sequence_reward = reward
+        d = torch.sigmoid(logits)  # D(x, y): the critic's own score of each rollout
         mask = batch.completion_mask.float()
         stats = signal_stats((cfg.weight * reward)[:, None] * mask, mask, group_advantages_, batch.group_size)
-        stats.update({"irl/reward_mean": float(reward.mean()), "irl/d_passed": float(self.proxy[passed].mean())
+        stats.update({"irl/reward_mean": float(reward.mean()), "irl/d_passed": float(d[passed].mean())
                       if passed.any() else float("nan"),
-                      "irl/d_failed": float(self.proxy[~passed].mean()) if (~passed).any() else float("nan"),
+                      "irl/d_failed": float(d[~passed].mean()) if (~passed).any() else float("nan"),
                       "irl/auroc": auroc(logits, passed), **self._step_data.get("stats", {})})
-        return advantages, stats
+        return CriticResult(advantages, stats, score=d, score_is_probability=True, sequence_reward=reward)
 
     def after_update(self, policy) -> dict:
         """Push this step's experts into the buffer, then train D on buffer vs this step's negatives."""

@@ -1,28 +1,38 @@
 """V3 `scpo-judge`: the policy as an LLM-as-judge of its own rollout, with privileged context.
 
-For each rollout y_i the judge (the live policy, or the frozen base: judge.model) reads the problem, y_i and the
-verifier's outcome and feedback, writes a short critique, and ends with a score. Two readings of that score,
-both in [0, 1] (config.JudgeConfig has the formulas):
-    parsed   the last score written in the critique (parse_score); no score -> judge.fallback_score, counted
-    expected the judge's own probabilities over the digits 0..9 at a forced "\\nScore: " after the critique:
-             E[d] / 9 (expected_score) -- parse-free, and smooth in the judge's belief
-The reward r'_i = r_i + weight * s_i keeps the verifier as ground truth: a pass still outranks a fail whenever
-weight < 1. The score is the part a policy can exploit, so it is also logged as the critic's proxy (hack/*).
+Judge input = judging instruction + the problem + rollout y_i + the verifier's outcome and feedback
+(judge_messages). The judge (the live policy, adapter on: judge.model = "policy"; or the frozen initial model,
+adapter off: "base") writes a critique of at most max_critique_tokens tokens, then reads "Score: " and a digit
+0..9. Two readings of the score s_i in [0, 1]:
+    reading = "expected": s = sum_d d p(d) / (9 sum_d p(d)) over the digit tokens d at the forced
+                          "\\nScore: " position after the critique (expected_score; parse-free: never fails)
+    reading = "parsed":   the last score written in the critique ("Score: 7/10", "7 out of 10", "**7**"),
+                          over its scale (parse_score); no score found -> fallback_score (a parse failure)
+Reward: r'_i = r_i + weight * mean over `samples` judge samples of s_i; A_i group-relative on r'. The verifier
+stays ground truth: a pass still outranks a fail whenever weight < 1. The score is the part a policy can exploit,
+so it is also the critic's score compared with the verifier each step (hack/*).
+planted_phrase / planted_bonus: a deliberately exploitable judge for the reward-hacking check: s_i gets
++ planted_bonus whenever the rollout contains planted_phrase (whole words, case-insensitive). Off by default.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+from dataclasses import dataclass
 
 import torch
 
-from scpo_lab.critics.base import Critic, signal_stats
+from scpo_lab import checks
+from scpo_lab.critics.base import Critic, CriticResult, signal_stats
 from scpo_lab.objective import group_advantages
+from scpo_lab.padding import pad_token_lists
 from scpo_lab.rollout import RolloutBatch, encode_prompts, generate
 from scpo_lab.stats import auroc
-from scpo_lab.teacher import TeacherOutput, pad_token_lists, teacher_pass
+from scpo_lab.teacher import TeacherOutput, teacher_pass
 
+MODELS = ("policy", "base")
+READINGS = ("expected", "parsed")
 SCORE_MAX = 9  # one token per score: the digits 0..9 (SmolLM2's and Qwen's tokenizers split numbers into digits)
 SCORE_CUE = "\nScore: "
 # What all rollouts of a problem share comes first, so the reading pass runs it once per group (teacher_pass).
@@ -31,6 +41,38 @@ JUDGE_INSTRUCTION = (
     "right or wrong in the student's answer, then end with 'Score: N', where N is from 0 (wrong) to 9 (fully "
     "correct).\n\nStudent's answer:\n{answer}\n\nAutomatic checker: {feedback}"
 )
+
+
+
+@dataclass
+class JudgeConfig(checks.Section):
+    """Options of scpo-judge (`judge.*`); the formulas are the module docstring's."""
+
+    name = "judge"
+    model: str = "policy"  # policy | base
+    samples: int = 1  # judge samples per rollout
+    max_critique_tokens: int = 32
+    reading: str = "expected"  # expected | parsed
+    weight: float = 0.5
+    fallback_score: float = 0.5  # the parsed reading when no score is found
+    temperature: float = 1.0
+    planted_phrase: str = ""
+    planted_bonus: float = 0.0
+
+    def check(self) -> None:
+        f = self.field_name
+        checks.one_of(f("model"), self.model, MODELS)
+        checks.one_of(f("reading"), self.reading, READINGS)
+        checks.positive_int(f("samples"), self.samples)
+        checks.positive_int(f("max_critique_tokens"), self.max_critique_tokens)
+        checks.positive(f("weight"), self.weight, allow_zero=True)
+        checks.positive(f("temperature"), self.temperature)
+        checks.positive(f("planted_bonus"), self.planted_bonus, allow_zero=True)
+        checks.unit_interval(f("fallback_score"), self.fallback_score)
+        if not isinstance(self.planted_phrase, str):
+            raise checks.ConfigError(f"{f('planted_phrase')}: got {self.planted_phrase!r}; must be a string ('' = no "
+                                     "planted bias)")
+
 
 # ------------------------------------------------------------------------------------------------ parsing
 
@@ -109,13 +151,20 @@ def planted_bias(completions: list[str], phrase: str, bonus: float) -> torch.Ten
 class JudgeCritic(Critic):
     """scpo-judge: critique-then-score by the policy itself; no parameters beyond the policy's."""
 
-    proxy_is_probability = True  # its score is on the verifier's [0, 1] scale (hack/proxy_gap)
+    methods = ("scpo-judge",)
+    Config = JudgeConfig
+    presets = {"scpo-judge": {"method": "scpo-judge"},
+               # an instrument check, not a method: the judge pays +1 for "answer" (in ~12% of the embedded model's
+               # arithmetic completions), which the verifier ignores; every step's rollouts are kept to follow the
+               # phrase's spread
+               "scpo-judge-exploitable": {"method": "scpo-judge", "judge.planted_phrase": "answer",
+                                          "judge.planted_bonus": 1.0, "samples_every": 1}}
+    sequence_level = True
 
-    def __init__(self, config, tokenizer=None):
-        super().__init__(config, tokenizer)
+    def __init__(self, config, tokenizer=None, world=None):
+        super().__init__(config, tokenizer, world)
         self.calls = 0  # judge calls so far: seeds each call's sampling, saved so a resumed run replays them
         self._digit_ids = None
-        self.proxy = None
 
     def score(self, policy, items: list, seed: int, group_size: int = 1) -> dict:
         """Judge (prompt, completion, verdict) items -> {"expected" [n, S], "parsed" [n, S] (nan = no score),
@@ -195,14 +244,13 @@ class JudgeCritic(Critic):
                   for c, s, p in zip(judged["critiques"], scores, judged["parsed"])]
         return TeacherOutput(logprobs=None, tokens_read=judged["tokens_read"], extras=extras, critic_data=judged)
 
-    def advantages(self, batch, group_advantages_, teacher):
+    def advantages(self, batch, group_advantages_, teacher, step: int = 0) -> CriticResult:
         cfg = self.config.judge
         scores, failed = self.reading(teacher.critic_data)
         rewards = torch.tensor([v.reward for v in batch.verdicts], dtype=torch.float32)
         passed = torch.tensor([bool(v.passed) for v in batch.verdicts])
         combined = rewards + cfg.weight * scores  # r'_i = r_i + w s_i: the verifier stays ground truth
         advantages = group_advantages(combined, batch.group_size, scale=self.config.scale_rewards)
-        self.proxy = self.sequence_reward = scores
         mask = batch.completion_mask.float()
         stats = signal_stats((cfg.weight * scores)[:, None] * mask, mask, group_advantages_, batch.group_size)
         stats.update({
@@ -212,7 +260,7 @@ class JudgeCritic(Critic):
             "judge/auroc": auroc(scores, passed),
             "judge/critique_length": float(teacher.critic_data["critique_tokens"].mean()),
         })
-        return advantages, stats
+        return CriticResult(advantages, stats, score=scores, score_is_probability=True, sequence_reward=scores)
 
     def state_dict(self) -> dict:
         return {"calls": self.calls}

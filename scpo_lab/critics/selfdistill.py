@@ -1,24 +1,84 @@
-"""The self-distillation baselines SCPO is measured against: `sdpo` and `opsd` (options: config.DistillConfig).
+"""The self-distillation baselines SCPO is measured against: `sdpo` and `opsd` (options: `distill.*`).
 
 Both reuse the self-teacher pass, but as an imitation target: the student's next-token distribution is pulled
 toward the teacher's (objective.distill_loss, added to the update), or, in sampled-token mode, the per-token
-reward log pi_teacher(y_t) - log pi_student(y_t) enters the clipped surrogate. They differ in what the teacher
-reads and which weights it runs:
+reward log pi_teacher(y_t) - log pi_student(y_t) enters the clipped surrogate.
 
-    sdpo  question + a passing sibling ("Correct solution: ...", never the rollout itself), else the failed
-          attempt's feedback; a lone passing rollout has no teacher. Teacher weights: EMA of the LoRA adapter.
-    opsd  question + the task's reference solution (GSM8K's worked answer; "a + b = c" for arithmetic; the
-          canonical program for MBPP+). Teacher weights: the initial model (adapter disabled).
+Teacher context (method): sdpo = question + a passing sibling rollout of the same group ("Correct solution"),
+never the rollout itself, else the failed attempt's feedback (a lone passing rollout gets no teacher);
+opsd = question + the task's reference solution (GSM8K's worked answer; "a + b = c" for arithmetic; the
+canonical program for MBPP+). Teacher weights (distill.teacher): "ema" (theta_T <- (1 - r) theta_T + r theta
+after every optimizer step, r = ema_rate), "live" (the current policy), "initial" (adapter disabled),
+"auto" = ema for sdpo, initial for opsd.
+
+Loss, per completion token t, p = student (with gradient), q = teacher (no gradient):
+    support "topk"/"full": D_t = alpha-divergence over the teacher's top_k tokens + a tail bucket (or the whole
+        vocabulary): alpha = 0 forward KL(q || p), alpha = 1 reverse KL(p || q), between: the generalized JSD
+        a KL(p || m) + (1 - a) KL(q || m), m = a p + (1 - a) q;  D_t <- min(D_t, token_clip) if token_clip > 0
+        L = grpo_weight * L_GRPO(A_i) + (1 - grpo_weight) * sum_t D_t / (number of completion tokens)
+    support "sampled": the policy gradient with per-token reward log q(y_t) - log p(y_t) (SDPO's sampled-token
+        mode), through the clipped surrogate: A_{i,t} = grpo_weight * A_i + (1 - grpo_weight) * d_{i,t},
+        d clipped to +-token_clip if token_clip > 0
+grpo_weight = 0 is pure distillation (SDPO's public code, OPSD).
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 
-from scpo_lab.critics.base import Critic, DistillTarget, signal_stats
+from scpo_lab import checks
+from scpo_lab.critics.base import Critic, CriticResult, LossTerm, UpdateForward, signal_stats
+from scpo_lab.objective import distill_loss
 from scpo_lab.teacher import TeacherOutput, student_messages, teacher_pass, with_note
+
+SUPPORTS = ("sampled", "topk", "full")
+TEACHERS = ("auto", "ema", "live", "initial")
+
+
+@dataclass
+class DistillConfig(checks.Section):
+    """Options of sdpo and opsd (`distill.*`); the formulas are the module docstring's."""
+
+    name = "distill"
+    grpo_weight: float = 0.0
+    support: str = "topk"  # sampled | topk | full
+    top_k: int = 100
+    alpha: float = 0.5
+    teacher: str = "auto"  # auto | ema | live | initial
+    ema_rate: float = 0.05
+    token_clip: float = 0.0  # 0 = no per-token clipping
+
+    def check(self) -> None:
+        f = self.field_name
+        for name in ("grpo_weight", "alpha", "ema_rate"):
+            checks.unit_interval(f(name), getattr(self, name))
+        checks.one_of(f("support"), self.support, SUPPORTS)
+        checks.one_of(f("teacher"), self.teacher, TEACHERS)
+        checks.positive_int(f("top_k"), self.top_k)
+        checks.positive(f("token_clip"), self.token_clip, allow_zero=True)
+
+
+class DistillLoss(LossTerm):
+    """weight * objective.distill_loss on the rows that have a teacher: pull the student's distribution toward the
+    teacher's log-probs on the support (alpha: 0 forward KL, 1 reverse KL, between: generalized JSD)."""
+
+    name = "distill/loss"
+
+    def __init__(self, support_ids, logprobs, rows, weight: float, alpha: float, token_clip: float):
+        self.support_ids = support_ids  # [B, T, k] support token ids
+        self.logprobs = logprobs  # [B, T, k] teacher log-probs on the support (no gradient)
+        self.rows = rows  # [B] bool: the row has a teacher
+        self.weight, self.alpha, self.token_clip = weight, alpha, token_clip  # weight = 1 - grpo_weight
+
+    def __call__(self, forward: UpdateForward, rows, mask, n_tokens):
+        width = mask.shape[1]
+        distill_mask = mask * self.rows[rows, None]
+        distill, _ = distill_loss(forward.support_logprobs, self.logprobs[rows, :width], distill_mask, self.alpha,
+                                  self.token_clip, n_tokens)
+        return self.weight * distill, float(distill.detach())  # L = lam L_GRPO + (1 - lam) sum_t D_t / n_tokens
 
 SDPO_SOLUTION = "\n\nCorrect solution:\n{solution}\n\nCorrectly solve the original question."
 SDPO_FEEDBACK = ("\n\nThe following is feedback from your unsuccessful earlier attempt:\n{feedback}\n\n"
@@ -42,10 +102,11 @@ def reference_solution(problem) -> str | None:
 class SelfDistillation(Critic):
     """Shared by sdpo and opsd: teacher contexts per row, teacher weights, the distillation target."""
 
+    Config = DistillConfig
     default_teacher = "live"
 
-    def __init__(self, config, tokenizer=None):
-        super().__init__(config, tokenizer)
+    def __init__(self, config, tokenizer=None, world=None):
+        super().__init__(config, tokenizer, world)
         self.ema: dict[str, torch.Tensor] | None = None
 
     # which rows get a teacher, and what it reads
@@ -115,7 +176,7 @@ class SelfDistillation(Critic):
     def _lora(policy) -> dict[str, torch.Tensor]:
         return {n: p for n, p in policy.model.named_parameters() if p.requires_grad}
 
-    def advantages(self, batch, group_advantages, teacher: TeacherOutput):
+    def advantages(self, batch, group_advantages, teacher: TeacherOutput, step: int = 0) -> CriticResult:
         cfg = self.config.distill
         mask = batch.completion_mask.float()
         rows = teacher.has_teacher.float()[:, None]
@@ -133,17 +194,16 @@ class SelfDistillation(Critic):
         if cfg.support != "sampled":  # the magnitudes are in distill/loss; only the rescue accounting is meaningful
             for key in ("scpo/signal_mean", "scpo/signal_std", "scpo/signal_top1pct_share"):
                 stats.pop(key)
-        return advantages, stats
-
-    def distillation_target(self, batch, teacher: TeacherOutput) -> DistillTarget | None:
-        cfg = self.config.distill
-        if cfg.support == "sampled" or cfg.grpo_weight >= 1:
-            return None
-        return DistillTarget(ids=teacher.dist_ids, logprobs=teacher.dist_logprobs, rows=teacher.has_teacher,
-                             weight=1 - cfg.grpo_weight, alpha=cfg.alpha, token_clip=cfg.token_clip)
+        term = None  # sampled mode carries the teacher in the advantages; grpo_weight = 1 distils nothing
+        if cfg.support != "sampled" and cfg.grpo_weight < 1:
+            term = DistillLoss(support_ids=teacher.dist_ids, logprobs=teacher.dist_logprobs, rows=teacher.has_teacher,
+                               weight=1 - cfg.grpo_weight, alpha=cfg.alpha, token_clip=cfg.token_clip)
+        return CriticResult(advantages, stats, loss_term=term)
 
 
 class SdpoCritic(SelfDistillation):
+    methods = ("sdpo",)
+    presets = {"sdpo": {"method": "sdpo"}}
     default_teacher = "ema"
 
     def contexts(self, batch):
@@ -169,6 +229,8 @@ class SdpoCritic(SelfDistillation):
 
 
 class OpsdCritic(SelfDistillation):
+    methods = ("opsd",)
+    presets = {"opsd": {"method": "opsd"}}
     default_teacher = "initial"
 
     def contexts(self, batch):

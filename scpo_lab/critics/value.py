@@ -1,6 +1,32 @@
 """Self-critics that add parameters: a reward head on the policy (V1, `scpo-head`) and an online critic
-(V4, `scpo-critic`). The equations are in config.ValueConfig's docstring; the pieces are below, each small
-enough to test against a hand computation.
+(V4, `scpo-critic`); options `value.*`.
+
+scpo-head: a head V(h) = sigmoid(head(h)) on the policy's final hidden states h, trained online by binary
+cross-entropy against the verifier outcome of the rollout, at every completion state of two passes:
+the update's own forward (student context: an on-policy value V(s_t)) and the self-teacher pass (privileged
+context in front of the re-read rollout: its hindsight version). Reward, from the teacher-context values:
+    reward = "shaping":  r_t = gamma * Phi_t - Phi_{t-1},  Phi_t = V(state after token t) for 1 <= t < T,
+                         Phi_0 = Phi_T = 1/2 (the uninformed prior at the start and the terminal state), so
+                         sum_t gamma^(t-1) r_t = (gamma^T - 1) / 2 whatever the values (0 for gamma = 1):
+                         potential-based shaping, it cannot change which policies are optimal (Ng et al. 1999)
+                         A_{i,t} = A_i + weight * r_{i,t}
+    reward = "score":    r_i <- r_i + weight * V(state after the last token); A_i group-relative again
+train_lora: the head's student-context loss (x head_loss_coef) also reaches the LoRA weights (else detached).
+
+scpo-critic: a value model V(s_t) (value head on a backbone with its own LoRA adapter) updated every step:
+    critic = "shared":   a second LoRA adapter on the policy's own base weights (one model in memory; the
+                         trainer switches adapters around the critic's forward)
+    critic = "separate": another model (critic_model; same tokenizer as the policy) with its own adapter
+    asymmetric:          the critic reads the privileged context (question + verifier's note), the actor not
+    GAE, verifier reward R at the last token:  delta_t = gamma V_{t+1} - V_t (+ R at t = T, V_{T+1} = 0),
+                         A^GAE_t = sum_l (gamma lambda)^l delta_{t+l}
+    A_{i,t} = group_mix * A_i + (1 - group_mix) * A^GAE_{i,t}
+    loss = 1/2 max((V - G)^2, (V_old + clip(V - V_old, +-value_clip) - G)^2), G = A^GAE + V_old clipped to
+           [0, 1] (the range of the verifier's reward); its own AdamW (lr), critic_epochs passes per step;
+           for the first warmup_steps steps only the critic trains (the actor waits for a useful baseline)
+
+Several processes: each critic's losses are divided by the whole batch's token count and its gradients summed
+over the processes before its optimizer step (as the policy's), so its parameters stay identical everywhere.
 
 Indexing used throughout: for a completion y_1..y_T, s_t is the state in which y_{t+1} is chosen (it has read
 the context and y_1..y_t); `states[:, t]` [B, T, H] holds s_0..s_{T-1}, the final hidden states that predict
@@ -10,16 +36,66 @@ each completion token (objective.completion_states, TeacherOutput.states).
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 
-from scpo_lab.critics.base import Critic, outcome_bce, signal_stats
+from scpo_lab import checks
+from scpo_lab.critics.base import Critic, CriticResult, LossTerm, UpdateForward, outcome_bce, signal_stats
 from scpo_lab.objective import completion_states, group_advantages
 from scpo_lab.rollout import encode_prompts, micro_batches
 from scpo_lab.stats import auroc
 from scpo_lab.teacher import privileged_messages, student_messages, teacher_pass
 
 CRITIC_ADAPTER = "critic"  # name of the critic's LoRA adapter on the policy's base weights (critic = "shared")
+HEADS = ("linear", "mlp")
+HEAD_REWARDS = ("shaping", "score")
+BACKBONES = ("shared", "separate")
+
+
+@dataclass
+class ValueConfig(checks.Section):
+    """Options of scpo-head and scpo-critic (`value.*`); the formulas are the module docstring's."""
+
+    name = "value"
+    head: str = "linear"  # linear | mlp
+    head_hidden: int = 64  # width of the mlp head
+    lr: float = 1e-3  # the head's (scpo-head) or the critic's (head + adapter, scpo-critic) learning rate
+    reward: str = "shaping"  # shaping | score (scpo-head)
+    weight: float = 0.5
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    train_lora: bool = False  # scpo-head: head loss gradient reaches the policy's LoRA weights
+    head_loss_coef: float = 0.1  # scpo-head with train_lora: weight of the head loss in the policy's loss
+    critic: str = "shared"  # shared | separate (scpo-critic)
+    critic_model: str = "embedded"  # critic = separate: any loadable model with the policy's tokenizer
+    critic_lora_r: int = 16
+    asymmetric: bool = False
+    group_mix: float = 0.5
+    value_clip: float = 0.2
+    critic_epochs: int = 1
+    warmup_steps: int = 0
+
+    def check(self) -> None:
+        f = self.field_name
+        checks.one_of(f("head"), self.head, HEADS)
+        checks.positive_int(f("head_hidden"), self.head_hidden)
+        checks.positive(f("lr"), self.lr)
+        checks.one_of(f("reward"), self.reward, HEAD_REWARDS)
+        checks.positive(f("weight"), self.weight, allow_zero=True)
+        for name in ("gamma", "gae_lambda", "group_mix"):
+            checks.unit_interval(f(name), getattr(self, name))
+        for name in ("train_lora", "asymmetric"):
+            checks.boolean(f(name), getattr(self, name))
+        checks.positive(f("head_loss_coef"), self.head_loss_coef, allow_zero=True)
+        checks.one_of(f("critic"), self.critic, BACKBONES)
+        if not isinstance(self.critic_model, str) or checks.is_missing_model_path(self.critic_model):
+            raise checks.ConfigError(f"{f('critic_model')}: got {self.critic_model!r}; use 'embedded', 'tiny', a "
+                                     "local model folder or a hub id")
+        checks.positive_int(f("critic_lora_r"), self.critic_lora_r)
+        checks.positive(f("value_clip"), self.value_clip)
+        checks.positive_int(f("critic_epochs"), self.critic_epochs)
+        checks.count(f("warmup_steps"), self.warmup_steps)
 
 
 class ValueHead(torch.nn.Module):
@@ -114,25 +190,56 @@ def _passed(batch) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------ V1: reward head
 
+class HeadLoss(LossTerm):
+    """The head's BCE on the update's own (student-context) states of each micro-batch, weighted by its token
+    share; with value.train_lora the gradient also reaches the LoRA weights (x head_loss_coef), else only the
+    head's (it trains the head, not the policy: not part of the logged `loss`)."""
+
+    name = "head/loss_student"
+    policy_objective = False
+    wants_states = True
+
+    def __init__(self, critic: "HeadCritic", passed: torch.Tensor):
+        self.critic, self.passed = critic, passed
+
+    def __call__(self, forward: UpdateForward, rows, mask, n_tokens):
+        critic, cfg = self.critic, self.critic.config.value
+        passed = self.passed[rows]
+        logits = critic.head(forward.states if cfg.train_lora else forward.states.detach())
+        loss = outcome_bce(logits, passed, mask.float()) * float(mask.sum()) / max(n_tokens, 1.0)
+        _check_finite("value head loss (student context)", loss)
+        values = torch.sigmoid(logits.detach()) * mask
+        means = values.sum(1) / mask.sum(1).clamp(min=1)
+        critic._student_rows += list(zip(means.tolist(), passed.tolist()))
+        loss = loss * (cfg.head_loss_coef if cfg.train_lora else 1.0)
+        return loss, float(loss.detach())
+
+
 class HeadCritic(Critic):
     """scpo-head: a value head on the policy's own final hidden states (no second model).
 
     Each step: the teacher pass (privileged context) returns the states s_t; the head's values there give the
     reward (shaping or final score); the head then takes one AdamW step on the BCE of both passes -- the
-    teacher-context states (here) and the student-context states of the update's own forward (`state_loss`,
-    called by the trainer on every micro-batch) -- after the actor's update (`after_update`)."""
+    teacher-context states (here) and the student-context states of the update's own forward (its HeadLoss,
+    on every micro-batch) -- after the actor's update (`after_update`)."""
 
-    wants_states = True  # the trainer hands the update forward's hidden states to state_loss
-    proxy_is_probability = True  # its proxy, V in [0, 1]
+    methods = ("scpo-head",)
+    Config = ValueConfig
+    presets = {"scpo-head": {"method": "scpo-head"}}
+    sequence_level = True  # with value.reward = "score" (check_sequence_level)
 
-    def __init__(self, config, tokenizer=None):
-        super().__init__(config, tokenizer)
+    @classmethod
+    def check_sequence_level(cls, config) -> None:
+        if config.value.reward != "score":
+            raise ValueError("value.reward: scpo-head as a TRL reward needs 'score' (V after the rollout)")
+
+    def __init__(self, config, tokenizer=None, world=None):
+        super().__init__(config, tokenizer, world)
         self.head: ValueHead | None = None
         self.optimizer = None
         self._pending_state = None
         self._student_stats: dict = {}
         self._student_rows: list = []  # (mean student-context value, passed) per rollout of the last update
-        self._passed = None
 
     def _build(self, hidden_size: int) -> None:
         cfg = self.config.value
@@ -150,17 +257,20 @@ class HeadCritic(Critic):
                            return_states=True, engine=self.config.rollout_engine)
         if self.head is None:
             self._build(out.states.shape[-1])
+        with torch.no_grad():
+            out.values = torch.sigmoid(self.head(out.states))  # V(s_t) as the pass read it (samples.jsonl)
         return out
 
-    def advantages(self, batch, group_advantages_, teacher):
+    def parameters(self) -> list:
+        return [] if self.head is None else list(self.head.parameters())
+
+    def advantages(self, batch, group_advantages_, teacher, step: int = 0) -> CriticResult:
         cfg = self.config.value
         mask = batch.completion_mask.float()
         passed = _passed(batch)
         logits = self.head(teacher.states.detach())  # [B, T]: one forward, its values the reward, its graph the loss
         values = torch.sigmoid(logits.detach())  # V(s_t) under the privileged context: hindsight
-        teacher.values = values
-        final = _at_last_state(values, mask)  # V after reading y_<T
-        self.proxy = self.sequence_reward = final  # the head's own judgment of each rollout (hack/*)
+        final = _at_last_state(values, mask)  # V after reading y_<T: the head's own judgment of each rollout
         if cfg.reward == "shaping":
             r = shaping_rewards(values, mask, cfg.gamma)
             advantages = (group_advantages_[:, None] + cfg.weight * r) * mask  # A_{i,t} = A_i + w r_{i,t}
@@ -168,35 +278,24 @@ class HeadCritic(Critic):
             rewards = torch.tensor([v.reward for v in batch.verdicts], dtype=torch.float32)
             advantages = group_advantages(rewards + cfg.weight * final, batch.group_size,
                                           scale=self.config.scale_rewards)  # r_i + w V_T, group-relative
-        loss = outcome_bce(logits, passed, mask)
+        loss = outcome_bce(logits, passed, mask, self.world.sum(float(mask.sum())))
         _check_finite("value head loss (teacher context)", loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # head gradients only (the states carry none); the step comes after the actor's update
         dense = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(mask)
-        stats = {"head/loss_teacher": float(loss.detach()), "head/auroc_teacher": auroc(final, passed),
+        stats = {"head/loss_teacher": self.world.sum(float(loss.detach())), "head/auroc_teacher": auroc(final, passed),
                  "head/value_mean": float((values * mask).sum() / mask.sum().clamp(min=1)),
                  **self._student_stats,
                  **signal_stats((dense - group_advantages_[:, None]) * mask, mask, group_advantages_,
                                 batch.group_size)}
-        self._student_stats, self._passed = {}, passed
-        return advantages, stats
-
-    def state_loss(self, states: torch.Tensor, rows, mask: torch.Tensor, n_tokens: float) -> torch.Tensor:
-        """BCE of the head on the update's own (student-context) states of one micro-batch, weighted by its token
-        share; with value.train_lora the gradient also reaches the LoRA weights (x head_loss_coef)."""
-        cfg = self.config.value
-        passed = self._passed[rows]
-        logits = self.head(states if cfg.train_lora else states.detach())
-        loss = outcome_bce(logits, passed, mask.float()) * float(mask.sum()) / max(n_tokens, 1.0)
-        _check_finite("value head loss (student context)", loss)
-        values = torch.sigmoid(logits.detach()) * mask
-        means = values.sum(1) / mask.sum(1).clamp(min=1)
-        self._student_rows += list(zip(means.tolist(), passed.tolist()))
-        return loss * (cfg.head_loss_coef if cfg.train_lora else 1.0)
+        self._student_stats = {}
+        return CriticResult(advantages, stats, score=final, score_is_probability=True, sequence_reward=final,
+                            loss_term=HeadLoss(self, passed))
 
     def after_update(self, policy) -> dict:
         if self.head is None:
             return {}
+        self.world.sum_gradients(self.parameters())  # several processes: the whole batch's gradient everywhere
         for p in self.head.parameters():
             if p.grad is not None:
                 _check_finite("value head gradient", p.grad)
@@ -237,8 +336,15 @@ class OnlineCritic(Critic):
     the actor's update, critic_epochs passes of the clipped value loss on G = A^GAE + V_old, with gradient through
     the critic's adapter and head. The critic's context is the student's, or the privileged one (asymmetric)."""
 
-    def __init__(self, config, tokenizer=None):
-        super().__init__(config, tokenizer)
+    methods = ("scpo-critic",)
+    Config = ValueConfig
+    presets = {"scpo-critic-shared": {"method": "scpo-critic", "value.critic": "shared"},
+               # a second copy of the embedded model (the only local model); the smoke profile uses the tiny one
+               "scpo-critic-separate": {"method": "scpo-critic", "value.critic": "separate",
+                                        "value.critic_model": "embedded"}}
+
+    def __init__(self, config, tokenizer=None, world=None):
+        super().__init__(config, tokenizer, world)
         self.head: ValueHead | None = None
         self.optimizer = None
         self.separate = None  # critic = "separate": the critic's own Policy
@@ -329,7 +435,10 @@ class OnlineCritic(Critic):
         out.logprobs = None  # the critic's context is not the policy's: no teacher-student log-ratio to report
         return out
 
-    def advantages(self, batch, group_advantages_, teacher):
+    def parameters(self) -> list:
+        return [] if self.head is None else list(self.head.parameters()) + [p for _, p in self._adapter]
+
+    def advantages(self, batch, group_advantages_, teacher, step: int = 0) -> CriticResult:
         cfg = self.config.value
         mask = batch.completion_mask.float()
         rewards = torch.tensor([v.reward for v in batch.verdicts], dtype=torch.float32)
@@ -339,15 +448,14 @@ class OnlineCritic(Critic):
         advantages = (cfg.group_mix * group_advantages_[:, None] + (1 - cfg.group_mix) * gae_adv) * mask
         self._pending = (batch, values, returns.clamp(0.0, 1.0) * mask)  # value targets clipped to the reward range
         n = mask.sum().clamp(min=1)
-        mean_value = (values * mask).sum(1) / mask.sum(1).clamp(min=1)
-        self.proxy = mean_value  # the critic's own judgment of each rollout (hack/*)
+        mean_value = (values * mask).sum(1) / mask.sum(1).clamp(min=1)  # its own judgment of each rollout
         stats = {"critic/value_mean": float((values * mask).sum() / n),
                  "critic/explained_variance": explained_variance(values, returns, mask),
                  "critic/auroc": auroc(mean_value, _passed(batch)),
                  "critic/warmup": float(not self.updates_actor()),
                  **signal_stats(advantages - group_advantages_[:, None] * mask, mask, group_advantages_,
                                 batch.group_size)}
-        return advantages, stats
+        return CriticResult(advantages, stats, score=mean_value)
 
     def updates_actor(self) -> bool:
         return self.step >= self.config.value.warmup_steps
@@ -375,6 +483,7 @@ class OnlineCritic(Critic):
             was_training = critic.model.training
             critic.model.train()
             mask = batch.completion_mask.float()
+            n_tokens = max(self.world.sum(float(mask.sum())), 1.0)  # several processes: the whole batch's tokens
             for _ in range(cfg.critic_epochs):
                 self.optimizer.zero_grad(set_to_none=True)
                 total = 0.0
@@ -385,14 +494,15 @@ class OnlineCritic(Critic):
                     values = self.head(states)
                     m = inputs[3].float()
                     loss = clipped_value_loss(values, old_values[rows, :width], returns[rows, :width], m,
-                                              cfg.value_clip) * float(m.sum()) / float(mask.sum().clamp(min=1))
+                                              cfg.value_clip) * float(m.sum()) / n_tokens
                     _check_finite("critic loss", loss.detach())
                     loss.backward()
                     total += float(loss.detach())
+                self.world.sum_gradients(self.parameters())  # the whole batch's gradient on every process
                 torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
                                                self.config.max_grad_norm)
                 self.optimizer.step()
-                losses.append(total)
+                losses.append(self.world.sum(total))
             critic.model.train(was_training)
         return {"critic/value_loss": sum(losses) / len(losses)}
 

@@ -31,13 +31,20 @@ from __future__ import annotations
 import torch
 
 from scpo_lab.config import TrainConfig, make_config
-from scpo_lab.critics import make_critic
+from scpo_lab.critics import critic_class, make_critic, methods
 from scpo_lab.models import Policy
+from scpo_lab.padding import pad_token_lists
 from scpo_lab.rollout import RolloutBatch, encode_prompts
-from scpo_lab.teacher import pad_token_lists, student_messages, teacher_pass
+from scpo_lab.teacher import student_messages, teacher_pass
 
-SEQUENCE_LEVEL = ("scpo-divergence", "scpo-judge", "scpo-irl", "scpo-head")
-DENSE = ("scpo-divergence", "scpo-head")
+
+
+def sequence_level_methods() -> tuple[str, ...]:
+    """Methods whose critic's sequence_reward serves as a TRL reward function (ScpoReward)."""
+    return tuple(m for m in methods() if critic_class(m) is not None and critic_class(m).sequence_level)
+
+
+DENSE = ("scpo-divergence", "scpo-head")  # dense critics ScpoGRPOTrainer is tested with (their advantages [B, T])
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -121,7 +128,7 @@ class _CriticBridge(_ProblemLookup):
                              texts=texts, problems=list(problems), group_ids=torch.arange(n) // group,
                              truncated=torch.zeros(n, dtype=torch.bool), group_size=group)
         batch.verdicts = self.task.verify_batch(batch.problems, texts)
-        if self.config.method == "scpo-divergence":  # the only critic that reads the sampler's log-probs
+        if critic_class(self.config.method).reads_sampler_logprobs:
             batch.logprobs = teacher_pass(policy, batch, batch.verdicts, context=student_messages,
                                           micro_batch_size=self.config.micro_batch_size,
                                           engine=self.config.rollout_engine).logprobs
@@ -130,9 +137,9 @@ class _CriticBridge(_ProblemLookup):
     def critic_advantages(self, policy: Policy, batch: RolloutBatch, group_advantages: torch.Tensor):
         teacher = self.critic.teacher_pass(policy, batch, temperature=self.config.temperature,
                                            micro_batch_size=self.config.micro_batch_size)
-        advantages, stats = self.critic.advantages(batch, group_advantages, teacher)
-        stats.update(self.critic.after_update(policy) or {})  # e.g. the discriminator's step on this batch
-        return advantages, stats
+        result = self.critic.advantages(batch, group_advantages, teacher)
+        result.stats.update(self.critic.after_update(policy) or {})  # e.g. the discriminator's step on this batch
+        return result
 
 
 def _loggable(stats: dict) -> dict:
@@ -144,12 +151,12 @@ class ScpoReward(_CriticBridge):
     """A sequence-level SCPO critic as a TRL reward function (see the module docstring)."""
 
     def __init__(self, method: str, task, problems, config: TrainConfig | None = None, **overrides):
-        if method not in SEQUENCE_LEVEL:
-            raise ValueError(f"method: {method!r} has no sequence-level reward; allowed: {', '.join(SEQUENCE_LEVEL)}"
+        allowed = sequence_level_methods()
+        if method not in allowed:
+            raise ValueError(f"method: {method!r} has no sequence-level reward; allowed: {', '.join(allowed)}"
                              " (dense critics: ScpoGRPOTrainer)")
         super().__init__(method, task, problems, config, **overrides)
-        if method == "scpo-head" and self.config.value.reward != "score":
-            raise ValueError("value.reward: scpo-head as a TRL reward needs 'score' (V after the rollout)")
+        critic_class(method).check_sequence_level(self.config)
         self.__name__ = method  # TRL logs rewards/<__name__>/mean
         self.last_stats: dict = {}
 
@@ -158,13 +165,14 @@ class ScpoReward(_CriticBridge):
         model = policy.model
         was_training = model.training
         batch = self.batch(policy, self.problems(problem_id), completion_ids)
-        _, self.last_stats = self.critic_advantages(policy, batch, torch.zeros(len(batch)))
+        result = self.critic_advantages(policy, batch, torch.zeros(len(batch)))
+        self.last_stats = result.stats
         model.train(was_training)
         log_metric = kwargs.get("log_metric")
         if log_metric is not None:
             for key, value in _loggable(self.last_stats).items():
                 log_metric(f"{self.__name__}/{key}", value)
-        return [float(x) for x in self.critic.sequence_reward]
+        return [float(x) for x in result.sequence_reward]
 
 
 def scpo_grpo_trainer_class():
@@ -197,7 +205,8 @@ def scpo_grpo_trainer_class():
             policy = self.scpo.policy()
             problems = self.scpo.problems([x["problem_id"] for x in inputs])
             batch = self.scpo.batch(policy, problems, output["completion_ids"], output["completion_mask"])
-            advantages, stats = self.scpo.critic_advantages(policy, batch, output["advantages"].float().cpu())
+            result = self.scpo.critic_advantages(policy, batch, output["advantages"].float().cpu())
+            advantages, stats = result.advantages, result.stats
             self.model.train()
             if advantages.dim() == 1:
                 advantages = advantages[:, None].expand(-1, batch.completion_ids.shape[1])

@@ -114,7 +114,7 @@ def show_call(entry_point: str, args: list) -> str:
 # expected outputs (cached)
 
 def _cache_dir() -> Path:
-    from scpo_lab.models import cache_root
+    from scpo_lab.paths import cache_root
 
     digest = hashlib.sha256(DATA_FILE.read_bytes()).hexdigest()[:12]
     return cache_root() / "mbppplus" / f"{digest}-h{HARNESS_VERSION}"

@@ -1,0 +1,67 @@
+"""How big the report set's runs and evaluations are on each profile: one definition, so the notebooks share (and
+cache) identical runs. The profiles' training defaults themselves are in config.PROFILE_DEFAULTS."""
+
+from __future__ import annotations
+
+from scpo_lab.checks import one_of
+
+PROFILES = ("smoke", "cpu", "gpu")
+
+
+# Held-out evaluation sizes per profile: problems x samples per problem (pass@1 interval is over problems).
+EVAL_SETTINGS: dict[str, dict] = {
+    "smoke": {"n_problems": 4, "n_samples": 2, "batch_prompts": 4},
+    "cpu": {"n_problems": 150, "n_samples": 8, "batch_prompts": 8},  # the default task has 158 test problems
+    "gpu": {"n_problems": 500, "n_samples": 8, "batch_prompts": 64},
+}
+
+
+# Multi-arm, multi-seed comparisons (notebooks 01, 02, ...): smaller runs than a single quickstart run, so that
+# every arm x seed fits the cpu report budget; one definition, so the notebooks share (and cache) identical runs.
+COMPARISON_SIZES: dict[str, dict] = {
+    "smoke": {"steps": 2, "save_every": 1},
+    # cpu: 8 steps x 2 prompts x G=8 (128 rollouts a run): 13 arms x 3 seeds on arithmetic, GSM8K, the scaling
+    # sweeps and every evaluation fit the 90-minute cold budget of the report set on 2 cores (README)
+    "cpu": {"steps": 8, "prompts_per_step": 2, "group_size": 8, "max_new_tokens": 32, "save_every": 4},
+    "gpu": {"steps": 100, "save_every": 25},
+}
+# 100 problems x 2 samples: pass@1's bootstrap interval is over problems, so samples per problem add little
+COMPARISON_EVAL: dict[str, dict] = {"cpu": {"n_problems": 100, "n_samples": 2, "batch_prompts": 25}}
+
+
+# GSM8K with the embedded model: nearly every group is all-fail. Short runs that measure the training signal (which
+# groups a critic rescues, what it rewards), not accuracy; shared by notebooks 01 and 05 so identical arms are cached.
+COLLAPSE_SIZES: dict[str, dict] = {
+    "smoke": {"steps": 2},
+    "cpu": {"steps": 2, "prompts_per_step": 2, "group_size": 4, "max_new_tokens": 96, "micro_batch_size": 4},
+    "gpu": {"steps": 20},
+}
+# Their held-out evaluation (GSM8K test split), where a notebook evaluates them: the embedded model solves ~4%.
+COLLAPSE_EVAL: dict[str, dict] = {
+    "smoke": {"n_problems": 4, "n_samples": 2, "batch_prompts": 4},
+    "cpu": {"n_problems": 50, "n_samples": 2, "batch_prompts": 10},
+    "gpu": {"n_problems": 500, "n_samples": 4, "batch_prompts": 64},
+}
+
+
+def collapse_sizes(profile: str) -> dict:
+    """Run size overrides of the GSM8K collapse-accounting runs on this profile."""
+    one_of("profile", profile, PROFILES)
+    return dict(COLLAPSE_SIZES[profile])
+
+
+def collapse_eval(profile: str) -> dict:
+    """Held-out evaluation settings of the GSM8K collapse-accounting runs on this profile."""
+    one_of("profile", profile, PROFILES)
+    return dict(COLLAPSE_EVAL[profile])
+
+
+def comparison_settings(profile: str) -> tuple[dict, dict]:
+    """(run size overrides, evaluation settings) of a comparison notebook on this profile."""
+    one_of("profile", profile, PROFILES)
+    return dict(COMPARISON_SIZES[profile]), dict(COMPARISON_EVAL.get(profile, EVAL_SETTINGS[profile]))
+
+
+def eval_settings(profile: str) -> dict:
+    one_of("profile", profile, PROFILES)
+    return dict(EVAL_SETTINGS[profile])
