@@ -119,13 +119,23 @@ def test_golden_record(name, tmp_path):
 
 
 if __name__ == "__main__" and "--write" in sys.argv:
+    # python tests/test_golden_record.py --write [VARIANT ...]: rewrite every variant, or only those named (an
+    # intended change of one method's behaviour); the others keep their recorded values
     import tempfile
 
-    out = {"host": host_key(), "variants": {}}
+    names = [a for a in sys.argv[sys.argv.index("--write") + 1:] if not a.startswith("-")] or list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        sys.exit(f"--write: unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)}")
+    out = json.loads(RECORD.read_text()) if RECORD.is_file() and names != list(VARIANTS) else {"variants": {}}
+    if out.get("host", host_key()) != host_key():
+        sys.exit(f"--write: the record was written on {out['host']!r}; rewrite every variant on one host")
+    out["host"] = host_key()
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in VARIANTS:
+        for variant in names:
             out["variants"][variant] = record_variant(variant, Path(tmp))
             print(variant, "recorded", flush=True)
+    out["variants"] = {name: out["variants"][name] for name in VARIANTS if name in out["variants"]}
     RECORD.parent.mkdir(exist_ok=True)
     RECORD.write_text(json.dumps(out, indent=1) + "\n")
     print("wrote", RECORD)

@@ -38,16 +38,22 @@ def test_gpu_options_are_validated_with_one_line_errors(change, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_the_new_model_fields_leave_cached_runs_hashes_alone_until_set():
+def test_the_gpu_model_fields_are_part_of_every_runs_identity():
+    """Every model field is hashed (run identity: the common fields and the method's own section). Folders cached
+    when the GPU fields were left out of the hash at their defaults are adopted by the old rule (migrate.py)."""
+    from scpo_lab.migrate import legacy_exclude
+
     base = make_config("cpu")
+    assert not [k for k in base.hash_exclude() if k.startswith("model.")]
     assert {"model.lora_target_modules", "model.gradient_checkpointing", "model.fast_inference"} <= set(
-        base.hash_exclude())
+        legacy_exclude(base))
     record = base.to_dict()
     for name in ("lora_target_modules", "gradient_checkpointing", "load_in_4bit", "fast_inference",
                  "gpu_memory_utilization", "max_seq_length"):
         del record["model"][name]  # a config.json written before these fields existed
-    del record["precision"]  # as is precision (fp32 runs hash as before it existed: tests/test_precision.py)
-    assert config_hash(record, DEFAULT_EXCLUDE + ("value", "judge", "irl")) == _hash(base)
+    del record["precision"]
+    assert config_hash(record, DEFAULT_EXCLUDE + ("value", "judge", "irl")) == config_hash(
+        base.to_dict(), DEFAULT_EXCLUDE + legacy_exclude(base))  # the old rule still finds such a folder
     assert _hash(make_config("cpu", **{"model.lora_target_modules": ["q_proj", "v_proj"]})) != _hash(base)
     assert _hash(make_config("cpu", **{"model.gradient_checkpointing": "on"})) != _hash(base)
 
