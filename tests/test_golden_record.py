@@ -55,10 +55,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 
 
 def host_key() -> str:
-    """The kernels a record is bit-exact for: the CPU model and torch's kernel set."""
+    """The kernels a record is bit-exact for: the CPU model, torch's kernel set and its thread count (1 and 2
+    threads split the reductions differently: ~1e-7 apart)."""
     from scpo_lab.precision import cpu_model
 
-    return f"{cpu_model()} | {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__}"
+    return (f"{cpu_model()} | {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__} | "
+            f"{torch.get_num_threads()} threads")
 
 
 def record_variant(name: str, runs_dir: Path) -> dict:
