@@ -377,7 +377,8 @@ def cost_table(metrics: pd.DataFrame, arms: list[str], reference: str = "grpo") 
     """Per arm (metrics needs an `arm` column): extra parameters (params/extra), median seconds per step over all
     its steps and seeds (total, teacher pass, update; the median, so a step slowed by other work on the machine
     does not move it), the extra seconds over `reference`, and training FLOPs per step (the runs' logged totals /
-    steps, mean over seeds)."""
+    steps, mean over seeds, critics' own updates included); seconds_vs_ref and flops_vs_ref put wall-clock beside
+    FLOPs, both relative to `reference`."""
     last = metrics.sort_values("step").groupby("run").tail(1)
     flops = (last["flops"] / last["step"]).groupby(last["arm"]).mean()
     per_arm = metrics.groupby("arm").agg(extra_params=("params/extra", "max"), seconds=("time/step", "median"),
@@ -385,6 +386,9 @@ def cost_table(metrics: pd.DataFrame, arms: list[str], reference: str = "grpo") 
     per_arm["flops_per_step"] = flops
     base = per_arm.loc[reference, "seconds"] if reference in per_arm.index else 0.0
     per_arm["extra_seconds"] = per_arm["seconds"] - base
+    if reference in per_arm.index:  # wall-clock beside FLOPs, both relative to the reference arm
+        per_arm["seconds_vs_ref"] = per_arm["seconds"] / per_arm.loc[reference, "seconds"]
+        per_arm["flops_vs_ref"] = per_arm["flops_per_step"] / per_arm.loc[reference, "flops_per_step"]
     return per_arm.reindex([a for a in arms if a in per_arm.index]).reset_index()
 
 

@@ -87,6 +87,25 @@ def group_advantages(rewards: Tensor, group_size: int, scale: str = "group") -> 
     return centered.reshape(-1)
 
 
+CRITIC_SCALE = 0.5  # the largest std a reward on [0, 1] can have (a pass rate of 1/2): the critic's score unit
+
+
+def critic_advantages(group_advantages: Tensor, scores: Tensor, group_size: int, weight: float) -> Tensor:
+    """A sequence-level critic's score s_i [B] added to the verifier's group advantage A_i [B] -> [B]:
+
+        A'_i = A_i + w * (s_i - mean_g s) / CRITIC_SCALE
+
+    The critic's group-centred score is read in reward units (the judge's score, D and a head's value are on the
+    verifier's [0, 1] scale) over a fixed scale, not over the group's own spread: so its weight sets its share of
+    the advantage (a difference of 1 in score moves the advantage by 2w, a verifier pass among failures by ~2.5),
+    and in a group the verifier cannot tell apart (A_i = 0) scores that differ by 1e-3 give advantages ~1e-3,
+    not the +-1 that normalising r_i + w s_i by its own std would make of them.
+    """
+    s = _grouped(scores.float(), group_size)
+    centred = (s - s.mean(dim=1, keepdim=True)).reshape(-1)  # s_i - mean_g s
+    return group_advantages + weight * centred / CRITIC_SCALE
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 2. Per-token log-probs of the completion, without materialising B x T x V logits
 # ----------------------------------------------------------------------------------------------------------------

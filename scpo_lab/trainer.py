@@ -373,6 +373,9 @@ def training_step(loop: _Loop, step: int, state: dict) -> dict:
                          world)
     if critic is not None:
         stats.update(critic.after_update(policy) or {})
+        critic_flops = world.sum(critic.update_flops())  # the critic's own training: heads, value model, D
+        state["flops"] += critic_flops
+        stats["flops/critic_update"] = critic_flops
     times["update"] = time.perf_counter() - t0
 
     # 5. log (TRL's metric names where they mean the same thing)
@@ -412,7 +415,12 @@ def training_step(loop: _Loop, step: int, state: dict) -> dict:
 def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, term: LossTerm | None = None,
             world: distributed.World = distributed.World()) -> dict:
     """mu passes of micro-batched forward/backward over the rollouts, one optimizer step per pass; a critic's
-    LossTerm (its distillation loss, a head's BCE) is added to every micro-batch's loss."""
+    LossTerm (its distillation loss, a head's BCE) is added to every micro-batch's loss.
+
+    pi_old, the denominator of every pass's ratio, is the first pass's own forward (before any step, in the same
+    train mode, precision and micro-batching as every later pass), detached: the sampler's recorded log-probs come
+    from another computation (the static engine's merged weights, the vLLM recompute, no LoRA dropout), so a ratio
+    against them is not 1 at the first pass. Their agreement is logged as ratio/first_pass_mean and _max."""
     model = policy.model
     model.train()
     mask = batch.completion_mask
@@ -430,6 +438,7 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
     sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0, "term": 0.0}
     grad_norms = []
     ratio_sum, ratio_max = 0.0, float("-inf")  # first pass: pi_theta / pi_sampler over its tokens
+    old_logp = [None] * len(micro)  # pi_old per micro-batch: the first pass's forward, detached
     wants_states = term is not None and term.wants_states
     for iteration in range(config.num_iterations):
         optimizer.zero_grad(set_to_none=True)
@@ -439,8 +448,9 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
             support_ids = None if term is None or term.support_ids is None else term.support_ids[rows, :width]
             out = completion_logprobs(model, *inputs, support_ids=support_ids, return_states=wants_states, **forward)
             logp, entropy = out[0], out[1]
-            # mu = 1: the batch was sampled from this very policy, so old = current (ratio 1 up to numerics)
-            old = logp.detach() if config.num_iterations == 1 else batch.logprobs[rows, :width]
+            if iteration == 0:
+                old_logp[i] = logp.detach()  # pi_old: this policy before any step, computed as pi is
+            old = old_logp[i]
             if iteration == 0:  # the update's forward vs the sampler's recorded log-probs, before any step: 1 up
                 # to numerics (engine vs HF forward, and bf16 rounding under precision bf16)
                 ratio = torch.exp(logp.detach() - batch.logprobs[rows, :width])[micro_mask.bool()]

@@ -164,7 +164,8 @@ def test_group_centering_span_aggregation_and_rescue_hand_computed():
     # group 1: dbar = [0, 0] -> nothing to rescue
     expected = torch.tensor([[2.0, 2.0, 2.0], [-2.0, -2.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     torch.testing.assert_close(adv, expected)
-    assert stats["scpo/rescued_frac"] == 0.5 and stats["scpo/rescued_of_zero_std"] == 0.5
+    # every group is zero-std, so all of the batch's within-group spread is there: rollout means +-2 in group 0
+    assert stats["scpo/zero_std_spread"] == 1.0 and stats["scpo/zero_std_adv_std"] == pytest.approx(1.0)
 
 
 def test_centering_removes_a_shift_common_to_the_group():

@@ -132,7 +132,7 @@ def test_non_finite_gradients_stop_with_a_clear_error_and_keep_checkpoints(tmp_p
 def test_divergence_critic_options_train_end_to_end(tmp_path, options):
     run = train(smoke(tmp_path, method="scpo-divergence", steps=1, **options), progress=False)
     row = run.metrics.iloc[0]
-    assert row[["loss", "scpo/signal_mean", "scpo/rescued_frac"]].notna().all()
+    assert row[["loss", "scpo/signal_mean", "scpo/zero_std_adv_std"]].notna().all()
     assert row["scpo/signal_std"] >= 0 and 0 <= row["scpo/signal_top1pct_share"] <= 1
 
 
@@ -144,7 +144,7 @@ def test_divergence_critic_options_train_end_to_end(tmp_path, options):
 def test_distillation_baselines_train_end_to_end(tmp_path, method, options):
     run = train(smoke(tmp_path, method=method, steps=2, **options), progress=False)
     df = run.metrics
-    assert df[["loss", "grad_norm", "scpo/rescued_frac", "distill/no_teacher_frac"]].notna().all().all()
+    assert df[["loss", "grad_norm", "scpo/zero_std_adv_std", "distill/no_teacher_frac"]].notna().all().all()
     assert ("distill/loss" in df.columns) == (options["distill.support"] != "sampled")
     if method == "opsd":  # arithmetic always has a reference solution
         assert (df["distill/no_teacher_frac"] == 0).all()

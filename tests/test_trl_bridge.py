@@ -79,7 +79,7 @@ def test_example_trains_two_steps_with_the_dense_critic(tmp_path):
     for h in history:
         # the tiny model never solves a problem: every group is all-fail, GRPO alone has no gradient, and the
         # critic's per-token advantages are what reaches the loss
-        assert h["frac_reward_zero_std"] == 1.0 and h["scpo/rescued_frac"] == 1.0
+        assert h["frac_reward_zero_std"] == 1.0 and h["scpo/zero_std_adv_std"] > 0
         assert h["grad_norm"] > 0 and torch.isfinite(torch.tensor(h["loss"]))
 
 

@@ -47,8 +47,8 @@ def test_shaping_hand_computed():
 
 @pytest.mark.parametrize("gamma", [1.0, 0.9])
 def test_shaping_telescopes_whatever_the_values(gamma):
-    """sum_t gamma^(t-1) r_t = (gamma^T - 1) / 2 for any values: the shaping cannot prefer one rollout of a given
-    length over another, so it cannot change which policies are optimal."""
+    """sum_t gamma^(t-1) r_t = (gamma^T - 1) / 2 for any values (the terms telescope). This alone does not make it
+    Ng et al.'s shaping (the potentials read the verdict, and r_t enters as an advantage): see the next test."""
     gen = torch.Generator().manual_seed(0)
     values = torch.rand(6, 9, generator=gen)
     lengths = torch.tensor([9, 1, 4, 7, 2, 9])
@@ -57,6 +57,26 @@ def test_shaping_telescopes_whatever_the_values(gamma):
     for scale in (1.0, -3.0):  # other values, same sums
         sums = (shaping_rewards(values * scale, mask, gamma) * discounts).sum(1)
         assert sums.tolist() == pytest.approx(((gamma ** lengths.float() - 1) / 2).tolist(), abs=1e-6)
+
+
+def test_shaping_moves_credit_to_the_first_token_for_a_confident_head():
+    """What the head's "shaping" term does as an advantage (value.py's docstring): a head that is confident from
+    the first token moves credit to the first token and blame to the last, the reverse for a failure."""
+    mask = torch.ones(2, 5, dtype=torch.long)
+    values = torch.tensor([[0.95] * 5, [0.05] * 5])  # V(s_t) for a pass, for a failure
+    r = shaping_rewards(values, mask, gamma=1.0)
+    assert r[0].tolist() == pytest.approx([0.45, 0.0, 0.0, 0.0, -0.45])
+    assert r[1].tolist() == pytest.approx([-0.45, 0.0, 0.0, 0.0, 0.45])
+
+
+def test_a_perfect_hindsight_critic_makes_gae_vanish():
+    """value.asymmetric: a baseline that reads the verdict. V_t = R at every state gives GAE = 0 everywhere
+    (gamma = lambda = 1): the GAE part of the advantage carries nothing exactly where the critic is right."""
+    rewards = torch.tensor([1.0, 0.0, 1.0])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 1], [1, 1, 0]])
+    values = rewards[:, None].expand(3, 3) * mask
+    adv, _ = gae(values, rewards, mask, gamma=1.0, lam=1.0)
+    assert torch.equal(adv, torch.zeros(3, 3))
 
 
 def test_gae_hand_computed():

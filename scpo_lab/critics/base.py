@@ -105,6 +105,12 @@ class Critic(abc.ABC):
         """Parameters the method adds beyond the policy and its adapter (heads, critics)."""
         return 0
 
+    def update_flops(self) -> float:
+        """FLOPs of the critic's own training in this step (its heads', discriminator's or value model's forward
+        and backward: 6 N per token or row), added to the run's `flops` after after_update(). Its passes that read
+        the batch are counted through TeacherOutput.tokens_read."""
+        return 0.0
+
     @abc.abstractmethod
     def advantages(self, batch, group_advantages: torch.Tensor, teacher, step: int = 0) -> CriticResult:
         """The step's advantages from the rollouts, the verifier's group advantages [B] and the teacher pass."""
@@ -136,26 +142,52 @@ def outcome_bce(logits: torch.Tensor, passed: torch.Tensor, mask: torch.Tensor,
     return (loss * mask).sum() / (mask.sum().clamp(min=1) if n_tokens is None else max(n_tokens, 1.0))
 
 
-def signal_stats(signal: torch.Tensor, mask: torch.Tensor, group_advantages: torch.Tensor, group_size: int) -> dict:
-    """Collapse accounting and the shape of a critic's per-token signal (what it adds to the GRPO advantage).
+def signal_stats(advantages: torch.Tensor, mask: torch.Tensor, group_advantages: torch.Tensor, group_size: int,
+                 passed: torch.Tensor, signal: torch.Tensor | None = None) -> dict:
+    """What a critic's advantages do where the verifier cannot tell a group's rollouts apart, and whether they
+    agree with the verifier where it can. advantages [B] or [B, T] (the combined advantages the update uses);
+    group_advantages [B] the verifier's; signal [B, T] the critic's per-token term (default: advantages - A_i).
 
-    rescued = groups where GRPO's advantage is zero for every rollout (all pass or all fail) but the critic's
-    signal is non-zero somewhere: those are the groups the critic turns into training signal.
-    top1pct_share = share of the total |signal| carried by the 1% of tokens with the largest |signal|.
+    With a_i = the rollout's advantage (its token mean for per-token advantages) and zero-std groups those whose
+    verifier advantages are all 0 (all pass or all fail):
+        scpo/zero_std_spread  = sum over zero-std groups of var_g(a) / sum over all groups of var_g(a): the share of
+                                the batch's within-group advantage variance that falls in zero-std groups
+                                (0: the critic adds nothing there; nan: no within-group variance at all)
+        scpo/zero_std_adv_std = mean over zero-std groups of std_g(a) (in advantage units: a verifier pass among
+                                failures has ~1 under group scaling)
+        scpo/agreement_auroc  = AUROC of the critic's group-centred term against the verifier's outcome, over the
+                                groups the verifier does discriminate (0.5: unrelated; nan: none)
+        scpo/signal_*         = mean, std and top-1% share of |signal| over completion tokens
+    (These replace `scpo/rescued_*`, which counted a group as rescued whenever a raw critic score was non-zero: a
+    judge with scores in (0, 1) or GAIL's softplus rescued every group by construction.)
     """
+    from scpo_lab.stats import auroc
+
     mask = mask.float()
-    n_groups = signal.shape[0] // group_size
-    zero_std = (group_advantages.view(n_groups, group_size).abs().amax(1) == 0)
-    active = ((signal.abs() * mask).view(n_groups, -1).amax(1) > 1e-8)
+    n_tokens = mask.sum(1).clamp(min=1)
+    per_row = advantages.float() if advantages.dim() == 1 else (advantages * mask).sum(1) / n_tokens  # a_i
+    if signal is None:
+        dense = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(mask)
+        signal = (dense - group_advantages[:, None]) * mask
+    n_groups = per_row.shape[0] // group_size
+    grouped = per_row.view(n_groups, group_size)
+    zero_std = group_advantages.view(n_groups, group_size).abs().amax(1) == 0
+    variance = grouped.var(1, unbiased=False)
+    total = float(variance.sum())
+    added = ((signal * mask).sum(1) / n_tokens).view(n_groups, group_size)
+    centred = added - added.mean(1, keepdim=True)
+    discriminating = ~zero_std
+    labels = passed.view(n_groups, group_size)[discriminating].reshape(-1)
     values = signal[mask > 0]
     magnitudes = values.abs().sort(descending=True).values
     top = max(1, int(round(0.01 * len(magnitudes))))
-    total = float(magnitudes.sum())
+    mass = float(magnitudes.sum())
     return {
-        "scpo/rescued_frac": float((zero_std & active).float().mean()),  # of all groups
-        "scpo/rescued_of_zero_std": float((zero_std & active).sum() / zero_std.sum()) if zero_std.any()
+        "scpo/zero_std_spread": float(variance[zero_std].sum()) / total if total > 0 else float("nan"),
+        "scpo/zero_std_adv_std": float(variance[zero_std].sqrt().mean()) if zero_std.any() else float("nan"),
+        "scpo/agreement_auroc": auroc(centred[discriminating].reshape(-1), labels) if discriminating.any()
         else float("nan"),
         "scpo/signal_mean": float(values.mean()) if len(values) else 0.0,
         "scpo/signal_std": float(values.std()) if len(values) > 1 else 0.0,
-        "scpo/signal_top1pct_share": float(magnitudes[:top].sum()) / total if total > 0 else 0.0,
+        "scpo/signal_top1pct_share": float(magnitudes[:top].sum()) / mass if mass > 0 else 0.0,
     }

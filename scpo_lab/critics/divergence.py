@@ -170,7 +170,7 @@ class DivergenceCritic(Critic):
             "scpo/clipped_frac": float(((unit_mean.abs() > cfg.clip) & (mask > 0)).sum() / n),
             "scpo/log_ratio_passed": float(seq_ratio[passed].mean()) if passed.any() else float("nan"),
             "scpo/log_ratio_failed": float(seq_ratio[~passed].mean()) if (~passed).any() else float("nan"),
-            **signal_stats(advantages - a * mask, mask, group_advantages, batch.group_size),
+            **signal_stats(advantages, mask, group_advantages, batch.group_size, passed),
             **({"scpo/probe_loss": self.last_probe_loss} if cfg.signal == "probe" else {}),
         }
         return CriticResult(advantages, stats, score=seq_mean, sequence_reward=seq_mean)
@@ -200,7 +200,11 @@ class DivergenceCritic(Critic):
         self.world.sum_gradients(list(self.probe.parameters()))  # the whole batch's gradient on every process
         self.probe_optimizer.step()
         self.last_probe_loss = self.world.sum(float(loss.detach()))
+        self._flops = 6.0 * sum(p.numel() for p in self.probe.parameters()) * float(mask.sum())  # its step
         return signal
+
+    def update_flops(self) -> float:
+        return getattr(self, "_flops", 0.0)
 
     def state_dict(self) -> dict:
         if self.probe is None:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from scpo_lab import checks
 from scpo_lab.critics.base import Critic, CriticResult, signal_stats
 from scpo_lab.critics.value import HEADS, ValueHead
-from scpo_lab.objective import group_advantages
+from scpo_lab.objective import critic_advantages
 from scpo_lab.rollout import sample_rollouts
 from scpo_lab.stats import auroc
 from scpo_lab.teacher import TeacherOutput, teacher_pass, with_note
@@ -214,12 +214,11 @@ class IrlCritic(Critic):
         with torch.no_grad():
             logits = self.disc(teacher.critic_data["features"])
         reward = (airl_reward if cfg.form == "airl" else gail_reward)(logits).clamp(-cfg.reward_clip, cfg.reward_clip)
-        rewards = torch.tensor([v.reward for v in batch.verdicts], dtype=torch.float32)
         passed = torch.tensor([bool(v.passed) for v in batch.verdicts])
-        advantages = group_advantages(rewards + cfg.weight * reward, batch.group_size, scale=self.config.scale_rewards)
+        # A'_i = A_i + w (reward_i - mean_g reward) / CRITIC_SCALE (objective.critic_advantages)
+        advantages = critic_advantages(group_advantages_, reward, batch.group_size, cfg.weight)
         d = torch.sigmoid(logits)  # D(x, y): the critic's own score of each rollout
-        mask = batch.completion_mask.float()
-        stats = signal_stats((cfg.weight * reward)[:, None] * mask, mask, group_advantages_, batch.group_size)
+        stats = signal_stats(advantages, batch.completion_mask, group_advantages_, batch.group_size, passed)
         stats.update({"irl/reward_mean": float(reward.mean()), "irl/d_passed": float(d[passed].mean())
                       if passed.any() else float("nan"),
                       "irl/d_failed": float(d[~passed].mean()) if (~passed).any() else float("nan"),
@@ -233,6 +232,7 @@ class IrlCritic(Critic):
         if experts is not None and len(experts):
             self.buffer = experts if self.buffer is None else torch.cat([self.buffer, experts])[-cfg.buffer_size:]
         stats = {"irl/buffer_size": 0 if self.buffer is None else len(self.buffer)}
+        self._flops = 0.0
         if self.buffer is None or negatives is None or not len(negatives):
             return stats  # nothing to contrast yet: D stays as it is
         losses = []
@@ -250,10 +250,16 @@ class IrlCritic(Critic):
             loss.backward()
             self.optimizer.step()
             losses.append(float(loss.detach()))
+        # D's forward + backward per feature row (6 N), twice as much with the R1 penalty's double backward
+        rows = len(self.buffer) + len(negatives)
+        self._flops = 6.0 * self.extra_parameters() * rows * cfg.disc_updates * (2 if cfg.grad_penalty > 0 else 1)
         with torch.no_grad():
             accuracy = 0.5 * (float((self.disc(self.buffer) > 0).float().mean())
                               + float((self.disc(negatives) <= 0).float().mean()))
         return {**stats, "irl/disc_loss": sum(losses) / len(losses), "irl/disc_accuracy": accuracy}
+
+    def update_flops(self) -> float:
+        return getattr(self, "_flops", 0.0)
 
     def state_dict(self) -> dict:
         if self.disc is None:

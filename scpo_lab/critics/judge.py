@@ -25,7 +25,7 @@ import torch
 
 from scpo_lab import checks
 from scpo_lab.critics.base import Critic, CriticResult, signal_stats
-from scpo_lab.objective import group_advantages
+from scpo_lab.objective import critic_advantages
 from scpo_lab.padding import pad_token_lists
 from scpo_lab.rollout import RolloutBatch, encode_prompts, generate
 from scpo_lab.stats import auroc
@@ -247,12 +247,10 @@ class JudgeCritic(Critic):
     def advantages(self, batch, group_advantages_, teacher, step: int = 0) -> CriticResult:
         cfg = self.config.judge
         scores, failed = self.reading(teacher.critic_data)
-        rewards = torch.tensor([v.reward for v in batch.verdicts], dtype=torch.float32)
         passed = torch.tensor([bool(v.passed) for v in batch.verdicts])
-        combined = rewards + cfg.weight * scores  # r'_i = r_i + w s_i: the verifier stays ground truth
-        advantages = group_advantages(combined, batch.group_size, scale=self.config.scale_rewards)
-        mask = batch.completion_mask.float()
-        stats = signal_stats((cfg.weight * scores)[:, None] * mask, mask, group_advantages_, batch.group_size)
+        # A'_i = A_i + w (s_i - mean_g s) / CRITIC_SCALE: the verifier stays ground truth, w sets the judge's share
+        advantages = critic_advantages(group_advantages_, scores, batch.group_size, cfg.weight)
+        stats = signal_stats(advantages, batch.completion_mask, group_advantages_, batch.group_size, passed)
         stats.update({
             "judge/score_mean": float(scores.mean()),
             "judge/parse_failure_rate": float(failed.float().mean()),

@@ -190,10 +190,15 @@ class SelfDistillation(Critic):
         else:  # the distillation loss carries the teacher; the surrogate keeps lam A_i
             signal = (1 - lam) * rows * mask  # non-zero wherever a token is distilled (for the accounting)
             advantages = lam * group_advantages
-        stats = {**teacher.context_stats, **signal_stats(signal, mask, group_advantages, batch.group_size)}
-        if cfg.support != "sampled":  # the magnitudes are in distill/loss; only the rescue accounting is meaningful
-            for key in ("scpo/signal_mean", "scpo/signal_std", "scpo/signal_top1pct_share"):
-                stats.pop(key)
+        passed = torch.tensor([bool(v.passed) for v in batch.verdicts])
+        stats = {**teacher.context_stats,
+                 **signal_stats(advantages, mask, group_advantages, batch.group_size, passed, signal=signal)}
+        if cfg.support != "sampled":  # the teacher acts through the distillation loss, not the advantages:
+            for key in ("scpo/signal_mean", "scpo/signal_std", "scpo/signal_top1pct_share", "scpo/agreement_auroc"):
+                stats.pop(key)  # (its magnitude is distill/loss); where it acts: the zero-std rows with a teacher
+            zero_std = (group_advantages.view(-1, batch.group_size).abs().amax(1) == 0).repeat_interleave(
+                batch.group_size)
+            stats["distill/zero_std_rows_frac"] = float((zero_std & teacher.has_teacher).float().mean())
         term = None  # sampled mode carries the teacher in the advantages; grpo_weight = 1 distils nothing
         if cfg.support != "sampled" and cfg.grpo_weight < 1:
             term = DistillLoss(support_ids=teacher.dist_ids, logprobs=teacher.dist_logprobs, rows=teacher.has_teacher,

@@ -7,9 +7,17 @@ the update's own forward (student context: an on-policy value V(s_t)) and the se
 context in front of the re-read rollout: its hindsight version). Reward, from the teacher-context values:
     reward = "shaping":  r_t = gamma * Phi_t - Phi_{t-1},  Phi_t = V(state after token t) for 1 <= t < T,
                          Phi_0 = Phi_T = 1/2 (the uninformed prior at the start and the terminal state), so
-                         sum_t gamma^(t-1) r_t = (gamma^T - 1) / 2 whatever the values (0 for gamma = 1):
-                         potential-based shaping, it cannot change which policies are optimal (Ng et al. 1999)
+                         sum_t gamma^(t-1) r_t = (gamma^T - 1) / 2 whatever the values (0 for gamma = 1)
                          A_{i,t} = A_i + weight * r_{i,t}
+                         What this is, exactly: a per-token credit term, not potential-based shaping in Ng et
+                         al.'s (1999) sense, so their policy-invariance guarantee does not apply. (1) Phi is read in
+                         the privileged context: it depends on the verdict, i.e. on the future. (2) r_t enters each
+                         token's advantage directly, not through a return-to-go; with returns-to-go and gamma = 1 the
+                         shaped term would be Phi_T - Phi_{t-1}, a (hindsight) baseline. The effect: a rollout's
+                         terms sum to 0 (gamma = 1) and move credit to the tokens where the verdict-aware head's
+                         predicted success rises (r_t > 0) or falls (r_t < 0). A head confident from the first
+                         token (V = 0.95 everywhere for a pass) gives r = [+0.45, 0, ..., 0, -0.45]: credit to the
+                         first token, blame to the last (tests/test_value_critics.py pins this).
     reward = "score":    r_i <- r_i + weight * V(state after the last token); A_i group-relative again
 train_lora: the head's student-context loss (x head_loss_coef) also reaches the LoRA weights (else detached).
 
@@ -17,7 +25,10 @@ scpo-critic: a value model V(s_t) (value head on a backbone with its own LoRA ad
     critic = "shared":   a second LoRA adapter on the policy's own base weights (one model in memory; the
                          trainer switches adapters around the critic's forward)
     critic = "separate": another model (critic_model; same tokenizer as the policy) with its own adapter
-    asymmetric:          the critic reads the privileged context (question + verifier's note), the actor not
+    asymmetric:          the critic reads the privileged context (question + verifier's note), the actor not.
+                         Its baseline then reads the verdict, so GAE is biased: a perfect hindsight critic
+                         (V_t = R for every t) gives GAE = 0 everywhere (gamma = lambda = 1), the policy gradient
+                         of the GAE part vanishes exactly where the critic is best (tests/test_value_critics.py)
     GAE, verifier reward R at the last token:  delta_t = gamma V_{t+1} - V_t (+ R at t = T, V_{T+1} = 0),
                          A^GAE_t = sum_l (gamma lambda)^l delta_{t+l}
     A_{i,t} = group_mix * A_i + (1 - group_mix) * A^GAE_{i,t}
@@ -42,7 +53,7 @@ import torch
 
 from scpo_lab import checks
 from scpo_lab.critics.base import Critic, CriticResult, LossTerm, UpdateForward, outcome_bce, signal_stats
-from scpo_lab.objective import completion_states, group_advantages
+from scpo_lab.objective import completion_states, critic_advantages
 from scpo_lab.rollout import encode_prompts, micro_batches
 from scpo_lab.stats import auroc
 from scpo_lab.teacher import privileged_messages, student_messages, teacher_pass
@@ -274,23 +285,24 @@ class HeadCritic(Critic):
         if cfg.reward == "shaping":
             r = shaping_rewards(values, mask, cfg.gamma)
             advantages = (group_advantages_[:, None] + cfg.weight * r) * mask  # A_{i,t} = A_i + w r_{i,t}
-        else:
-            rewards = torch.tensor([v.reward for v in batch.verdicts], dtype=torch.float32)
-            advantages = group_advantages(rewards + cfg.weight * final, batch.group_size,
-                                          scale=self.config.scale_rewards)  # r_i + w V_T, group-relative
+        else:  # A'_i = A_i + w (V_T,i - mean_g V_T) / CRITIC_SCALE (objective.critic_advantages)
+            advantages = critic_advantages(group_advantages_, final, batch.group_size, cfg.weight)
         loss = outcome_bce(logits, passed, mask, self.world.sum(float(mask.sum())))
         _check_finite("value head loss (teacher context)", loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # head gradients only (the states carry none); the step comes after the actor's update
-        dense = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(mask)
         stats = {"head/loss_teacher": self.world.sum(float(loss.detach())), "head/auroc_teacher": auroc(final, passed),
                  "head/value_mean": float((values * mask).sum() / mask.sum().clamp(min=1)),
                  **self._student_stats,
-                 **signal_stats((dense - group_advantages_[:, None]) * mask, mask, group_advantages_,
-                                batch.group_size)}
+                 **signal_stats(advantages, mask, group_advantages_, batch.group_size, passed)}
         self._student_stats = {}
+        # the head's forward + backward on the teacher's and the update's states, 6 N per state each
+        self._flops = 6.0 * self.extra_parameters() * 2 * float(mask.sum())
         return CriticResult(advantages, stats, score=final, score_is_probability=True, sequence_reward=final,
                             loss_term=HeadLoss(self, passed))
+
+    def update_flops(self) -> float:
+        return getattr(self, "_flops", 0.0)
 
     def after_update(self, policy) -> dict:
         if self.head is None:
@@ -453,8 +465,7 @@ class OnlineCritic(Critic):
                  "critic/explained_variance": explained_variance(values, returns, mask),
                  "critic/auroc": auroc(mean_value, _passed(batch)),
                  "critic/warmup": float(not self.updates_actor()),
-                 **signal_stats(advantages - group_advantages_[:, None] * mask, mask, group_advantages_,
-                                batch.group_size)}
+                 **signal_stats(advantages, mask, group_advantages_, batch.group_size, _passed(batch))}
         return CriticResult(advantages, stats, score=mean_value)
 
     def updates_actor(self) -> bool:
@@ -504,7 +515,19 @@ class OnlineCritic(Critic):
                 self.optimizer.step()
                 losses.append(self.world.sum(total))
             critic.model.train(was_training)
+            # forward + backward of the value model, 6 N per token read, every epoch: the prompt once per group
+            # (shared; each row's own privileged context when asymmetric) plus the completion
+            prompt_mask = prompt[1] if prompt is not None else batch.prompt_mask
+            prompt_tokens = float(prompt_mask.sum()) / (1 if cfg.asymmetric else batch.group_size)
+            n_model = sum(p.numel() for p in critic.model.parameters()) + self.extra_head_parameters()
+            self._flops = 6.0 * n_model * (prompt_tokens + float(mask.sum())) * cfg.critic_epochs
         return {"critic/value_loss": sum(losses) / len(losses)}
+
+    def update_flops(self) -> float:
+        return getattr(self, "_flops", 0.0)
+
+    def extra_head_parameters(self) -> int:
+        return 0 if self.head is None else sum(p.numel() for p in self.head.parameters())
 
     # checkpoints ------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
