@@ -368,22 +368,41 @@ def with_tail(dist_logprobs: torch.Tensor) -> torch.Tensor:
     return torch.cat([dist_logprobs, tail[..., None]], dim=-1)
 
 
-def distill_divergence(student: Tensor, teacher: Tensor, alpha: float) -> Tensor:
-    """Per-token D_alpha(student, teacher) over the last dim (log-probs, tail bucket included):
-    alpha = 0 forward KL(q || p), alpha = 1 reverse KL(p || q), between: generalized JSD with m = a p + (1 - a) q."""
+def distill_divergence(student: Tensor, teacher: Tensor, alpha: float, token_clip: float = 0.0) -> Tensor:
+    """Per-token D_a(s, t) over the last dim (log-probs of one support, tail bucket included if any; s = student,
+    t = teacher), in the convention of SDPO's compute_self_distillation_loss (lasgroup/SDPO
+    verl/trainer/ppo/core_algos.py L1138-1162) and TRL's GKD generalized_jsd_loss (huggingface/trl
+    trl/experimental/gkd/gkd_trainer.py L239):
+        a = 0: forward KL(t || s);  a = 1: reverse KL(s || t);
+        between: the generalized JSD (1 - a) KL(s || m) + a KL(t || m),  m = (1 - a) s + a t,
+    which tends to a KL(t || s) as a -> 0 and to (1 - a) KL(s || t) as a -> 1 (each end's direction).
+    token_clip > 0: each term of the sum over the support is capped at token_clip before the sum (OPSD's point-wise
+    clip, siyan-zhao/OPSD opsd_trainer.py L462-464 at 5e75d75)."""
+    def terms(log_a, log_b):  # a_v (log a_v - log b_v), the terms of KL(a || b)
+        return log_a.exp() * (log_a - log_b)
+
     if alpha == 0:
-        return divergence(student, teacher, "forward-kl")
-    if alpha == 1:
-        return divergence(student, teacher, "reverse-kl")
-    return divergence(student, teacher, "jsd", alpha)
+        pointwise = terms(teacher, student)
+    elif alpha == 1:
+        pointwise = terms(student, teacher)
+    else:
+        log_m = torch.logsumexp(torch.stack([student + math.log(1 - alpha), teacher + math.log(alpha)]), 0)
+        pointwise = (1 - alpha) * terms(student, log_m) + alpha * terms(teacher, log_m)
+    if token_clip > 0:
+        pointwise = pointwise.clamp(max=token_clip)
+    return pointwise.sum(-1)
 
 
 def distill_loss(student_support: Tensor, teacher_support: Tensor, mask: Tensor, alpha: float, token_clip: float,
-                 n_tokens: float) -> tuple[Tensor, Tensor]:
-    """sum_t min(D_t, clip) / n_tokens over masked-in tokens, D_t on the support + one tail bucket each side.
-    Returns (loss, per-token D detached). Gradients reach the student only."""
-    d = distill_divergence(with_tail(student_support), with_tail(teacher_support.detach()), alpha)  # [B, T]
-    if token_clip > 0:
-        d = d.clamp(max=token_clip)  # OPSD: a few style tokens carry most of the divergence
-    d = d * mask
-    return d.sum() / n_tokens, d.detach()
+                 n_tokens: float, weights: Tensor | None = None, tail: bool = True) -> tuple[Tensor, Tensor]:
+    """sum_t w_t D_t / n_tokens over the masked-in tokens -> (loss, per-token D [B, T] detached, before w).
+    D_t = distill_divergence on the support, with one tail bucket each side when `tail` (a top-k support; off for
+    the full vocabulary), each term capped at token_clip (> 0); w_t [B, T] a per-token weight without gradient
+    (None: 1); n_tokens the denominator the caller chose (sdpo / opsd: the distilled tokens of the whole batch,
+    so the micro-batches' losses sum to a token mean). Gradients reach the student only."""
+    student, teacher = student_support, teacher_support.detach()
+    if tail:
+        student, teacher = with_tail(student), with_tail(teacher)
+    d = distill_divergence(student, teacher, alpha, token_clip) * mask  # [B, T]
+    weighted = d if weights is None else d * weights.detach()
+    return weighted.sum() / max(float(n_tokens), 1.0), d.detach()

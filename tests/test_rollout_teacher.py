@@ -290,7 +290,8 @@ def test_distill_loss_hand_computed_and_gradient_reaches_the_student_only():
     assert loss.item() == pytest.approx(rkl / 4, abs=1e-6) and per_token[1, 0] == 0
     fkl = 0.6 * math.log(0.6 / 0.5) + 0.2 * math.log(0.2 / 0.3)
     assert distill_loss(student, teacher, mask, 0.0, 0.0, 1.0)[0].item() == pytest.approx(fkl, abs=1e-6)
-    assert distill_loss(student, teacher, mask, 1.0, 0.01, 1.0)[0].item() == pytest.approx(0.01)  # clipped
+    clipped = 0.5 * math.log(0.5 / 0.6) + 0.01 + 0.0  # point-wise (OPSD): each bucket's term capped at 0.01
+    assert distill_loss(student, teacher, mask, 1.0, 0.01, 1.0)[0].item() == pytest.approx(clipped, abs=1e-6)
     loss.backward()
     assert student.grad is not None and student.grad.abs().sum() > 0 and teacher.grad is None
 

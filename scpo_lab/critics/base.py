@@ -9,7 +9,7 @@ Each training step the trainer calls, in this order:
     teacher = critic.teacher_pass(policy, batch, ...)        the second pass (None when needs_teacher is False)
     result = critic.advantages(batch, A, teacher, step=...)   -> CriticResult (A = the verifier's group advantages)
     update: the clipped surrogate on result.advantages, plus result.loss_term on every micro-batch (if any)
-    stats = critic.after_update(policy)                      the critic's own training, after the actor's step
+    stats = critic.after_update(policy)                      the critic's own training, after the actor's update
 """
 
 from __future__ import annotations
@@ -116,8 +116,8 @@ class Critic(abc.ABC):
         """The step's advantages from the rollouts, the verifier's group advantages [B] and the teacher pass."""
 
     def after_update(self, policy) -> dict | None:
-        """Called after each optimizer step (e.g. to move an EMA teacher, or to train a critic); may return
-        statistics for this step's metrics row."""
+        """Called once per training step, after the actor's update (all of its num_iterations optimizer steps),
+        e.g. to move an EMA teacher or to train a critic; may return statistics for this step's metrics row."""
 
     def updates_actor(self) -> bool:
         """False while the policy must wait (a critic's warm-up): the trainer then skips the actor's update."""
