@@ -20,7 +20,7 @@ LEGACY_LATE_MODEL_FIELDS = ("lora_target_modules", "gradient_checkpointing", "lo
 
 def legacy_exclude(config) -> tuple[str, ...]:
     """The keys the old rule left out of `config`'s hash, beside runs.DEFAULT_EXCLUDE."""
-    from scpo_lab.config import ModelConfig
+    from scpo_lab.config import ModelConfig, late_defaults
 
     default_model = ModelConfig()
     sections = tuple(name for name, section in config.sections.items()
@@ -28,4 +28,4 @@ def legacy_exclude(config) -> tuple[str, ...]:
                      and (name not in LEGACY_LATE_SECTIONS or section == type(section)()))
     model = tuple(f"model.{name}" for name in LEGACY_LATE_MODEL_FIELDS
                   if getattr(config.model, name) == getattr(default_model, name))
-    return ("precision",) + sections + model
+    return ("precision",) + late_defaults(config) + sections + model  # late fields: not in any old folder

@@ -41,6 +41,13 @@ from scpo_lab.config import ConfigError, load_config, make_config
     ({"distill.alpha": 2}, "distill.alpha", "[0, 1]"),
     ({"max_new_tokens": 0}, "max_new_tokens", ">= 1"),
     ({"beta": -0.1}, "beta", ">= 0"),
+    ({"importance_sampling_level": "group"}, "importance_sampling_level", "allowed: token, sequence"),
+    ({"overlong_buffer": -1}, "overlong_buffer", "integer >= 0 (0 = off)"),
+    ({"overlong_buffer": 2.5}, "overlong_buffer", "integer >= 0"),
+    ({"overlong_buffer": 9}, "overlong_buffer", "<= max_new_tokens (8)"),  # smoke: 8 new tokens
+    ({"overlong_penalty": -1.0}, "overlong_penalty", ">= 0"),
+    ({"overlong_penalty": float("inf")}, "overlong_penalty", "finite"),
+    ({"mask_truncated_completions": "yes"}, "mask_truncated_completions", "true or false"),
     ({"lr": 1e-4}, "lr", "allowed: method, model"),
     ({"model": {"rank": 8}}, "model.rank", "allowed: name, backend"),
 ])
@@ -197,3 +204,33 @@ def test_an_empty_or_non_utf8_config_file_is_an_error_naming_it(tmp_path, capsys
     latin.write_bytes("profile: smoke\nnotes: caf\xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"^config: '.*latin.yaml' is not UTF-8 text"):
         load_config(latin)
+
+
+# --- issue 19: GSPO, DAPO's overlong penalty, masked truncated rollouts
+
+def test_objective_options_leave_existing_run_identities_alone():
+    """importance_sampling_level, overlong_* and mask_truncated_completions at their defaults are not in the
+    run hash: a folder written before they existed keeps its name. Set, each gives a folder of its own."""
+    from scpo_lab.config import LATE_FIELDS
+    from scpo_lab.migrate import legacy_exclude
+    from scpo_lab.runs import DEFAULT_EXCLUDE, config_hash
+
+    def run_hash(cfg):
+        return config_hash(cfg.to_dict(), DEFAULT_EXCLUDE + cfg.hash_exclude())
+
+    for method in ("grpo", "opsd", "scpo-judge"):
+        base = make_config("smoke", method=method)
+        record = base.to_dict()
+        for name in LATE_FIELDS:
+            del record[name]  # a config.json written before the options existed
+        assert config_hash(record, DEFAULT_EXCLUDE + base.hash_exclude()) == run_hash(base)
+        assert set(LATE_FIELDS) <= set(legacy_exclude(base))  # nor in the identity before issue 17
+    base = make_config("smoke")
+    changed = [make_config("smoke", importance_sampling_level="sequence"), make_config("smoke", overlong_buffer=4),
+               make_config("smoke", overlong_buffer=4, overlong_penalty=0.5),
+               make_config("smoke", mask_truncated_completions=True)]
+    hashes = {run_hash(c) for c in changed}
+    assert len(hashes) == len(changed) and run_hash(base) not in hashes
+    assert not {"overlong_buffer", "overlong_penalty"} & set(legacy_exclude(changed[2]))  # set: hashed, old rule too
+    # overlong_penalty does nothing while overlong_buffer is 0: it does not split the run identity
+    assert run_hash(make_config("smoke", overlong_penalty=0.5)) == run_hash(base)
