@@ -43,7 +43,16 @@ VARIANTS = {"grpo": ("grpo", {}), "scpo-divergence": ("scpo-divergence", {}), "s
             "scpo-divergence-probe": ("scpo-divergence", {"scpo.signal": "probe"}),
             "scpo-judge": ("scpo-judge", {}),
             "scpo-irl-A": ("scpo-irl", {"irl.expert": "passing"}),
-            "scpo-irl-B": ("scpo-irl", {"irl.expert": "teacher"})}
+            "scpo-irl-B": ("scpo-irl", {"irl.expert": "teacher"}),
+            # issue 19's objective options. GSPO at mu = 1 is GRPO bit for bit (ratio 1): it runs at mu = 2, beside
+            # grpo at mu = 2, so its row is the sequence-level ratio's cost and not the second pass's
+            "grpo-mu2": ("grpo", {"num_iterations": 2}),
+            "gspo": ("grpo", {"importance_sampling_level": "sequence", "num_iterations": 2}),
+            # DAPO's soft overlong punishment over the last quarter of max_new_tokens (OVERLONG_SHARE: 12 of the cpu
+            # profile's 48), and truncated rollouts masked out of the loss
+            "overlong": ("grpo", {}),
+            "mask-truncated": ("grpo", {"mask_truncated_completions": True})}
+OVERLONG_SHARE = {"overlong": 4}  # variant -> overlong_buffer = max_new_tokens // share (follows --max-new-tokens)
 METHODS = tuple(VARIANTS)
 PHASES = ("generation", "verification", "teacher", "update", "step")
 MARKER = "STEP_PROFILE_JSON "  # prefix of the one JSON line a child process prints for its parent
@@ -74,6 +83,8 @@ def profile_method(method: str, args, runs_dir: str) -> dict:
 
     name, options = VARIANTS[method]
     config = make_config("cpu", method=name, **options, **_overrides(args))
+    if method in OVERLONG_SHARE:
+        config = config.replace(overlong_buffer=max(1, config.max_new_tokens // OVERLONG_SHARE[method])).validate()
     t0 = time.perf_counter()
     policy = policy_for(config)
     load_s = time.perf_counter() - t0

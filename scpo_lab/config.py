@@ -8,7 +8,8 @@ loaded or trained, and each problem is one line naming the field and what is all
 ``method: unknown 'ppo'; allowed: grpo, scpo-divergence, ...``.
 
 Run identity (hash_exclude): a run's hash covers the common fields and its own method's section only, so a
-change to one critic's defaults never moves another method's runs.
+change to one critic's defaults never moves another method's runs. A common field added later moves every run
+(the cache is cold once); folders of the rule before issue 17 are adopted by scpo_lab/migrate.py.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import yaml
 
 from scpo_lab import critics
 from scpo_lab.checks import ConfigError, is_missing_model_path
+from scpo_lab.checks import boolean as _boolean
+from scpo_lab.checks import count as _count
 from scpo_lab.checks import one_of as _one_of
 from scpo_lab.checks import positive as _positive
 from scpo_lab.checks import positive_int as _positive_int
@@ -33,6 +36,7 @@ from scpo_lab.sizes import (PROFILES, collapse_eval, collapse_sizes, comparison_
 BACKENDS = ("auto", "hf", "unsloth")
 LOSS_AGGREGATIONS = ("sequence-mean", "token-mean", "constant")
 REWARD_SCALINGS = ("group", "batch", "none")
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")  # scpo_lab.objective.IMPORTANCE_SAMPLING_LEVELS
 GRADIENT_CHECKPOINTING = ("off", "on", "unsloth")
 FAST_INFERENCE = ("off", "on", "auto")
 PRECISIONS = ("auto", "fp32", "bf16")  # scpo_lab.precision.PRECISIONS
@@ -98,6 +102,13 @@ class TrainConfig:
     epsilon_high: float = 0.2  # clip high (DAPO's clip-higher uses 0.28)
     loss_agg: str = "sequence-mean"  # sequence-mean (GRPO) | token-mean (DAPO) | constant (Dr. GRPO)
     scale_rewards: str = "group"  # group (GRPO) | batch | none (Dr. GRPO)
+    # token (GRPO: one ratio per token) | sequence (GSPO: s_i = (pi / pi_old)^(1/|o_i|), clipped per sequence)
+    importance_sampling_level: str = "token"
+    # DAPO's soft overlong punishment: the reward falls linearly over the last N tokens before max_new_tokens, to
+    # -overlong_penalty at the limit (0 = off); passed, pass_rate and the feedback stay the verifier's
+    overlong_buffer: int = 0
+    overlong_penalty: float = 1.0  # DAPO's penalty factor (the penalty at max_new_tokens is -overlong_penalty)
+    mask_truncated_completions: bool = False  # rollouts cut at max_new_tokens carry no policy loss (TRL's option)
     num_iterations: int = 1  # mu: policy updates per batch of rollouts
     micro_batch_size: int = 8  # rollouts per forward/backward (fp32 activations: ~1.4 MB per token); accumulated
     train_pool_size: int = 2000  # procedural tasks: number of distinct training problems drawn
@@ -215,6 +226,13 @@ def validate(cfg: TrainConfig) -> None:
         _positive(name, getattr(cfg, name), allow_zero=True)
     _one_of("loss_agg", cfg.loss_agg, LOSS_AGGREGATIONS)
     _one_of("scale_rewards", cfg.scale_rewards, REWARD_SCALINGS)
+    _one_of("importance_sampling_level", cfg.importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)
+    _count("overlong_buffer", cfg.overlong_buffer, "0 = off")
+    if cfg.overlong_buffer > cfg.max_new_tokens:
+        raise ConfigError(f"overlong_buffer: got {cfg.overlong_buffer}; must be <= max_new_tokens "
+                          f"({cfg.max_new_tokens}), or 0 (off)")
+    _positive("overlong_penalty", cfg.overlong_penalty, allow_zero=True)
+    _boolean("mask_truncated_completions", cfg.mask_truncated_completions)
     for section in cfg.sections.values():  # each critic's own checks (a field changed after construction too)
         section.check()
 

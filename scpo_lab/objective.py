@@ -4,7 +4,9 @@ Read top to bottom:
   1. `group_advantages`     GRPO / Dr. GRPO / batch-scaled advantages from the rewards of G rollouts per prompt.
   2. `completion_logprobs`  log pi(y_t | x, y_<t) and entropy of each completion token, with the lm_head applied
                             chunk by chunk (and checkpointed) so a B x T x V logits tensor never sits in memory.
-  3. `policy_loss`          PPO-style clipped surrogate + optional k3 KL, with GRPO / DAPO / Dr. GRPO aggregation.
+  3. `policy_loss`          PPO-style clipped surrogate + optional k3 KL, with GRPO / DAPO / Dr. GRPO aggregation;
+                            the ratio per token (GRPO) or per sequence (GSPO).
+  4. `overlong_penalty`     DAPO's soft overlong punishment, added to the reward before the advantages.
 
 Shapes: B rollouts (= n_groups * G, ordered group by group), P prompt positions (LEFT padded),
 T completion positions (RIGHT padded), V vocabulary. Masks are 1 on real tokens, 0 on padding.
@@ -21,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 ADVANTAGE_SCALES = ("group", "none", "batch")
 LOSS_AGGS = ("sequence-mean", "token-mean", "constant")
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")  # TRL's GRPOConfig.importance_sampling_level
 STD_EPS = 1e-4  # TRL's epsilon in A = (r - mean) / (std + 1e-4)
 
 
@@ -282,6 +285,7 @@ def policy_loss(
     loss_agg: str = "sequence-mean",
     max_completion_length: int | None = None,
     normalizer: float | None = None,
+    importance_sampling_level: str = "token",
 ) -> tuple[Tensor, dict]:
     """Clipped surrogate (+ beta * k3 KL) over the completion tokens -> (scalar loss, stats of python floats).
 
@@ -294,11 +298,29 @@ def policy_loss(
     normalizer: when given, replaces the denominator above (B for sequence-mean, total tokens for token-mean,
     B * max_completion_length for constant) with the FULL batch's value (see `loss_denominator`), so the losses
     of the micro-batches of one optimizer step sum exactly to the full-batch loss under gradient accumulation.
+    importance_sampling_level:
+      "token"    (GRPO): rho_it = pi(y_it) / pi_old(y_it), clipped token by token.
+      "sequence" (GSPO, Zheng et al. 2025): s_i = (pi(y_i) / pi_old(y_i))^(1/|o_i|)
+                 = exp((1/|o_i|) sum_t log(pi(y_it) / pi_old(y_it))), one ratio per sequence, clipped per sequence
+                 (every token of a sequence carries the same s_i, so the clip keeps or drops the whole sequence).
+                 Written in GSPO-token form, as verl's compute_policy_loss_gspo (verl/trainer/ppo/core_algos.py):
+                 s_it = sg[s_i] * pi(y_it) / sg[pi(y_it)], whose value is s_i and whose gradient at token t is
+                 s_i * grad log pi(y_it). With advantages constant over a sequence this equals TRL's form
+                 (GRPOTrainer._compute_loss, trl/trainer/grpo_trainer.py: coef_1 = exp(mean_t log_ratio), shape
+                 [B, 1]) in value and gradient under every loss_agg; with dense [B, T] advantages it is the paper's
+                 GSPO-token, each token's advantage weighting its own score function. verl's clamp of log s_it at
+                 10 is not applied (the token level has no such clamp either). GSPO pairs with
+                 loss_agg="sequence-mean" (verl forces seq-mean-token-mean; TRL warns on the token-summing losses).
+                 With old_logp = logp (mu = 1: ratio 1) both levels give the same loss and gradient.
     Stats: "kl" (masked-mean k3 KL, NaN without ref_logp), "clip_ratio", "clip_ratio/low", "clip_ratio/high"
-    (fractions of real tokens where the clipped term is the one min() selects, as in TRL).
+    (fractions of real tokens where the clipped term is the one min() selects, as in TRL; at the sequence level a
+    clipped sequence counts all of its tokens).
     """
     if loss_agg not in LOSS_AGGS:
         raise ValueError(f"loss_agg: unknown {loss_agg!r}; known: {', '.join(LOSS_AGGS)}")
+    if importance_sampling_level not in IMPORTANCE_SAMPLING_LEVELS:
+        raise ValueError(f"importance_sampling_level: unknown {importance_sampling_level!r}; known: "
+                         f"{', '.join(IMPORTANCE_SAMPLING_LEVELS)}")
     if beta > 0 and ref_logp is None:
         raise ValueError("ref_logp: required when beta > 0; allowed: a [B, T] tensor of reference log-probs")
     for field, t in (("old_logp", old_logp), ("mask", mask), ("ref_logp", ref_logp)):
@@ -313,7 +335,12 @@ def policy_loss(
     real = mask.bool()
 
     log_ratio = logp - old_logp.detach()
-    ratio = torch.exp(log_ratio)  # rho_t = pi / pi_old
+    if importance_sampling_level == "sequence":
+        # log s_i = (1/|o_i|) sum_t log(pi_t / pi_old_t)  (verl compute_policy_loss_gspo; TRL GRPOTrainer._compute_loss)
+        seq_log_ratio = masked_mean(log_ratio, mask, dim=1).unsqueeze(1)  # [B, 1]
+        # log s_it = sg[log s_i] + log pi_t - sg[log pi_t]: value log s_i, gradient that of log pi_t (GSPO-token)
+        log_ratio = logp - logp.detach() + seq_log_ratio.detach()
+    ratio = torch.exp(log_ratio)  # rho_t = pi / pi_old  (sequence level: s_i on every token of row i)
     unclipped = ratio * advantages  # rho_t * A
     clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * advantages  # clip(rho_t, 1-eps_l, 1+eps_h) * A
     per_token = -torch.min(unclipped, clipped)  # l_t = -min(rho A, clip(rho) A)
@@ -344,6 +371,25 @@ def policy_loss(
             "clip_ratio/high": float(masked_mean(high, mask)),
         }
     return loss, stats
+
+
+def overlong_penalty(lengths: Tensor, max_length: int, buffer: int, factor: float = 1.0) -> Tensor:
+    """DAPO's soft overlong punishment of each completion -> [B] (float32, <= 0), added to its reward.
+
+        R_length(|o|) = min(0, -(|o| - (L_max - buffer)) / buffer * factor)
+
+    0 up to L_max - buffer tokens, then linear over the last `buffer` tokens down to -factor at |o| = L_max
+    (L_max = max_new_tokens: a rollout cannot be longer). As DAPO's reward manager (verl
+    verl/workers/reward_manager/dapo.py, DAPORewardManager.__call__: overlong_buffer_cfg.len / penalty_factor)
+    and TRL's get_soft_overlong_punishment (trl/rewards/other_rewards.py). buffer = 0: no penalty.
+    """
+    if not 0 <= buffer <= max_length:
+        raise ValueError(f"buffer: must be in [0, max_length={max_length}]; got {buffer}")
+    lengths = lengths.float()
+    if buffer == 0:
+        return torch.zeros_like(lengths)
+    exceed = lengths - (max_length - buffer)  # tokens into the buffer
+    return torch.clamp(-exceed / buffer * factor, max=0.0) + 0.0  # min(-exceed / buffer * factor, 0); + 0.0: no -0.0
 
 
 def divergence(log_p: torch.Tensor, log_q: torch.Tensor, kind: str, alpha: float = 0.5) -> torch.Tensor:

@@ -45,6 +45,7 @@ class RolloutBatch:
     truncated: torch.Tensor  # [B] bool: hit max_new_tokens without EOS
     group_size: int = 1
     verdicts: list = field(default_factory=list)  # filled by the trainer after verification
+    overlong_penalty: torch.Tensor | None = None  # [B] DAPO's length penalty in the reward (overlong_buffer > 0)
 
     @property
     def num_tokens(self) -> int:

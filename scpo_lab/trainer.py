@@ -4,9 +4,11 @@
         problems   <- draw prompts_per_step training problems           (seeded by (seed, step))
         rollouts   <- G samples per problem, sampler log-probs recorded  (rollout.sample_rollouts)
         verdicts   <- task.verify_batch(problems, completions)          (reward, passed, feedback)
+                      [+ DAPO's overlong penalty in the reward when overlong_buffer > 0]
         teacher    <- policy re-reads each rollout with its verdict       (teacher.teacher_pass; skipped by grpo)
         advantages <- group-relative advantages [+ the critic's signal]  (objective / critics)
         update     <- clipped surrogate (+ beta * k3 KL), AdamW on LoRA weights, grad clipping
+                      (ratio per token or per sequence; truncated rollouts masked out if asked)
         log, write samples, checkpoint
 
 Every step's randomness is derived from (seed, step), so a run killed at any point and resumed from its last
@@ -16,6 +18,7 @@ checkpoint replays the same problems and draws, and its metrics.jsonl has no dup
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -33,7 +36,7 @@ from scpo_lab.critics import Critic, CriticResult, LossTerm, UpdateForward, make
 from scpo_lab.metrics import hacking_stats
 from scpo_lab.migrate import legacy_exclude
 from scpo_lab.objective import (completion_logprobs, group_advantages, group_reward_std, loss_denominator,
-                                 policy_loss)
+                                 overlong_penalty, policy_loss)
 from scpo_lab.rollout import RolloutBatch, micro_batches, sample_rollouts
 from scpo_lab.runs import DEFAULT_EXCLUDE, RunDir
 from scpo_lab.seeds import step_seed
@@ -343,11 +346,12 @@ def training_step(loop: _Loop, step: int, state: dict) -> dict:
     t0 = time.perf_counter()
     batch.verdicts = loop.task.verify_batch(batch.problems, batch.texts)
     verifier_rewards = torch.tensor([v.reward for v in batch.verdicts], dtype=torch.float32)
+    trained_rewards, length_stats = _shape_rewards(config, batch, verifier_rewards)
     times["verification"] = time.perf_counter() - t0
 
     # 3. advantages: A_i = (r_i - mean_group r) / (std_group r + eps), then the critic's
     t0 = time.perf_counter()
-    result = CriticResult(group_advantages(verifier_rewards, config.group_size, scale=config.scale_rewards), {})
+    result = CriticResult(group_advantages(trained_rewards, config.group_size, scale=config.scale_rewards), {})
     teacher = None
     if critic is not None:
         if critic.needs_teacher:
@@ -356,8 +360,8 @@ def training_step(loop: _Loop, step: int, state: dict) -> dict:
             state["flops"] += 2 * loop.n_params * world.sum(teacher.tokens_read)  # a forward: 2 N FLOPs per token
         result = critic.advantages(batch, result.advantages, teacher, step=step)
     times["teacher"] = time.perf_counter() - t0 if teacher is not None else 0.0  # the second pass and its critic
-    rewards = verifier_rewards if result.rewards is None else result.rewards  # what the method trains on
-    stats = dict(result.stats)
+    rewards = trained_rewards if result.rewards is None else result.rewards  # what the method trains on
+    stats = {**length_stats, **result.stats}
     if result.score is not None:  # the critic's own score of each rollout vs the verifier
         stats.update(hacking_stats(result.score, [v.passed for v in batch.verdicts],
                                    probability=result.score_is_probability))
@@ -393,7 +397,7 @@ def training_step(loop: _Loop, step: int, state: dict) -> dict:
         "step": step,
         "reward": float(rewards.mean()),
         "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-        "pass_rate": float(verifier_rewards.mean()),
+        "pass_rate": float(verifier_rewards.mean()),  # the verifier's alone (no length penalty)
         "frac_reward_zero_std": float((std == 0).float().mean()),
         "completions/mean_length": float(lengths.mean()),
         "completions/clipped_ratio": float(batch.truncated.float().mean()),
@@ -412,6 +416,23 @@ def training_step(loop: _Loop, step: int, state: dict) -> dict:
     return world.mean_row(row, summed=("loss",) + ((result.loss_term.name,) if result.loss_term else ()))
 
 
+def _shape_rewards(config, batch: RolloutBatch, verifier_rewards: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """(the reward the method trains on [B], its length metrics). overlong_buffer > 0: DAPO's soft overlong
+    punishment r_i + R_length(|o_i|) (objective.overlong_penalty), written into each verdict's `reward` too, so
+    that every critic reading batch.verdicts (judge, irl, the value critics) trains on the same shaped reward and
+    random-reward adds it to its coin (batch.overlong_penalty); `passed`, the feedback, pass_rate and the
+    teacher's context stay the verifier's. Off: the verifier's rewards, unchanged, and no metrics."""
+    if config.overlong_buffer == 0:
+        return verifier_rewards, {}
+    penalty = overlong_penalty(batch.completion_mask.sum(1), config.max_new_tokens, config.overlong_buffer,
+                               config.overlong_penalty)  # [B] float32, <= 0
+    shaped = verifier_rewards + penalty
+    batch.overlong_penalty = penalty
+    batch.verdicts = [dataclasses.replace(v, reward=float(r)) for v, r in zip(batch.verdicts, shaped)]
+    return shaped, {"completions/overlong_penalty_mean": float(penalty.mean()),
+                    "completions/overlong_frac": float((penalty < 0).float().mean())}
+
+
 def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, term: LossTerm | None = None,
             world: distributed.World = distributed.World()) -> dict:
     """mu passes of micro-batched forward/backward over the rollouts, one optimizer step per pass; a critic's
@@ -420,14 +441,23 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
     pi_old, the denominator of every pass's ratio, is the first pass's own forward (before any step, in the same
     train mode, precision and micro-batching as every later pass), detached: the sampler's recorded log-probs come
     from another computation (the static engine's merged weights, the vLLM recompute, no LoRA dropout), so a ratio
-    against them is not 1 at the first pass. Their agreement is logged as ratio/first_pass_mean and _max."""
+    against them is not 1 at the first pass. Their agreement is logged as ratio/first_pass_mean and _max.
+
+    mask_truncated_completions (TRL's option): rollouts that hit max_new_tokens without EOS get loss weight 0 in
+    the policy loss and in a policy-objective LossTerm (distillation); as in TRL the normalisers that count tokens
+    count the kept tokens only (token-mean, a LossTerm's n_tokens), those that count rows still count every row
+    (sequence-mean: B, constant: B * max_new_tokens), so a masked row adds 0 to the numerator and nothing to a
+    token count. Entropy, the first-pass ratio and a critic's own LossTerm (a head's BCE) still see every token."""
     model = policy.model
     model.train()
     mask = batch.completion_mask
     dense = advantages.dim() == 2
+    keep = (~batch.truncated).to(mask.dtype)[:, None] if config.mask_truncated_completions else None  # [B, 1]
+    loss_mask = mask if keep is None else mask * keep  # the tokens that carry policy loss
     # normalisers so micro-batch losses (and processes' losses) sum exactly to the full-batch loss
-    normalizer = world.sum(loss_denominator(mask, config.loss_agg, config.max_new_tokens))
+    normalizer = world.sum(loss_denominator(loss_mask, config.loss_agg, config.max_new_tokens))
     n_tokens = world.sum(float(mask.sum()))  # a LossTerm is a mean over the whole batch's tokens
+    n_loss_tokens = n_tokens if keep is None else max(1.0, world.sum(float(loss_mask.sum())))
     # rows of one group share their prompt: one prompt forward per group (exact, see objective.py)
     forward = dict(temperature=config.temperature, group_size=config.group_size)
     micro = list(micro_batches(batch, config.micro_batch_size))
@@ -445,6 +475,7 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
         for i, (rows, inputs) in enumerate(micro):
             width = inputs[2].shape[1]
             micro_mask = inputs[3]
+            micro_loss_mask = micro_mask if keep is None else micro_mask * keep[rows]
             support_ids = None if term is None or term.support_ids is None else term.support_ids[rows, :width]
             out = completion_logprobs(model, *inputs, support_ids=support_ids, return_states=wants_states, **forward)
             logp, entropy = out[0], out[1]
@@ -457,15 +488,19 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
                 if ratio.numel():
                     ratio_sum += float(ratio.sum())
                     ratio_max = max(ratio_max, float(ratio.max()))
-            loss, stats = policy_loss(logp, old, advantages[rows, :width] if dense else advantages[rows], micro_mask,
-                                      ref_logp=None if ref_logp is None else ref_logp[i], beta=config.beta,
-                                      eps_low=config.epsilon, eps_high=config.epsilon_high, loss_agg=config.loss_agg,
-                                      max_completion_length=config.max_new_tokens, normalizer=normalizer)
+            loss, stats = policy_loss(logp, old, advantages[rows, :width] if dense else advantages[rows],
+                                      micro_loss_mask, ref_logp=None if ref_logp is None else ref_logp[i],
+                                      beta=config.beta, eps_low=config.epsilon, eps_high=config.epsilon_high,
+                                      loss_agg=config.loss_agg, max_completion_length=config.max_new_tokens,
+                                      normalizer=normalizer, importance_sampling_level=config.importance_sampling_level)
             extra = None
             if term is not None:
                 computed = UpdateForward(logp, support_logprobs=out[2] if support_ids is not None else None,
                                          states=out[-1] if wants_states else None)
-                extra, logged = term(computed, rows, micro_mask, n_tokens)
+                if term.policy_objective:  # part of the policy's loss: truncated rows masked as the surrogate's
+                    extra, logged = term(computed, rows, micro_loss_mask, n_loss_tokens)
+                else:  # the critic's own parameters learn from every rollout
+                    extra, logged = term(computed, rows, micro_mask, n_tokens)
                 sums["term"] += logged
                 if term.policy_objective:  # part of the policy's loss (and of the logged `loss`)
                     loss = loss + extra
@@ -473,7 +508,9 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
             if extra is not None and not term.policy_objective:  # trains the critic's parameters through this forward
                 loss = loss + extra
             loss.backward()
-            weight = float(micro_mask.sum()) / float(mask.sum())  # token share of this micro-batch
+            # token share of this micro-batch (of the tokens that carry loss: kl and clip_ratio are means over them)
+            weight = float(micro_mask.sum()) / float(mask.sum()) if keep is None else \
+                float(micro_loss_mask.sum()) / max(1.0, float(loss_mask.sum()))
             sums["kl"] += stats["kl"] * weight if not math.isnan(stats["kl"]) else 0.0
             sums["clip_ratio"] += stats["clip_ratio"] * weight
             sums["entropy"] += float((entropy.detach() * micro_mask).sum()) / float(mask.sum())
@@ -504,6 +541,9 @@ def _sample_rows(step, batch: RolloutBatch, rewards, tokenizer=None, advantages=
     if teacher is not None and teacher.extras is not None:  # e.g. the judge's critique and score
         for row, extra in zip(rows, teacher.extras):
             row.update(extra)
+    if batch.overlong_penalty is not None:  # the reward above includes it; the verifier's is reward - penalty
+        for row, penalty in zip(rows, batch.overlong_penalty.tolist()):
+            row["overlong_penalty"] = round(penalty, 6)
     dense = advantages is not None and advantages.dim() == 2
     if tokenizer is None or (teacher is None and not dense):
         return rows

@@ -43,6 +43,13 @@ from scpo_lab.config import ConfigError, load_config, make_config
     ({"distill.is_clip": "none"}, "distill.is_clip", "'auto' or a finite number >= 0"),
     ({"max_new_tokens": 0}, "max_new_tokens", ">= 1"),
     ({"beta": -0.1}, "beta", ">= 0"),
+    ({"importance_sampling_level": "group"}, "importance_sampling_level", "allowed: token, sequence"),
+    ({"overlong_buffer": -1}, "overlong_buffer", "integer >= 0 (0 = off)"),
+    ({"overlong_buffer": 2.5}, "overlong_buffer", "integer >= 0"),
+    ({"overlong_buffer": 9}, "overlong_buffer", "<= max_new_tokens (8)"),  # smoke: 8 new tokens
+    ({"overlong_penalty": -1.0}, "overlong_penalty", ">= 0"),
+    ({"overlong_penalty": float("inf")}, "overlong_penalty", "finite"),
+    ({"mask_truncated_completions": "yes"}, "mask_truncated_completions", "true or false"),
     ({"lr": 1e-4}, "lr", "allowed: method, model"),
     ({"model": {"rank": 8}}, "model.rank", "allowed: name, backend"),
 ])
@@ -199,3 +206,28 @@ def test_an_empty_or_non_utf8_config_file_is_an_error_naming_it(tmp_path, capsys
     latin.write_bytes("profile: smoke\nnotes: caf\xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"^config: '.*latin.yaml' is not UTF-8 text"):
         load_config(latin)
+
+
+# --- issue 19: GSPO, DAPO's overlong penalty, masked truncated rollouts
+
+def test_objective_options_are_part_of_every_runs_identity():
+    """importance_sampling_level, overlong_* and mask_truncated_completions are common fields: hashed for every
+    method (no exclusion at their defaults: a default changed later must never alias another run). A folder of
+    the identity before issue 17, written before they existed, is still found by the old rule (migrate.py)."""
+    from scpo_lab.migrate import LEGACY_ABSENT_FIELDS, legacy_exclude
+    from scpo_lab.runs import DEFAULT_EXCLUDE, config_hash
+
+    def run_hash(cfg):
+        return config_hash(cfg.to_dict(), DEFAULT_EXCLUDE + cfg.hash_exclude())
+
+    for method in ("grpo", "opsd", "scpo-judge"):
+        base = make_config("smoke", method=method)
+        assert not set(LEGACY_ABSENT_FIELDS) & set(base.hash_exclude())
+        assert set(LEGACY_ABSENT_FIELDS) <= set(legacy_exclude(base))  # absent from every old folder
+    base = make_config("smoke")
+    changed = [make_config("smoke", importance_sampling_level="sequence"), make_config("smoke", overlong_buffer=4),
+               make_config("smoke", overlong_buffer=4, overlong_penalty=0.5),
+               make_config("smoke", mask_truncated_completions=True)]
+    hashes = {run_hash(c) for c in changed}
+    assert len(hashes) == len(changed) and run_hash(base) not in hashes
+    assert not {"overlong_buffer", "overlong_penalty"} & set(legacy_exclude(changed[2]))  # set: hashed, old rule too

@@ -41,7 +41,7 @@ def test_gpu_options_are_validated_with_one_line_errors(change, message):
 def test_the_gpu_model_fields_are_part_of_every_runs_identity():
     """Every model field is hashed (run identity: the common fields and the method's own section). Folders cached
     when the GPU fields were left out of the hash at their defaults are adopted by the old rule (migrate.py)."""
-    from scpo_lab.migrate import legacy_exclude
+    from scpo_lab.migrate import LEGACY_ABSENT_FIELDS, legacy_exclude
 
     base = make_config("cpu")
     assert not [k for k in base.hash_exclude() if k.startswith("model.")]
@@ -52,6 +52,8 @@ def test_the_gpu_model_fields_are_part_of_every_runs_identity():
                  "gpu_memory_utilization", "max_seq_length"):
         del record["model"][name]  # a config.json written before these fields existed
     del record["precision"]
+    for name in LEGACY_ABSENT_FIELDS:  # nor the objective options of issue 19
+        del record[name]
     assert config_hash(record, DEFAULT_EXCLUDE + ("value", "judge", "irl")) == config_hash(
         base.to_dict(), DEFAULT_EXCLUDE + legacy_exclude(base))  # the old rule still finds such a folder
     assert _hash(make_config("cpu", **{"model.lora_target_modules": ["q_proj", "v_proj"]})) != _hash(base)

@@ -13,6 +13,7 @@ from scpo_lab.objective import (
     k3_kl,
     loss_denominator,
     masked_mean,
+    overlong_penalty,
     policy_loss,
 )
 
@@ -172,8 +173,9 @@ def test_kl_reported_but_not_added_when_beta_zero():
     assert close(loss, 0.0) and close(stats["kl"], 0.36787944)
 
 
+@pytest.mark.parametrize("level", ["token", "sequence"])
 @pytest.mark.parametrize("loss_agg", ["sequence-mean", "token-mean", "constant"])
-def test_micro_batches_with_normalizer_sum_to_full_batch(loss_agg):
+def test_micro_batches_with_normalizer_sum_to_full_batch(loss_agg, level):
     g = torch.Generator().manual_seed(0)
     B, T = 4, 5
     logp = (-torch.rand(B, T, generator=g)).requires_grad_()
@@ -181,7 +183,7 @@ def test_micro_batches_with_normalizer_sum_to_full_batch(loss_agg):
     adv = torch.randn(B, generator=g)
     mask = T_([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.float32)
     ref = old - 0.1
-    kw = dict(beta=0.05, eps_high=0.28, loss_agg=loss_agg, max_completion_length=5)
+    kw = dict(beta=0.05, eps_high=0.28, loss_agg=loss_agg, max_completion_length=5, importance_sampling_level=level)
     full, _ = policy_loss(logp, old, adv, mask, ref_logp=ref, **kw)
     (g_full,) = torch.autograd.grad(full, logp)
     norm = loss_denominator(mask, loss_agg, max_completion_length=5)
@@ -195,6 +197,114 @@ def test_micro_batches_with_normalizer_sum_to_full_batch(loss_agg):
         naive = sum(policy_loss(logp[s], old[s], adv[s], mask[s], ref_logp=ref[s], **kw)[0]
                     for s in (slice(0, 2), slice(2, 4)))
         assert not torch.allclose(naive, full, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------ GSPO (sequence level)
+
+def test_gspo_sequence_ratio_and_clipping_by_hand():
+    # log(pi/pi_old) per token, eps 0.2 both sides, sequence-mean over B = 3 rows:
+    # row 0: [0.1, 0.3, pad 5.0], A = +1: log s = 0.2, s = e^0.2 = 1.2214028 > 1.2 -> clipped above, l = -1.2
+    # row 1: [-0.1, 0.1, 0.6],    A = -1: log s = 0.2 (s = (e^0.6)^(1/3)), A < 0 -> unclipped, l = s = 1.2214028
+    # row 2: [-0.3, -0.5, pad],   A = -2: log s = -0.4, s = e^-0.4 = 0.6703200 < 0.8 -> clipped below,
+    #                                     l = -min(-2 * 0.67032, -2 * 0.8) = 1.6
+    # loss = (-1.2 + 1.2214028 + 1.6) / 3 = 0.54046759
+    # grad: clipped rows 0; row 1: d/dlogp_t (1/3)(1/3) sum_t -A sg[s] e^(logp_t - sg[logp_t]) = s / 9 = 0.13571142
+    # clip_ratio over the 7 real tokens: high = row 0's 2, low = row 2's 2
+    log_ratio = T_([[0.1, 0.3, 5.0], [-0.1, 0.1, 0.6], [-0.3, -0.5, 0.0]])
+    mask = T_([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    old = torch.full((3, 3), -2.0)
+    logp = (old + log_ratio).requires_grad_()
+    loss, stats = policy_loss(logp, old, T_([1.0, -1.0, -2.0]), mask, importance_sampling_level="sequence")
+    assert close(loss, 0.54046759)
+    assert close(stats["clip_ratio/high"], 2 / 7) and close(stats["clip_ratio/low"], 2 / 7)
+    assert close(stats["clip_ratio"], 4 / 7)
+    loss.backward()
+    assert close(logp.grad, [[0.0, 0.0, 0.0], [0.13571142] * 3, [0.0, 0.0, 0.0]])
+    # the token level on the same tensor clips token by token: row 0 keeps e^0.1 = 1.1051709 unclipped
+    # (-1.1051709 - 1.2) / 2 = -1.1525855; row 1: (e^-0.1 + e^0.1 + e^0.6) / 3 = 1.2773757; row 2: 1.6
+    # -> (-1.1525855 + 1.2773757 + 1.6) / 3 = 0.57493009
+    token, token_stats = policy_loss(logp, old, T_([1.0, -1.0, -2.0]), mask)
+    assert close(token, 0.57493009) and close(token_stats["clip_ratio"], 3 / 7)
+
+
+@pytest.mark.parametrize("loss_agg", ["sequence-mean", "token-mean", "constant"])
+def test_token_and_sequence_levels_agree_when_every_token_has_the_same_ratio(loss_agg):
+    # rows with one ratio each (1.1: unclipped, 1.5: clipped above for A > 0, 0.7: clipped below for A < 0):
+    # s_i = rho_i, so value and gradient (s_i grad log pi_t per token, GSPO-token) equal the token level's
+    ratios = T_([1.1, 1.5, 0.7, 1.5])
+    mask = T_([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.float32)
+    old = -torch.rand(4, 4, generator=torch.Generator().manual_seed(0))
+    adv = T_([1.0, 0.5, -1.0, -2.0])
+    ref = old - 0.2
+    out = {}
+    for level in ("token", "sequence"):
+        logp = (old + torch.log(ratios)[:, None]).requires_grad_()
+        loss, stats = policy_loss(logp, old, adv, mask, ref_logp=ref, beta=0.04, loss_agg=loss_agg,
+                                  max_completion_length=4, importance_sampling_level=level)
+        (grad,) = torch.autograd.grad(loss, logp)
+        out[level] = (loss.detach(), grad, stats)
+    (lt, gt, st), (ls, gs, ss) = out["token"], out["sequence"]
+    assert torch.allclose(lt, ls, atol=1e-6) and torch.allclose(gt, gs, atol=1e-6)
+    assert st == pytest.approx(ss, abs=1e-6)
+    assert gt[1].abs().sum() > 0 or gt[2].abs().sum() > 0  # the KL term keeps clipped rows' gradients non-zero
+
+
+def test_sequence_level_at_ratio_one_is_the_token_level_exactly():
+    # mu = 1: old = logp.detach(), every ratio is 1 -> GSPO is GRPO, per-token (dense) advantages included
+    g = torch.Generator().manual_seed(1)
+    logp = (-torch.rand(3, 5, generator=g)).requires_grad_()
+    mask = T_([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]], dtype=torch.float32)
+    for adv in (torch.randn(3, generator=g), torch.randn(3, 5, generator=g)):
+        results = []
+        for level in ("token", "sequence"):
+            loss, _ = policy_loss(logp, logp.detach(), adv, mask, importance_sampling_level=level)
+            results.append((loss.detach(), torch.autograd.grad(loss, logp)[0]))
+        assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("loss_agg", ["sequence-mean", "token-mean", "constant"])
+def test_gspo_token_form_equals_the_plain_sequence_ratio_for_sequence_advantages(loss_agg):
+    # TRL's form: coef = exp(mean_t log ratio) of shape [B, 1], differentiated through the mean (each token gets
+    # s_i / |o_i|, times |o_i| copies in the sum); verl's stop-gradient form gives each token s_i directly
+    g = torch.Generator().manual_seed(2)
+    old = -torch.rand(4, 5, generator=g)
+    logp = (old + 0.3 * torch.randn(4, 5, generator=g)).requires_grad_()
+    mask = T_([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.float32)
+    adv = T_([1.0, -0.5, -2.0, -1.5])  # s = 1.066, 0.985, 0.711 (A < 0: clipped below), 0.806
+    ours, _ = policy_loss(logp, old, adv, mask, loss_agg=loss_agg, max_completion_length=5,
+                          importance_sampling_level="sequence")
+    coef = torch.exp(((logp - old) * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True))  # [B, 1]
+    per_token = -torch.min(coef * adv[:, None], coef.clamp(0.8, 1.2) * adv[:, None]) * mask  # [B, T]
+    plain = {"sequence-mean": (per_token.sum(1) / mask.sum(1)).mean(), "token-mean": per_token.sum() / mask.sum(),
+             "constant": per_token.sum() / (4 * 5)}[loss_agg]
+    assert torch.allclose(ours, plain, atol=1e-6)
+    g_ours, g_plain = (torch.autograd.grad(x, logp)[0] for x in (ours, plain))
+    assert torch.allclose(g_ours, g_plain, atol=1e-6)
+    assert torch.equal(g_ours[2], torch.zeros(5)) and g_ours[[0, 1, 3]].abs().sum() > 0
+
+
+def test_sequence_ratio_ignores_padding_values():
+    # a pad's log-ratio (here 50) must not enter log s_i = mean over real tokens: s = e^0 = 1, unclipped
+    logp = T_([[0.1, -0.1, 50.0]], requires_grad=True)
+    loss, stats = policy_loss(logp, torch.zeros(1, 3), T_([1.0]), T_([[1.0, 1.0, 0.0]]),
+                              importance_sampling_level="sequence")
+    assert close(loss, -1.0) and stats["clip_ratio"] == 0.0
+    loss.backward()
+    assert close(logp.grad, [[-0.5, -0.5, 0.0]])  # -A s / |o| on each real token
+
+
+# ------------------------------------------------------------------------------------------------ overlong penalty
+
+def test_overlong_penalty_is_linear_over_the_last_buffer_tokens():
+    # L_max 10, buffer 4: 0 up to 6 tokens, then -(|o| - 6) / 4: 7 -> -0.25, 8 -> -0.5, 9 -> -0.75, 10 -> -1
+    lengths = T_([1, 5, 6, 7, 8, 9, 10])
+    assert close(overlong_penalty(lengths, 10, 4), [0, 0, 0, -0.25, -0.5, -0.75, -1.0])
+    assert close(overlong_penalty(lengths, 10, 4, factor=0.5), [0, 0, 0, -0.125, -0.25, -0.375, -0.5])
+    assert torch.equal(overlong_penalty(lengths, 10, 0), torch.zeros(7))  # off
+    assert close(overlong_penalty(T_([0, 5, 10]), 10, 10), [0.0, -0.5, -1.0])  # the whole range is the buffer
+    assert not torch.signbit(overlong_penalty(lengths, 10, 4)[:3]).any()  # 0.0, not -0.0
+    with pytest.raises(ValueError, match="buffer"):
+        overlong_penalty(lengths, 10, 11)
 
 
 def test_loss_denominator_values():
@@ -217,6 +327,8 @@ def test_policy_loss_validation():
         policy_loss(z, z, torch.zeros(1), MASK_2x3)
     with pytest.raises(ValueError, match="old_logp"):
         policy_loss(z, torch.zeros(1, 3), torch.zeros(2), MASK_2x3)
+    with pytest.raises(ValueError, match="importance_sampling_level.*token, sequence"):
+        policy_loss(z, z, torch.zeros(2), MASK_2x3, importance_sampling_level="group")
 
 
 # ------------------------------------------------------------------------------------------------ completion_logprobs

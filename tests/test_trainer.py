@@ -148,3 +148,112 @@ def test_distillation_baselines_train_end_to_end(tmp_path, method, options):
     assert ("distill/loss" in df.columns) == (options["distill.support"] != "sampled")
     if method == "opsd":  # arithmetic always has a reference solution
         assert (df["distill/no_teacher_frac"] == 0).all()
+
+
+# ------------------------------------------------------------------------------------------------ issue 19: GSPO,
+# DAPO's overlong penalty, masked truncated rollouts (the tiny model never emits EOS: every smoke rollout runs to
+# max_new_tokens = 8 and is truncated)
+
+def _spy_policy_loss(monkeypatch):
+    calls = []
+    real = trainer_module.policy_loss
+
+    def spy(logp, old, advantages, mask, **kwargs):
+        loss, stats = real(logp, old, advantages, mask, **kwargs)
+        calls.append({"mask": mask.detach().clone(), "loss": float(loss.detach()), **kwargs})
+        return loss, stats
+
+    monkeypatch.setattr(trainer_module, "policy_loss", spy)
+    return calls
+
+
+def _coin_verifier(monkeypatch):
+    """A verifier passing about half of the tiny model's completions (it never solves arithmetic), so that
+    groups have non-zero advantages and the surrogate a gradient."""
+    from scpo_lab.tasks.base import Verdict
+
+    task_class = type(trainer_module.get_task("arithmetic"))
+    monkeypatch.setattr(task_class, "verify_batch", lambda self, problems, completions: [
+        Verdict(float(len(c) % 2), bool(len(c) % 2), "checked") for c in completions])
+
+
+def test_gspo_trains_and_is_grpo_exactly_at_one_iteration(tmp_path, monkeypatch):
+    _coin_verifier(monkeypatch)
+    calls = _spy_policy_loss(monkeypatch)
+    token = train(smoke(tmp_path, steps=2), progress=False).metrics
+    gspo = train(smoke(tmp_path, steps=2, importance_sampling_level="sequence"), progress=False)
+    assert {c["importance_sampling_level"] for c in calls} == {"token", "sequence"}
+    assert (token["grad_norm"] > 0).all()  # the coin verifier gives the groups advantages
+    # mu = 1: old = current, every sequence ratio is 1, so GSPO's loss and gradient are GRPO's, bit for bit
+    for column in ("loss", "grad_norm", "clip_ratio", "reward"):
+        assert gspo.metrics[column].tolist() == token[column].tolist(), column
+    # mu = 2: the second pass sees real ratios, clipped per sequence
+    mu2 = {level: train(smoke(tmp_path, steps=2, num_iterations=2, learning_rate=0.05,
+                              importance_sampling_level=level), progress=False).metrics
+           for level in ("token", "sequence")}
+    assert mu2["sequence"]["step"].tolist() == [1, 2]
+    assert mu2["sequence"][["loss", "grad_norm", "clip_ratio"]].notna().all().all()
+    assert mu2["sequence"]["loss"].tolist() != mu2["token"]["loss"].tolist()
+    assert len({p.name for p in (tmp_path / "runs").iterdir()}) == 4  # each level its own run folder
+
+
+@pytest.mark.parametrize("method", ["grpo", "opsd", "random-reward"])
+def test_overlong_penalty_shapes_the_trained_reward_not_pass_rate(tmp_path, monkeypatch, method):
+    seen = []
+    real_group_advantages = trainer_module.group_advantages
+
+    def spy(rewards, *args, **kwargs):
+        seen.append(rewards.clone())
+        return real_group_advantages(rewards, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "group_advantages", spy)
+    run = train(smoke(tmp_path, method=method, steps=2, overlong_buffer=4, overlong_penalty=0.5), progress=False)
+    df = run.metrics
+    # every rollout has 8 = max_new_tokens tokens, 4 into the 4-token buffer: -4 / 4 * 0.5 = -0.5
+    assert (df["completions/mean_length"] == 8).all()
+    assert (df["completions/overlong_penalty_mean"] == -0.5).all() and (df["completions/overlong_frac"] == 1).all()
+    samples = run.samples()
+    assert (samples["overlong_penalty"] == -0.5).all()
+    # GRPO's advantages come from the verifier's reward + the penalty (the tiny model passes nothing: 0 - 0.5)
+    assert all(r.tolist() == [-0.5] * 8 for r in seen) and len(seen) == 2
+    assert (df["pass_rate"] == 0).all()  # pass_rate stays the verifier's
+    if method == "random-reward":  # the coin carries the penalty too: 1 - 0.5 or 0 - 0.5
+        assert set(samples["reward"]) <= {0.5, -0.5}
+    else:  # the reward trained on (and logged) = the verifier's - 0.5
+        assert (df["reward"] == -0.5).all() and (samples["reward"] == -0.5).all()
+    off = train(smoke(tmp_path, method=method, steps=1), progress=False).metrics
+    assert "completions/overlong_penalty_mean" not in off.columns  # off: nothing logged, nothing shaped
+
+
+def test_mask_truncated_completions_zeroes_their_loss_with_trl_normalisers(tmp_path, monkeypatch):
+    calls = _spy_policy_loss(monkeypatch)
+    real_sample = trainer_module.sample_rollouts
+
+    def half_truncated(*args, **kwargs):  # rows 0, 2, 4, ... as if they had ended with EOS
+        batch = real_sample(*args, **kwargs)
+        batch.truncated = torch.arange(len(batch)) % 2 == 1
+        return batch
+
+    monkeypatch.setattr(trainer_module, "sample_rollouts", half_truncated)
+    _coin_verifier(monkeypatch)
+    for loss_agg in ("token-mean", "sequence-mean"):
+        calls.clear()
+        run = train(smoke(tmp_path, steps=2, loss_agg=loss_agg, mask_truncated_completions=True), progress=False)
+        assert run.metrics[["loss", "grad_norm"]].notna().all().all() and (run.metrics["grad_norm"] > 0).all()
+        for call in calls:
+            rows = call["mask"].sum(1)
+            assert (rows[1::2] == 0).all() and (rows[0::2] > 0).all()  # truncated rows carry no loss
+            # TRL's normalisers: token-mean counts the kept tokens only, sequence-mean every row (B = 8)
+            assert call["normalizer"] == (float(rows.sum()) if loss_agg == "token-mean" else 8.0)
+
+
+@pytest.mark.parametrize("method", ["grpo", "opsd"])
+def test_all_truncated_rollouts_masked_train_nothing(tmp_path, method):
+    # every smoke rollout is truncated: the surrogate and opsd's distillation term carry no loss, no gradient
+    run = train(smoke(tmp_path, method=method, steps=2, mask_truncated_completions=True), progress=False)
+    df = run.metrics
+    assert (df["completions/clipped_ratio"] == 1).all()
+    assert (df["loss"] == 0).all() and (df["grad_norm"] == 0).all()
+    if method == "opsd":
+        assert (df["distill/loss"] == 0).all()
+    assert (df["entropy"] > 0).all()  # the policy's entropy is still measured on every token

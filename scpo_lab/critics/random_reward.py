@@ -5,6 +5,8 @@
 
 Whatever a method gains over this arm is more than the update's own dynamics (entropy changes, format drift)
 can produce with a reward that carries no information. The verifier still grades every rollout (`pass_rate`).
+With overlong_buffer > 0 the coin carries DAPO's length penalty as every method's reward does (trainer
+_shape_rewards): the arm then measures what the length penalty alone does.
 """
 
 from __future__ import annotations
@@ -24,5 +26,7 @@ class RandomRewardCritic(Critic):
     def advantages(self, batch, group_advantages_, teacher, step: int = 0) -> CriticResult:
         gen = torch.Generator().manual_seed(step_seed(self.config.seed, step, 2))
         rewards = torch.bernoulli(torch.full((len(batch),), 0.5), generator=gen)  # r_i ~ Bernoulli(1/2)
+        if batch.overlong_penalty is not None:  # overlong_buffer > 0: DAPO's length penalty, as on every method
+            rewards = rewards + batch.overlong_penalty
         advantages = group_advantages(rewards, batch.group_size, scale=self.config.scale_rewards)
         return CriticResult(advantages, {}, rewards=rewards)
