@@ -5,7 +5,8 @@ student marks where the outcome-aware model disagrees most. Its log-ratio is the
 
     d_{i,t} = log pi(y_t | x, c_i, y_<t) - log pi(y_t | x, y_<t)      (the teacher pass minus the sampler)
     s_i     = clip(min_t d_{i,t}, -clip, 0)                           (<= 0: only surprise is penalised)
-    r'_i    = r_i + weight * s_i;   A_i group-relative on r'          (the verifier stays ground truth)
+    A'_i    = A_i + weight * (s_i - mean_g s) / 0.5                  (objective.critic_advantages: the verifier's
+                                                                      group advantage stays, w sets the share)
 
 Options `surprise.*`. Arm preset: "scpo-surprise".
 """
@@ -19,13 +20,13 @@ import torch
 from scpo_lab import checks
 from scpo_lab.critics import Critic, CriticResult, register
 from scpo_lab.critics.base import signal_stats
-from scpo_lab.objective import group_advantages
+from scpo_lab.objective import critic_advantages
 
 
 @dataclass
 class SurpriseConfig(checks.Section):
     name = "surprise"  # the section's key: surprise.weight, surprise.clip
-    weight: float = 0.2  # w in r_i + w s_i
+    weight: float = 0.2  # w in A_i + w (s_i - mean_g s) / 0.5
     clip: float = 5.0  # |s_i| <= clip
 
     def check(self) -> None:
@@ -48,10 +49,10 @@ class SurpriseCritic(Critic):
         d = (teacher.logprobs - batch.logprobs).masked_fill(~mask, float("inf"))  # d_{i,t}; padding never the min
         s = d.min(1).values.clamp(-cfg.clip, 0.0)  # s_i = clip(min_t d_{i,t}, -clip, 0)
         s = torch.where(mask.any(1), s, torch.zeros_like(s))  # an empty completion: no score
-        rewards = torch.tensor([v.reward for v in batch.verdicts], dtype=torch.float32)
-        advantages = group_advantages(rewards + cfg.weight * s, batch.group_size, scale=self.config.scale_rewards)
+        advantages = critic_advantages(group_advantages_, s, batch.group_size, cfg.weight)
+        passed = torch.tensor([bool(v.passed) for v in batch.verdicts])
         stats = {"surprise/score_mean": float(s.mean()),
-                 **signal_stats((cfg.weight * s)[:, None] * mask, mask, group_advantages_, batch.group_size)}
+                 **signal_stats(advantages, mask, group_advantages_, batch.group_size, passed)}
         return CriticResult(advantages, stats, score=s, sequence_reward=s)
 
 
