@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download: every model here
 VARIANTS = {"grpo": ("grpo", {}), "scpo-divergence": ("scpo-divergence", {}), "scpo-head": ("scpo-head", {}),
             "scpo-critic": ("scpo-critic", {}),
             "scpo-critic-separate": ("scpo-critic", {"value.critic": "separate"}),
-            "sdpo": ("sdpo", {}), "opsd": ("opsd", {}),
+            "sdpo": ("sdpo", {}), "opsd": ("opsd", {}), "srpo": ("srpo", {}), "rlsd": ("rlsd", {}),
             # V2's other extractors: a second (student-context) pass for the distribution signals, the pairwise
             # ranking reward, the online probe
             "scpo-divergence-jsd": ("scpo-divergence", {"scpo.signal": "jsd"}),

@@ -38,9 +38,10 @@ def test_the_registry_lists_every_method_section_and_arm():
         for arm, options in cls.presets.items():  # every preset is an arm of its own method, and builds
             assert critics.arms()[arm] == options and options["method"] in cls.methods
             make_config("smoke", **options)
-    assert set(critics.sections()) == {"scpo", "distill", "value", "judge", "irl"}
+    assert set(critics.sections()) == {"scpo", "distill", "value", "judge", "irl", "rlsd"}
     assert critics.section_of("grpo") is None and critics.section_of("random-reward") is None
     assert critics.section_of("scpo-judge") == "judge" and critics.section_of("opsd") == "distill"
+    assert critics.section_of("srpo") == "distill" and critics.section_of("rlsd") == "rlsd"
     with pytest.raises(ValueError, match="already"):
         critics.register(type("Dup", (critics.JudgeCritic,), {"methods": ("scpo-head",)}))
 

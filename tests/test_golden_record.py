@@ -51,6 +51,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "sdpo-sampled": ("sdpo", {"distill.support": "sampled", "distill.token_clip": 0.5, "distill.grpo_weight": 0.3}),
     "opsd": ("opsd", {}),
     "opsd-full": ("opsd", {"distill.support": "full", "distill.alpha": 0.0}),
+    "srpo": ("srpo", {}),
+    "rlsd": ("rlsd", {}),
 }
 
 

@@ -13,7 +13,9 @@ from scpo_lab.critics.divergence import DivergenceCritic
 from scpo_lab.critics.irl import IrlCritic
 from scpo_lab.critics.judge import JudgeCritic
 from scpo_lab.critics.random_reward import RandomRewardCritic
+from scpo_lab.critics.rlsd import RlsdCritic
 from scpo_lab.critics.selfdistill import OpsdCritic, SdpoCritic
+from scpo_lab.critics.srpo import SrpoCritic
 from scpo_lab.critics.value import HeadCritic, OnlineCritic
 
 BASELINE = "grpo"  # the method without a critic: group-relative advantages of the verifier's reward
@@ -97,10 +99,10 @@ def make_critic(method: str, config, tokenizer=None, world=None) -> Critic | Non
 
 # The registry: one line per critic module (a new critic: add its class here, or register() it elsewhere)
 for _cls in (DivergenceCritic, HeadCritic, OnlineCritic, JudgeCritic, IrlCritic, SdpoCritic, OpsdCritic,
-             RandomRewardCritic):
+             RandomRewardCritic, SrpoCritic, RlsdCritic):
     register(_cls)
 
 __all__ = ["BASELINE", "CRITICS", "Critic", "CriticResult", "DivergenceCritic", "HeadCritic", "IrlCritic",
-           "JudgeCritic", "LossTerm", "OnlineCritic", "OpsdCritic", "RandomRewardCritic", "SdpoCritic",
-           "UpdateForward", "arms", "critic_class", "make_critic", "methods", "register", "section_of", "sections",
-           "unregister"]
+           "JudgeCritic", "LossTerm", "OnlineCritic", "OpsdCritic", "RandomRewardCritic", "RlsdCritic", "SdpoCritic",
+           "SrpoCritic", "UpdateForward", "arms", "critic_class", "make_critic", "methods", "register", "section_of",
+           "sections", "unregister"]
