@@ -129,6 +129,7 @@ class RlsdCritic(Critic):
                                        / n_active),
             "rlsd/delta_mean": float(delta.sum() / n),
             "rlsd/no_teacher_frac": float(1 - has.mean()),
-            **signal_stats(advantages - a * mask, mask, group_advantages, batch.group_size),
+            **signal_stats(advantages, mask, group_advantages, batch.group_size,
+                           torch.tensor([bool(v.passed) for v in batch.verdicts])),
         }
         return CriticResult(advantages, stats)

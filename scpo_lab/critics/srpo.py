@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import torch
 
+from scpo_lab.critics.base import signal_stats
 from scpo_lab.critics.selfdistill import SdpoCritic
 from scpo_lab.teacher import student_messages
 
@@ -77,4 +78,7 @@ class SrpoCritic(SdpoCritic):
             result.advantages = result.advantages + grpo[:, None] * batch.completion_mask.float()
         else:
             result.advantages = result.advantages + grpo
+        final = signal_stats(result.advantages, batch.completion_mask, group_advantages, batch.group_size,
+                             passed.bool())  # the collapse accounting of the routed advantages
+        result.stats.update({k: v for k, v in final.items() if k in result.stats})
         return result
