@@ -19,7 +19,8 @@ LEGACY_LATE_MODEL_FIELDS = ("lora_target_modules", "gradient_checkpointing", "lo
 
 
 def legacy_exclude(config) -> tuple[str, ...]:
-    """The keys the old rule left out of `config`'s hash, beside runs.DEFAULT_EXCLUDE."""
+    """The keys the old rule left out of `config`'s hash, beside runs.DEFAULT_EXCLUDE; with the fields of options
+    added since that are switched off in `config` (TrainConfig.unused_fields: such folders never held them)."""
     from scpo_lab.config import ModelConfig
 
     default_model = ModelConfig()
@@ -28,4 +29,4 @@ def legacy_exclude(config) -> tuple[str, ...]:
                      and (name not in LEGACY_LATE_SECTIONS or section == type(section)()))
     model = tuple(f"model.{name}" for name in LEGACY_LATE_MODEL_FIELDS
                   if getattr(config.model, name) == getattr(default_model, name))
-    return ("precision",) + sections + model
+    return ("precision",) + config.unused_fields() + sections + model

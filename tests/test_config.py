@@ -41,6 +41,9 @@ from scpo_lab.config import ConfigError, load_config, make_config
     ({"distill.alpha": 2}, "distill.alpha", "[0, 1]"),
     ({"max_new_tokens": 0}, "max_new_tokens", ">= 1"),
     ({"beta": -0.1}, "beta", ">= 0"),
+    ({"dynamic_sampling": "yes"}, "dynamic_sampling", "true or false"),
+    ({"dynamic_sampling": True, "max_sampling_rounds": 0}, "max_sampling_rounds", ">= 1"),
+    ({"max_sampling_rounds": 2.5}, "max_sampling_rounds", "integer"),
     ({"lr": 1e-4}, "lr", "allowed: method, model"),
     ({"model": {"rank": 8}}, "model.rank", "allowed: name, backend"),
 ])
