@@ -32,7 +32,11 @@ from common import peak_rss_mib, print_host, run_child, scratch_dir
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download: every model here is local
 
 # every method with a different step: label -> (method, config overrides)
-VARIANTS = {"grpo": ("grpo", {}), "scpo-divergence": ("scpo-divergence", {}), "scpo-head": ("scpo-head", {}),
+VARIANTS = {"grpo": ("grpo", {}),
+            # DAPO (the arm in scpo_lab.critics.BASELINE_PRESETS): dynamic sampling's extra rounds are in its
+            # generation time and tokens/step
+            "dapo": ("grpo", {"dynamic_sampling": True, "epsilon_high": 0.28, "loss_agg": "token-mean"}),
+            "scpo-divergence": ("scpo-divergence", {}), "scpo-head": ("scpo-head", {}),
             "scpo-critic": ("scpo-critic", {}),
             "scpo-critic-separate": ("scpo-critic", {"value.critic": "separate"}),
             "sdpo": ("sdpo", {}), "opsd": ("opsd", {}), "srpo": ("srpo", {}), "rlsd": ("rlsd", {}),
@@ -122,6 +126,9 @@ def profile_method(method: str, args, runs_dir: str) -> dict:
         "seconds": mean,  # per step, averaged over the measured steps
         "first_step_seconds": rows[0]["time/step"],
         "tokens_per_step": sum(measured_tokens) / len(measured),
+        # dynamic sampling: sampling rounds per step (None for methods without it)
+        "sampling_rounds": (sum(r["sampling/rounds"] for r in measured) / len(measured)
+                            if "sampling/rounds" in measured[0] else None),
         "generation_tokens_per_s": sum(measured_tokens) / gen_time if gen_time > 0 else float("nan"),
         "peak_rss_mib": peak_rss_mib(),
         "extra_params": int(rows[-1].get("params/extra", 0)),
@@ -161,9 +168,11 @@ def print_table(results: list[dict]) -> None:
         return f"{100 * teacher:+.0f}% / {100 * whole:+.0f}%"
 
     head = ("method", "generation", "verification", "teacher", "update", "total", "added vs grpo", "step 1 s",
-            "tokens/step", "gen tok/s", "extra params", "peak RSS MiB")
+            "tokens/step", "rounds/step", "gen tok/s", "extra params", "peak RSS MiB")
     rows = [(r["method"], *(f"{r['seconds'][p]:.3f}" for p in PHASES), added(r), f"{r['first_step_seconds']:.3f}",
-             f"{r['tokens_per_step']:.0f}", f"{r['generation_tokens_per_s']:.1f}", f"{r.get('extra_params', 0):,}",
+             f"{r['tokens_per_step']:.0f}",
+             "-" if r.get("sampling_rounds") is None else f"{r['sampling_rounds']:.2f}",
+             f"{r['generation_tokens_per_s']:.1f}", f"{r.get('extra_params', 0):,}",
              f"{r['peak_rss_mib']:.0f}")
             for r in results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
@@ -174,6 +183,8 @@ def print_table(results: list[dict]) -> None:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
     print("added vs grpo = teacher-pass seconds / grpo step seconds, then the whole step's difference to grpo (from "
           "step 2 on the policies differ, so completion lengths and generation times can too)")
+    print("tokens/step = every sampled completion token, dynamic sampling's discarded groups included; rounds/step = "
+          "its sampling rounds per step (a round samples the prompts still missing)")
     print("extra params = parameters the method adds beyond the policy and its LoRA adapter (value heads, critic "
           "adapters, a separate critic model)")
     print("peak RSS = ru_maxrss of the process that trained the method (its peak so far, model load included)")

@@ -72,6 +72,13 @@ class TaskConfig:
     options: dict = field(default_factory=dict)  # passed to get_task(name, **options)
 
 
+# an option's switch -> the common fields it owns (the switch included): read only when the switch is on, and
+# hashed only then (TrainConfig.unused_fields)
+OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {"dynamic_sampling": ("dynamic_sampling", "max_sampling_rounds"),
+                                               "overlong_buffer": ("overlong_buffer", "overlong_penalty"),  # 0 = off
+                                               "mask_truncated_completions": ("mask_truncated_completions",)}
+
+
 def _default_sections() -> dict:
     return {name: cls() for name, cls in critics.sections().items()}
 
@@ -110,6 +117,11 @@ class TrainConfig:
     overlong_penalty: float = 1.0  # DAPO's penalty factor (the penalty at max_new_tokens is -overlong_penalty)
     mask_truncated_completions: bool = False  # rollouts cut at max_new_tokens carry no policy loss (TRL's option)
     num_iterations: int = 1  # mu: policy updates per batch of rollouts
+    # DAPO's dynamic sampling (trainer._dynamic_sampling): drop the groups whose verifier rewards are all equal and
+    # sample more prompts until prompts_per_step informative groups are found, in at most max_sampling_rounds rounds
+    # (the first included); every sampled token counts in generated_tokens and flops
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = 3
     micro_batch_size: int = 8  # rollouts per forward/backward (fp32 activations: ~1.4 MB per token); accumulated
     train_pool_size: int = 2000  # procedural tasks: number of distinct training problems drawn
     save_every: int = 10  # checkpoint every N steps (and at the end)
@@ -144,10 +156,17 @@ class TrainConfig:
         return from_dict(data)
 
     def hash_exclude(self) -> tuple[str, ...]:
-        """Keys the run hash leaves out: every section but the method's own (what the method does not read), and
-        `precision` (the trainer adds the precision the run resolves to instead: precision.identity)."""
+        """Keys the run hash leaves out: every section but the method's own (what the method does not read),
+        `precision` (the trainer adds the precision the run resolves to instead: precision.identity), and the
+        fields of a switched-off option (unused_fields: a run without dynamic sampling keeps the hash it had
+        before the option existed)."""
         own = critics.section_of(self.method)
-        return ("precision",) + tuple(name for name in self.sections if name != own)
+        return ("precision",) + self.unused_fields() + tuple(name for name in self.sections if name != own)
+
+    def unused_fields(self) -> tuple[str, ...]:
+        """The common fields this config does not read: those of an option that is switched off (OPTIONAL_FIELDS).
+        They are left out of the run hash, so adding an option moves no existing run."""
+        return tuple(name for switch, names in OPTIONAL_FIELDS.items() if not getattr(self, switch) for name in names)
 
     def validate(self) -> "TrainConfig":
         validate(self)
@@ -233,6 +252,8 @@ def validate(cfg: TrainConfig) -> None:
                           f"({cfg.max_new_tokens}), or 0 (off)")
     _positive("overlong_penalty", cfg.overlong_penalty, allow_zero=True)
     _boolean("mask_truncated_completions", cfg.mask_truncated_completions)
+    _boolean("dynamic_sampling", cfg.dynamic_sampling)
+    _positive_int("max_sampling_rounds", cfg.max_sampling_rounds)
     for section in cfg.sections.values():  # each critic's own checks (a field changed after construction too)
         section.check()
 

@@ -124,7 +124,16 @@ def world() -> World:
 
 
 def check_config(config, size: int) -> None:
-    """Refuse, with a one-line error, what multi-process training does not support."""
+    """Refuse, with a one-line error, what multi-process training does not support.
+
+    Dynamic sampling (trainer._dynamic_sampling) is refused. Its rounds could be made global and deterministic:
+    every process draws round r's prompts from (seed, step, r) exactly as one process would, takes its share of
+    whole groups, and the processes all-gather which of their groups are informative, so that all agree on the kept
+    set and on whether another round is needed. What does not hold is the equal split: kept groups stay where they
+    were sampled, so one process may train on 3 groups and another on none (an empty batch, which the update and
+    several critics do not take), and World.mean_row's mean of per-process means is the batch mean only for equal
+    shares. That needs the kept groups rebalanced across processes (moving rollouts, and a critic's per-rollout
+    state, between them); until then, dynamic sampling runs on one process."""
     from scpo_lab.checks import ConfigError
 
     if size <= 1:
@@ -135,3 +144,7 @@ def check_config(config, size: int) -> None:
     if config.scale_rewards == "batch":
         raise ConfigError("scale_rewards: 'batch' needs the whole batch's std; allowed with several processes: "
                           "group, none")
+    if config.dynamic_sampling:  # see the docstring
+        raise ConfigError(f"dynamic_sampling: not supported with several processes ({size}): the informative groups "
+                          "it keeps fall unevenly on the processes; set dynamic_sampling false or run one process")
+

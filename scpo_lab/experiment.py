@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +90,174 @@ def compute_summary(metrics: pd.DataFrame, evals: dict[str, EvalResult], group_o
                      "seconds": float(seconds[labels].mean()), "pass@1": mean, "ci_low": low, "ci_high": high,
                      "ci_over": "seeds" if len(labels) > 1 else "problems"})
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Compute-matched GRPO: does a critic's compute beat spending the same compute on rollouts?
+# ------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class ComputeMatch:
+    """A GRPO config with (about) the training FLOPs of a target run, and how it was chosen (compute_match)."""
+
+    config: TrainConfig  # the grpo arm at the matched group size
+    target_flops: float  # the target run's logged total (or the target_flops given)
+    predicted_flops: float  # the matched config's training FLOPs by the trainer's count (flops.grpo_flops_line)
+    exact_group_size: float  # where the FLOPs line meets the target; config.group_size is it rounded
+    fixed_flops: float  # the part of the matched run's FLOPs that does not grow with the group size (prompts)
+    flops_per_rollout: float  # FLOPs one more rollout per prompt adds over the whole run
+    completion_tokens: float  # mean completion tokens per rollout assumed for the matched run
+
+    @property
+    def relative_error(self) -> float:
+        """(predicted - target) / target: what the rounding to a whole group size leaves."""
+        return (self.predicted_flops - self.target_flops) / self.target_flops
+
+
+def matched_group_size(target_flops: float, fixed_flops: float, flops_per_rollout: float,
+                       min_group_size: int = 2) -> tuple[int, float]:
+    """(group size, exact solution) of fixed + per_rollout * G = target: the nearest whole G (a tie goes up, so
+    the matched arm is never given less at a tie), at least min_group_size (2: group-relative advantages need two
+    rollouts). The matched run's FLOPs are then within per_rollout / 2 of the target."""
+    exact = (target_flops - fixed_flops) / flops_per_rollout
+    return max(min_group_size, math.floor(exact + 0.5)), exact
+
+
+def compute_match(run_or_config, *, arm: str | None = None, base: TrainConfig | None = None, policy=None,
+                  target_flops: float | None = None, completion_tokens: float | None = None) -> ComputeMatch:
+    """The GRPO arm with the training FLOPs of `run_or_config` (a Run, a run folder (RunDir or path), or a
+    TrainConfig whose run folder holds its metrics): same prompts and steps, more (or fewer) rollouts per prompt.
+
+    Why the group size and not prompts_per_step: a critic spends its extra compute on the step's own rollouts (a
+    second pass over each), so the alternative it must beat is more rollouts of the same prompts. The matched arm
+    draws exactly the target's prompts (the draws come from (seed, step) and prompts_per_step, both kept); only G
+    changes, and the FLOPs are linear in G (scpo_lab/flops.py): F(G) = fixed + per_rollout * G, where `fixed` is
+    the prompts' passes, replayed exactly from the seeds and the tokenizer, and per_rollout assumes the matched run's
+    completions are as long on average as the target's sampled ones (its logged generated_tokens over its sampled
+    rollouts, every dynamic-sampling round included; `completion_tokens` overrides, e.g. a grpo run's mean).
+    G is rounded to the nearest whole value (matched_group_size): the matched FLOPs are within half a rollout per
+    prompt of the target, `relative_error` says how far.
+
+    The target's FLOPs: its run's logged cumulative `flops` after its last step (the run must be finished), or
+    `target_flops`. A bare config with no run and `target_flops` assumes max_new_tokens per completion (an upper
+    bound: a smaller group). N and the prompt lengths come from `policy` (any policy of the same model and LoRA
+    settings) or one loaded for the config.
+
+    The base of the matched config: `base` (a grpo config) if given, else the target's config with method grpo,
+    dynamic sampling off, and, with `arm` (the target's arm in ARMS), every common field the arm's preset sets put
+    back to its default (arm="dapo" gives plain grpo, not grpo with clip-higher and token-mean); `notes` (outside
+    the run hash) records the match, so the config is the same cached run as grpo at that group size."""
+    from scpo_lab.flops import grpo_flops_line
+    from scpo_lab.rollout import encode_prompts
+    from scpo_lab.seeds import step_seed
+    from scpo_lab.trainer import _training_problems, parameter_count
+
+    config, rows, name = _target_of(run_or_config)
+    if target_flops is None:
+        if rows is None:
+            raise ValueError(f"run_or_config: {name} has no logged metrics; train it first or pass target_flops")
+        if len(rows) < config.steps:
+            raise ValueError(f"run_or_config: {name} has {len(rows)} of {config.steps} steps; finish it first or "
+                             "pass target_flops")
+        target_flops = float(rows[-1]["flops"])
+    matched = _matched_base(config, arm, base)
+    policy = policy if policy is not None else _policy_for_match(matched)
+    task = get_task(matched.task.name, **matched.task.options)
+    pool = _training_problems(task, matched)
+    n_prompts = min(matched.prompts_per_step, len(pool))
+    drawn = [random.Random(step_seed(matched.seed, step, 0)).sample(pool, n_prompts)
+             for step in range(1, matched.steps + 1)]  # the trainer's draws (trainer.training_step, step 1)
+    unique = list({id(p): p for step in drawn for p in step}.values())
+    _, mask = encode_prompts(policy.tokenizer, [p.prompt for p in unique], "cpu")
+    lengths = {id(p): int(n) for p, n in zip(unique, mask.sum(1).tolist())}
+    step_prompt_tokens = [sum(lengths[id(p)] for p in step) for step in drawn]
+    if completion_tokens is None:
+        if rows is None:
+            completion_tokens = float(config.max_new_tokens)
+        else:
+            target_prompts = min(config.prompts_per_step, len(pool))
+            rollouts = sum(r.get("sampling/sampled_groups", target_prompts) for r in rows) * config.group_size
+            completion_tokens = float(rows[-1]["generated_tokens"]) / rollouts
+    n_params = parameter_count(policy.model)
+    fixed, per_rollout = grpo_flops_line(n_params, step_prompt_tokens, n_prompts, completion_tokens,
+                                         matched.num_iterations, matched.model.gradient_checkpointing)
+    group_size, exact = matched_group_size(target_flops, fixed, per_rollout)
+    predicted = fixed + per_rollout * group_size
+    note = (f"compute-matched grpo for {name}: target {target_flops:.4g} FLOPs, group_size {group_size} "
+            f"(exact {exact:.3f}) predicts {predicted:.4g}")
+    return ComputeMatch(config=matched.replace(group_size=group_size, notes=note).validate(),
+                        target_flops=target_flops, predicted_flops=predicted, exact_group_size=exact,
+                        fixed_flops=fixed, flops_per_rollout=per_rollout, completion_tokens=completion_tokens)
+
+
+def compute_matched_grpo(run_or_config, **kwargs) -> TrainConfig:
+    """The GRPO config with the training FLOPs of a run by raising group_size (compute_match has the details and
+    the keyword arguments: arm, base, policy, target_flops, completion_tokens)."""
+    return compute_match(run_or_config, **kwargs).config
+
+
+def compute_matched_configs(runs: dict[str, Run], arm_of: dict[str, str], policy=None,
+                            **kwargs) -> tuple[dict[str, TrainConfig], dict[str, str]]:
+    """For arm_configs-style notebooks: ({"grpo@<arm>/s<seed>": matched config}, {label: "grpo@<arm>"}) for every
+    trained run of an arm other than grpo (`runs`: Experiment.runs; `arm_of`: arm_configs' labels), one policy shared.
+    Train them with run_experiment and put them beside the arms in compute_summary: each critic against the grpo
+    that spent its compute on rollouts."""
+    shared = {"policy": policy}
+    configs, matched_arm = {}, {}
+    for label, run in runs.items():
+        arm = arm_of.get(label)
+        if arm is None or arm == critics.BASELINE:
+            continue
+        if shared["policy"] is None:
+            shared["policy"] = _policy_for_match(run.config)
+        config = compute_matched_grpo(run, arm=arm, policy=shared["policy"], **kwargs)
+        new_label = f"grpo@{arm}/s{config.seed}"
+        configs[new_label], matched_arm[new_label] = config, f"grpo@{arm}"
+    return configs, matched_arm
+
+
+def _target_of(run_or_config) -> tuple[TrainConfig, list[dict] | None, str]:
+    """(config, metrics rows or None, a name for messages) of a Run, RunDir, run folder path or TrainConfig."""
+    from scpo_lab.config import from_dict
+    from scpo_lab.runs import RunDir
+    from scpo_lab.trainer import run_dir_of
+
+    if isinstance(run_or_config, TrainConfig):
+        folder = run_dir_of(run_or_config)
+        rows = folder.read_metrics() if folder.metrics_path.is_file() else None
+        return run_or_config, rows or None, f"run {folder.path.name}"
+    if isinstance(run_or_config, Run):
+        config, folder = run_or_config.config, run_or_config.dir
+    elif isinstance(run_or_config, (RunDir, str, Path)):
+        folder = run_or_config if isinstance(run_or_config, RunDir) else RunDir(run_or_config)
+        record = {k: v for k, v in folder.config.items() if k not in ("processes", "precision_used")}
+        config = from_dict(record)
+    else:
+        raise TypeError(f"run_or_config: a Run, a run folder or a TrainConfig, got {type(run_or_config).__name__}")
+    rows = sorted(folder.read_metrics(), key=lambda r: r["step"]) if folder.metrics_path.is_file() else []
+    return config, rows or None, f"run {folder.path.name}"
+
+
+def _matched_base(config: TrainConfig, arm: str | None, base: TrainConfig | None) -> TrainConfig:
+    if base is not None:
+        if base.method != critics.BASELINE:
+            raise ValueError(f"base: method {base.method!r}; the matched arm is {critics.BASELINE}")
+        return base
+    defaults = TrainConfig()
+    reset = {}
+    if arm is not None:
+        known = critics.arms()
+        if arm not in known:
+            raise ValueError(f"arm: unknown {arm!r}; known: {', '.join(known)}")
+        reset = {k: getattr(defaults, k) for k in known[arm] if k != "method" and "." not in k}
+    reset.update({name: getattr(defaults, name) for name in ("dynamic_sampling", "max_sampling_rounds")})
+    return config.replace(method=critics.BASELINE, **reset)
+
+
+def _policy_for_match(config: TrainConfig):
+    from scpo_lab.trainer import policy_for
+
+    return policy_for(config)
 
 
 def collapse_experiment(profile: str, arms: list[str], seeds: list[int],

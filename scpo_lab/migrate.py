@@ -14,14 +14,15 @@ from __future__ import annotations
 
 LEGACY_HASHED_SECTIONS = ("scpo", "distill")  # always in the old hash
 LEGACY_LATE_SECTIONS = ("value", "judge", "irl")  # in the old hash only when not at their defaults
-LEGACY_ABSENT_FIELDS = ("importance_sampling_level", "overlong_buffer", "overlong_penalty",  # added with issue 19
-                        "mask_truncated_completions")
+LEGACY_ABSENT_FIELDS = ("importance_sampling_level",)  # added with issue 19 (a choice, not a switch: hashed today)
 LEGACY_LATE_MODEL_FIELDS = ("lora_target_modules", "gradient_checkpointing", "load_in_4bit", "fast_inference",
                             "gpu_memory_utilization", "max_seq_length")
 
 
 def legacy_exclude(config) -> tuple[str, ...]:
-    """The keys the old rule left out of `config`'s hash, beside runs.DEFAULT_EXCLUDE."""
+    """The keys the old rule left out of `config`'s hash, beside runs.DEFAULT_EXCLUDE; with the fields added since
+    that such folders never held: those of a switched-off option (TrainConfig.unused_fields) and
+    LEGACY_ABSENT_FIELDS at their defaults."""
     from scpo_lab.config import ModelConfig, TrainConfig
 
     default_model = ModelConfig()
@@ -30,6 +31,6 @@ def legacy_exclude(config) -> tuple[str, ...]:
                      and (name not in LEGACY_LATE_SECTIONS or section == type(section)()))
     model = tuple(f"model.{name}" for name in LEGACY_LATE_MODEL_FIELDS
                   if getattr(config.model, name) == getattr(default_model, name))
-    defaults = TrainConfig()  # fields added since: absent from every old folder, so left out at their defaults
+    defaults = TrainConfig()
     added = tuple(name for name in LEGACY_ABSENT_FIELDS if getattr(config, name) == getattr(defaults, name))
-    return ("precision",) + added + sections + model
+    return ("precision",) + tuple(dict.fromkeys(config.unused_fields() + added)) + sections + model

@@ -190,3 +190,40 @@ def micro_batches(batch: RolloutBatch, size: int, prompt_ids: torch.Tensor | Non
         width = max(1, int(completion_mask.sum(1).max()))
         yield rows, (prompt_ids[rows, first:], mask[:, first:], batch.completion_ids[rows, :width],
                      completion_mask[:, :width])
+
+
+def select_groups(batch: RolloutBatch, groups: list[int]) -> RolloutBatch:
+    """The rollouts of the given groups (indices into the batch's prompts, in that order), renumbered 0..n-1,
+    verdicts included; padding columns that no kept row uses are trimmed."""
+    G = batch.group_size
+    rows = torch.tensor([g * G + i for g in groups for i in range(G)], dtype=torch.long)
+    prompt_mask, completion_mask = batch.prompt_mask[rows], batch.completion_mask[rows]
+    used = (prompt_mask.sum(0) > 0).nonzero()
+    first = int(used[0]) if len(used) else prompt_mask.shape[1]  # left padding shared by every kept row
+    width = int(completion_mask.sum(1).max()) if len(rows) else 0
+    picked = rows.tolist()
+    return RolloutBatch(
+        prompt_ids=batch.prompt_ids[rows, first:], prompt_mask=prompt_mask[:, first:],
+        completion_ids=batch.completion_ids[rows, :width], completion_mask=completion_mask[:, :width],
+        logprobs=batch.logprobs[rows, :width], texts=[batch.texts[r] for r in picked],
+        problems=[batch.problems[r] for r in picked],
+        group_ids=torch.arange(len(groups)).repeat_interleave(G), truncated=batch.truncated[rows], group_size=G,
+        verdicts=[batch.verdicts[r] for r in picked] if batch.verdicts else [])
+
+
+def concat_batches(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBatch:
+    """One batch of several batches' rollouts, prompt after prompt (groups renumbered), verdicts included; prompts
+    left-padded and completions right-padded to the widest."""
+    if len(batches) == 1:
+        return batches[0]
+    G = batches[0].group_size
+    n_groups = sum(len(b) for b in batches) // G
+    return RolloutBatch(
+        prompt_ids=pad_cat([b.prompt_ids for b in batches], pad_token_id, left=True),
+        prompt_mask=pad_cat([b.prompt_mask for b in batches], 0, left=True),
+        completion_ids=pad_cat([b.completion_ids for b in batches], pad_token_id),
+        completion_mask=pad_cat([b.completion_mask for b in batches], 0),
+        logprobs=pad_cat([b.logprobs for b in batches], 0.0),
+        texts=[t for b in batches for t in b.texts], problems=[p for b in batches for p in b.problems],
+        group_ids=torch.arange(n_groups).repeat_interleave(G), truncated=torch.cat([b.truncated for b in batches]),
+        group_size=G, verdicts=[v for b in batches for v in b.verdicts])

@@ -4,6 +4,7 @@
         problems   <- draw prompts_per_step training problems           (seeded by (seed, step))
         rollouts   <- G samples per problem, sampler log-probs recorded  (rollout.sample_rollouts)
         verdicts   <- task.verify_batch(problems, completions)          (reward, passed, feedback)
+        [dynamic sampling: drop groups whose rewards are all equal, sample more prompts; _dynamic_sampling]
                       [+ DAPO's overlong penalty in the reward when overlong_buffer > 0]
         teacher    <- policy re-reads each rollout with its verdict       (teacher.teacher_pass; skipped by grpo)
         advantages <- group-relative advantages [+ the critic's signal]  (objective / critics)
@@ -11,8 +12,9 @@
                       (ratio per token or per sequence; truncated rollouts masked out if asked)
         log, write samples, checkpoint
 
-Every step's randomness is derived from (seed, step), so a run killed at any point and resumed from its last
-checkpoint replays the same problems and draws, and its metrics.jsonl has no duplicated or missing rows.
+Every step's randomness is derived from (seed, step) (a dynamic-sampling round's from (seed, step, round)), so a run
+killed at any point and resumed from its last checkpoint replays the same problems and draws, and its metrics.jsonl
+has no duplicated or missing rows.
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ import torch
 from scpo_lab import distributed, precision
 from scpo_lab.config import ConfigError, TrainConfig
 from scpo_lab.critics import Critic, CriticResult, LossTerm, UpdateForward, make_critic
+from scpo_lab.flops import forward_flops, sampling_flops, update_flops
 from scpo_lab.metrics import hacking_stats
 from scpo_lab.migrate import legacy_exclude
 from scpo_lab.objective import (completion_logprobs, group_advantages, group_reward_std, loss_denominator,
                                  overlong_penalty, policy_loss)
-from scpo_lab.rollout import RolloutBatch, micro_batches, sample_rollouts
+from scpo_lab.rollout import RolloutBatch, concat_batches, micro_batches, sample_rollouts, select_groups
 from scpo_lab.runs import DEFAULT_EXCLUDE, RunDir
-from scpo_lab.seeds import step_seed
+from scpo_lab.seeds import round_seed, step_seed
 from scpo_lab.tasks import get_task
 
 log = logging.getLogger("scpo_lab")
@@ -346,18 +349,23 @@ def training_step(loop: _Loop, step: int, state: dict) -> dict:
     t0 = time.perf_counter()
     batch.verdicts = loop.task.verify_batch(batch.problems, batch.texts)
     verifier_rewards = torch.tensor([v.reward for v in batch.verdicts], dtype=torch.float32)
-    trained_rewards, length_stats = _shape_rewards(config, batch, verifier_rewards)
     times["verification"] = time.perf_counter() - t0
+    sampled = None  # dynamic sampling: what every round sampled (the batch is then the kept groups only)
+    if config.dynamic_sampling:  # on the verifier's rewards (DAPO's filter metric: accuracy), before any shaping
+        batch, verifier_rewards, sampled = _dynamic_sampling(loop, step, problems, batch, verifier_rewards, times)
+    trained_rewards, length_stats = _shape_rewards(config, batch, verifier_rewards)
+    trains = len(batch) > 0  # dynamic sampling may keep no group: no critic pass and no update this step
 
     # 3. advantages: A_i = (r_i - mean_group r) / (std_group r + eps), then the critic's
     t0 = time.perf_counter()
-    result = CriticResult(group_advantages(trained_rewards, config.group_size, scale=config.scale_rewards), {})
+    result = CriticResult(group_advantages(trained_rewards, config.group_size, scale=config.scale_rewards)
+                          if trains else torch.zeros(0), {})
     teacher = None
-    if critic is not None:
+    if critic is not None and trains:
         if critic.needs_teacher:
             teacher = critic.teacher_pass(policy, batch, temperature=config.temperature,
                                           micro_batch_size=config.micro_batch_size)
-            state["flops"] += 2 * loop.n_params * world.sum(teacher.tokens_read)  # a forward: 2 N FLOPs per token
+            state["flops"] += forward_flops(loop.n_params, world.sum(teacher.tokens_read))  # 2 N FLOPs per token
         result = critic.advantages(batch, result.advantages, teacher, step=step)
     times["teacher"] = time.perf_counter() - t0 if teacher is not None else 0.0  # the second pass and its critic
     rewards = trained_rewards if result.rewards is None else result.rewards  # what the method trains on
@@ -372,10 +380,10 @@ def training_step(loop: _Loop, step: int, state: dict) -> dict:
     # 4. update (a critic in warm-up keeps the actor still), then the critic's own update
     t0 = time.perf_counter()
     update = {}
-    if critic is None or critic.updates_actor():
+    if trains and (critic is None or critic.updates_actor()):
         update = _update(config, policy, batch, result.advantages, loop.optimizer, loop.params, result.loss_term,
                          world)
-    if critic is not None:
+    if critic is not None and trains:
         stats.update(critic.after_update(policy) or {})
         critic_flops = world.sum(critic.update_flops())  # the critic's own training: heads, value model, D
         state["flops"] += critic_flops
@@ -385,14 +393,18 @@ def training_step(loop: _Loop, step: int, state: dict) -> dict:
     # 5. log (TRL's metric names where they mean the same thing)
     n_params = loop.n_params
     generated, prompt_tokens = world.sum(batch.num_tokens), world.sum(int(batch.prompt_mask.sum()))  # all processes
-    state["generated_tokens"] += int(generated)
-    state["flops"] += 2 * n_params * (prompt_tokens / config.group_size + generated)  # sampling
-    # forward + backward, 6 N FLOPs per token; the prompt runs once per group (shared, see objective.py) unless
-    # gradient checkpointing is on (it drops the shared prompt's cache: every row runs its own prompt)
-    update_prompt = prompt_tokens / config.group_size if config.model.gradient_checkpointing == "off" else prompt_tokens
-    state["flops"] += 6 * n_params * (update_prompt + generated) * config.num_iterations
+    if sampled is None:
+        state["generated_tokens"] += int(generated)
+        state["flops"] += sampling_flops(n_params, prompt_tokens, generated, config.group_size)
+    else:  # every round's rollouts, the discarded groups' included: equal generated tokens mean equal sampling
+        for round_prompt_tokens, round_generated in sampled.pop("tokens"):
+            state["generated_tokens"] += int(round_generated)
+            state["flops"] += sampling_flops(n_params, round_prompt_tokens, round_generated, config.group_size)
+    # forward + backward over the batch trained on (scpo_lab/flops.py)
+    state["flops"] += update_flops(n_params, prompt_tokens, generated, config.group_size, config.num_iterations,
+                                   config.model.gradient_checkpointing)
     lengths = batch.completion_mask.sum(1).float()
-    std = group_reward_std(rewards, config.group_size)
+    std = group_reward_std(rewards, config.group_size) if trains else torch.zeros(0)  # (no rows: NaN rates below)
     row = {
         "step": step,
         "reward": float(rewards.mean()),
@@ -404,6 +416,7 @@ def training_step(loop: _Loop, step: int, state: dict) -> dict:
         "generated_tokens": state["generated_tokens"],
         "flops": state["flops"],
         "params/extra": critic.extra_parameters() if critic is not None else 0,  # heads, critics (not the LoRA)
+        **({f"sampling/{k}": v for k, v in sampled.items()} if sampled is not None else {}),
         **update,
         **stats,
         **{f"time/{k}": v for k, v in times.items()},
@@ -431,6 +444,79 @@ def _shape_rewards(config, batch: RolloutBatch, verifier_rewards: torch.Tensor) 
     batch.verdicts = [dataclasses.replace(v, reward=float(r)) for v, r in zip(batch.verdicts, shaped)]
     return shaped, {"completions/overlong_penalty_mean": float(penalty.mean()),
                     "completions/overlong_frac": float((penalty < 0).float().mean())}
+
+
+def _dynamic_sampling(loop: _Loop, step: int, problems: list, batch: RolloutBatch, rewards: torch.Tensor,
+                      times: dict) -> tuple[RolloutBatch, torch.Tensor, dict]:
+    """DAPO's dynamic sampling: keep the groups whose verifier rewards are not all equal (a group whose rewards are
+    all equal has A = 0 for every rollout: no GRPO gradient), and sample more prompts until the step has as many
+    informative groups as it drew prompts (prompts_per_step), in at most config.max_sampling_rounds rounds, the
+    step's ordinary draw (round 0, exactly the draw without dynamic sampling) included.
+    -> (the kept groups as one batch, their verifier rewards, what was sampled: rounds, sampled_groups, kept_groups,
+    discarded_groups, cap_hit, pass_rate over every sampled rollout, and each round's (prompt tokens, generated
+    tokens) under "tokens" for the FLOP count).
+
+    Round r >= 1 draws as many new prompts as groups are still missing, from the training problems not yet drawn
+    this step, seeded by (seed, step, r) (seeds.round_seed: problems stream 0, rollouts stream 1), so a resumed run
+    replays the same rounds. The groups kept are those of every round in order; a round draws no more prompts than
+    are missing, so no informative group is sampled and thrown away.
+
+    At the cap (or when no undrawn problem is left) the step trains on the informative groups it found, fewer than
+    prompts_per_step, never padded with all-equal groups (they would bring back exactly what the filter removes:
+    A = 0 rows that, under token-mean, only dilute the normaliser); `sampling/cap_hit` is 1 and a line is logged.
+    With none found there is no critic pass and no update this step (its row has the sampling/* values; reward and
+    the batch statistics are NaN). The critic, when there is one, sees only the kept batch.
+
+    References (read, not copied): verl, recipe/dapo/dapo_ray_trainer.py, RayDAPOTrainer.fit with
+    `algorithm.filter_groups` (enable, metric, max_num_gen_batches): it keeps the prompt uids whose metric has
+    std > 0, accumulates generation batches of data.gen_batch_size prompts until data.train_batch_size prompts are
+    kept, truncates the surplus, and at max_num_gen_batches (0 = no cap) raises ValueError ("Generated too many")
+    instead of training. prime-rl, src/prime_rl/orchestrator/train_sink.py, TrainSink.process_batch with
+    `_prune_zero_advantages` (orchestrator `train.filter_zero_advantages`): zero-advantage tokens get RL weight 0 in
+    a batch already formed, with no refill; max_sampling_rounds = 1 is that filter here."""
+    config, policy = loop.config, loop.policy
+    G, target = config.group_size, len(problems)
+    first, drawn = batch, {id(p) for p in problems}
+    kept_batches, kept_rewards, tokens = [], [], []
+    rounds = sampled_groups = kept = passed = rollouts = 0
+    while True:
+        tokens.append((int(batch.prompt_mask.sum()), batch.num_tokens))
+        grouped = rewards.view(-1, G)
+        informative = [g for g in range(grouped.shape[0]) if bool((grouped[g] != grouped[g, 0]).any())]
+        if informative:
+            kept_batches.append(batch if len(informative) == grouped.shape[0] else select_groups(batch, informative))
+            kept_rewards.append(grouped[informative].reshape(-1))
+        rounds, sampled_groups, kept = rounds + 1, sampled_groups + grouped.shape[0], kept + len(informative)
+        passed, rollouts = passed + sum(bool(v.passed) for v in batch.verdicts), rollouts + len(batch)
+        if kept >= target or rounds >= config.max_sampling_rounds:
+            break
+        candidates = [p for p in loop.train_problems if id(p) not in drawn]
+        if not candidates:
+            break
+        new = random.Random(round_seed(config.seed, step, rounds, 0)).sample(candidates,
+                                                                            min(target - kept, len(candidates)))
+        drawn.update(id(p) for p in new)
+        t0 = time.perf_counter()
+        batch = sample_rollouts(policy, new, group_size=G, max_new_tokens=config.max_new_tokens,
+                                temperature=config.temperature, top_p=config.top_p,
+                                seed=round_seed(config.seed, step, rounds, 1), engine=config.rollout_engine)
+        times["generation"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        batch.verdicts = loop.task.verify_batch(batch.problems, batch.texts)
+        rewards = torch.tensor([v.reward for v in batch.verdicts], dtype=torch.float32)
+        times["verification"] += time.perf_counter() - t0
+    if kept < target:
+        why = "the cap" if rounds >= config.max_sampling_rounds else "no undrawn problem left"
+        log.info("step %d: %d of %d groups informative after %d sampling round(s) (%s): %s", step, kept, target,
+                 rounds, why, f"training on those {kept}" if kept else "no update this step")
+    if kept_batches:
+        kept_batch = concat_batches(kept_batches, policy.tokenizer.pad_token_id)
+        kept_reward = torch.cat(kept_rewards)
+    else:
+        kept_batch, kept_reward = select_groups(first, []), rewards[:0]
+    return kept_batch, kept_reward, {"rounds": rounds, "sampled_groups": sampled_groups, "kept_groups": kept,
+                                     "discarded_groups": sampled_groups - kept, "cap_hit": float(kept < target),
+                                     "pass_rate": passed / rollouts, "tokens": tokens}
 
 
 def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, term: LossTerm | None = None,

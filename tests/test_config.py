@@ -50,6 +50,9 @@ from scpo_lab.config import ConfigError, load_config, make_config
     ({"overlong_penalty": -1.0}, "overlong_penalty", ">= 0"),
     ({"overlong_penalty": float("inf")}, "overlong_penalty", "finite"),
     ({"mask_truncated_completions": "yes"}, "mask_truncated_completions", "true or false"),
+    ({"dynamic_sampling": "yes"}, "dynamic_sampling", "true or false"),
+    ({"dynamic_sampling": True, "max_sampling_rounds": 0}, "max_sampling_rounds", ">= 1"),
+    ({"max_sampling_rounds": 2.5}, "max_sampling_rounds", "integer"),
     ({"lr": 1e-4}, "lr", "allowed: method, model"),
     ({"model": {"rank": 8}}, "model.rank", "allowed: name, backend"),
 ])

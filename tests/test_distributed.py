@@ -114,4 +114,8 @@ def test_world_merges_rows_and_refuses_what_would_drift(monkeypatch):
         check_config(make_config("smoke", prompts_per_step=3), 2)
     with pytest.raises(ConfigError, match="scale_rewards"):
         check_config(make_config("smoke", scale_rewards="batch"), 2)
+    with pytest.raises(ConfigError, match="^dynamic_sampling: not supported with several processes") as err:
+        check_config(make_config("smoke", dynamic_sampling=True), 2)
+    assert "\n" not in str(err.value)
     check_config(make_config("smoke", method="scpo-head"), 1)  # one process: anything goes
+    check_config(make_config("smoke", dynamic_sampling=True), 1)

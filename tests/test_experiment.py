@@ -96,3 +96,59 @@ def test_collapse_experiment_trains_every_seed_and_evaluates_only_the_eval_seeds
     assert held["ci_over"].tolist() == ["problems"] and base.task == "gsm8k"
     evaluated = [d for d in tmp_path.glob("grpo-*") if (d / "eval.json").is_file()]
     assert len(evaluated) == 1  # seed 0 trained, not evaluated
+
+
+def test_grpo_flops_are_linear_in_the_group_size_and_the_match_rounds_to_the_nearest():
+    """Hand-computed: N = 1000, 2 steps whose 2 prompts hold 20 and 30 tokens, 5 completion tokens per rollout,
+    mu = 1. Per step, sampling 2N (T + 2 G 5) and update 6N (T + 2 G 5): F(G) = 8N (50 + 20 G) = 400000 + 160000 G."""
+    from scpo_lab.experiment import matched_group_size
+    from scpo_lab.flops import grpo_flops_line, sampling_flops, update_flops
+
+    fixed, per_rollout = grpo_flops_line(1000, [20, 30], 2, 5.0)
+    assert (fixed, per_rollout) == (400_000, 160_000)
+    # the trainer's own count of a run at G = 4 (prompt tokens over the batch's rows: G copies of each prompt's)
+    trainer_count = sum(sampling_flops(1000, 4 * t, 2 * 4 * 5, 4) + update_flops(1000, 4 * t, 2 * 4 * 5, 4, 1)
+                        for t in (20, 30))
+    assert trainer_count == fixed + 4 * per_rollout == 1_040_000
+    assert matched_group_size(1_040_000, fixed, per_rollout) == (4, 4.0)  # the same compute: the same G
+    assert matched_group_size(1_400_000, fixed, per_rollout) == (6, 6.25)  # nearest
+    assert matched_group_size(1_440_000, fixed, per_rollout) == (7, 6.5)  # a tie goes up
+    assert matched_group_size(1_000, fixed, per_rollout)[0] == 2  # never below 2 rollouts
+    # gradient checkpointing: every row runs its own prompt in the update, so that part grows with G too
+    assert grpo_flops_line(1000, [20, 30], 2, 5.0, gradient_checkpointing="on") == (100_000, 160_000 + 300_000)
+
+
+def test_compute_matched_grpo_spends_a_critics_flops_on_more_rollouts(tmp_path, monkeypatch):
+    from scpo_lab.experiment import compute_match, compute_matched_configs, compute_matched_grpo
+    from scpo_lab.trainer import policy_for
+
+    configs, arm_of = arm_configs("smoke", ["grpo", "scpo-token", "dapo"], [0], runs_dir=str(tmp_path))
+    policy = policy_for(configs["grpo/s0"])
+    exp = run_experiment(configs, "smoke", evaluate=False, progress=False)
+    flops = {label: float(run.metrics["flops"].iloc[-1]) for label, run in exp.runs.items()}
+    # grpo matched to itself: its own group size, and the prediction is the trainer's count
+    own = compute_match(exp.runs["grpo/s0"], policy=policy)
+    assert own.config.group_size == 4 and own.exact_group_size == pytest.approx(4.0, abs=1e-9)
+    assert own.predicted_flops == pytest.approx(flops["grpo/s0"], rel=1e-12)
+    # a critic's second pass costs FLOPs: the matched grpo gets more rollouts of the same prompts
+    match = compute_match(exp.runs["scpo-token/s0"], arm="scpo-token", policy=policy)
+    assert match.target_flops == flops["scpo-token/s0"] > flops["grpo/s0"]
+    assert match.config.group_size > 4 and match.config.method == "grpo"
+    assert abs(match.predicted_flops - match.target_flops) <= match.flops_per_rollout / 2
+    assert match.config.prompts_per_step == 2 and match.config.steps == 2 and "compute-matched" in match.config.notes
+    trained = run_experiment({"m": match.config}, "smoke", evaluate=False, progress=False).runs["m"]
+    assert float(trained.metrics["flops"].iloc[-1]) == pytest.approx(match.predicted_flops, rel=0.01)
+    # the same config whatever the entry point: a run folder, or the config of a trained run
+    assert compute_matched_grpo(exp.runs["scpo-token/s0"].path, arm="scpo-token", policy=policy).group_size == \
+        compute_matched_grpo(configs["scpo-token/s0"], arm="scpo-token", policy=policy).group_size == \
+        match.config.group_size
+    # dapo's matched arm is plain grpo: no dynamic sampling, the default clip and loss
+    dapo = compute_matched_grpo(exp.runs["dapo/s0"], arm="dapo", policy=policy)
+    assert (dapo.dynamic_sampling, dapo.epsilon_high, dapo.loss_agg) == (False, 0.2, "sequence-mean")
+    # for notebooks: one matched grpo per non-grpo run, labelled by the arm it matches
+    matched, matched_arm = compute_matched_configs(exp.runs, arm_of, policy=policy)
+    assert sorted(matched) == ["grpo@dapo/s0", "grpo@scpo-token/s0"]
+    assert matched_arm["grpo@scpo-token/s0"] == "grpo@scpo-token"
+    assert matched["grpo@scpo-token/s0"].group_size == match.config.group_size
+    with pytest.raises(ValueError, match="no logged metrics"):
+        compute_matched_grpo(make_config("smoke", seed=7, runs_dir=str(tmp_path)), policy=policy)

@@ -25,6 +25,9 @@ RECORD = Path(__file__).resolve().parent / "data" / "golden_record.json"
 VARIANTS: dict[str, tuple[str, dict]] = {
     "grpo": ("grpo", {}),
     "grpo-mu2-beta": ("grpo", {"num_iterations": 2, "beta": 0.04}),
+    # the dapo arm (issue 19, recorded with it): the tiny model never solves a problem, so every group is dropped
+    # and each step samples all 3 rounds and takes no update; it pins the rounds' draws and their token count
+    "dapo": ("grpo", {"dynamic_sampling": True, "epsilon_high": 0.28, "loss_agg": "token-mean"}),
     "random-reward": ("random-reward", {}),
     "scpo-divergence": ("scpo-divergence", {}),
     "scpo-divergence-span-group": ("scpo-divergence", {"scpo.center": "group", "scpo.aggregation": "span",

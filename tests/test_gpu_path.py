@@ -52,7 +52,8 @@ def test_the_gpu_model_fields_are_part_of_every_runs_identity():
                  "gpu_memory_utilization", "max_seq_length"):
         del record["model"][name]  # a config.json written before these fields existed
     del record["precision"]
-    for name in LEGACY_ABSENT_FIELDS:  # nor the objective options of issue 19
+    for name in ("dynamic_sampling", "max_sampling_rounds") + LEGACY_ABSENT_FIELDS + (
+            "overlong_buffer", "overlong_penalty", "mask_truncated_completions"):  # nor these (issue 19)
         del record[name]
     assert config_hash(record, DEFAULT_EXCLUDE + ("value", "judge", "irl")) == config_hash(
         base.to_dict(), DEFAULT_EXCLUDE + legacy_exclude(base))  # the old rule still finds such a folder

@@ -1,6 +1,7 @@
 """The loop end to end on the tiny model: metrics, run folder, caching by config hash, resume after a kill."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -257,3 +258,186 @@ def test_all_truncated_rollouts_masked_train_nothing(tmp_path, method):
     if method == "opsd":
         assert (df["distill/loss"] == 0).all()
     assert (df["entropy"] > 0).all()  # the policy's entropy is still measured on every token
+
+
+# ------------------------------------------------------------------------------------------------ dynamic sampling
+
+MIXED, FLAT = [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]  # a group with signal, a group whose rewards are all equal
+
+
+def _scripted(monkeypatch, rounds):
+    """Stand-ins for sampling and verification with hand-countable tokens: every prompt 3 tokens, every completion
+    max_new_tokens (8) tokens, and the verdicts of the k-th sampling call's groups are rounds[k] (MIXED / FLAT).
+    -> the list of calls made (problem ids, rollout seed)."""
+    from scpo_lab.rollout import RolloutBatch
+    from scpo_lab.tasks.base import Verdict
+
+    calls = []
+
+    def sample(policy, problems, *, group_size, max_new_tokens, seed, **kwargs):
+        calls.append({"problems": [p.id for p in problems], "seed": seed})
+        B = len(problems) * group_size
+        ids = torch.Generator().manual_seed(seed)
+        return RolloutBatch(
+            prompt_ids=torch.full((B, 3), 100), prompt_mask=torch.ones(B, 3, dtype=torch.long),
+            completion_ids=torch.randint(200, 300, (B, max_new_tokens), generator=ids),
+            completion_mask=torch.ones(B, max_new_tokens, dtype=torch.long),
+            logprobs=torch.full((B, max_new_tokens), -5.0), texts=["x"] * B,
+            problems=[p for p in problems for _ in range(group_size)],
+            group_ids=torch.arange(len(problems)).repeat_interleave(group_size),
+            truncated=torch.ones(B, dtype=torch.bool), group_size=group_size)
+
+    def verify(self, problems, completions):
+        groups = rounds[len(calls) - 1]
+        assert len(groups) * 4 == len(completions), "a round drew another number of prompts than scripted"
+        return [Verdict(r, r == 1.0, "checked") for group in groups for r in group]
+
+    monkeypatch.setattr(trainer_module, "sample_rollouts", sample)
+    monkeypatch.setattr(type(trainer_module.get_task("arithmetic")), "verify_batch", verify)
+    return calls
+
+
+def _spy_update(monkeypatch):
+    seen = []
+    real = trainer_module._update
+
+    def spy(config, policy, batch, *args, **kwargs):
+        seen.append([p.id for p in batch.problems])
+        return real(config, policy, batch, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "_update", spy)
+    return seen
+
+
+@pytest.mark.parametrize("case", ["cap", "filled", "none"])
+def test_dynamic_sampling_keeps_informative_groups_and_counts_every_sampled_token(tmp_path, monkeypatch, case):
+    """Hand-computed: 2 prompts x 4 rollouts, 3 prompt tokens, 8 completion tokens, N parameters, at most 3 rounds.
+    A round samples as many new prompts as groups are missing; sampling costs 2N (prompt tokens / 4 + generated)
+    per round, the update 6N (prompt tokens / 4 + generated) on the kept groups only."""
+    script = {"cap": [[FLAT, MIXED], [FLAT], [FLAT]],  # 1 kept of 2 after 3 rounds: trains on that one
+              "filled": [[FLAT, FLAT], [MIXED, FLAT], [MIXED]],  # 2 kept in round 3: full, cap not hit
+              "none": [[FLAT, FLAT], [FLAT, FLAT], [FLAT, FLAT]]}[case]  # nothing kept: no update
+    calls = _scripted(monkeypatch, script)
+    updates = _spy_update(monkeypatch)
+    policy = trainer_module.policy_for(smoke(tmp_path))
+    policy.reset_adapter(seed=0)  # as train() starts a fresh run
+    before = [p.detach().clone() for p in policy.model.parameters() if p.requires_grad]
+    run = train(smoke(tmp_path, steps=1, dynamic_sampling=True, max_sampling_rounds=3), policy, progress=False)
+    row = run.metrics.iloc[0]
+    N = trainer_module.parameter_count(policy.model)
+    # round r's rollouts: seeded by (seed, step, r); its prompts are new to the step
+    from scpo_lab.seeds import round_seed
+    assert [c["seed"] for c in calls] == [round_seed(0, 1, r, 1) for r in range(3)]
+    drawn = [p for c in calls for p in c["problems"]]
+    assert len(drawn) == len(set(drawn)) == {"cap": 4, "filled": 5, "none": 6}[case]
+    expected = {  # rounds, kept, discarded, cap hit, generated tokens, FLOPs / N, the groups trained on
+        "cap": (3, 1, 3, 1.0, 64 + 32 + 32, 2 * (6 + 64) + 2 * (3 + 32) * 2 + 6 * (3 + 32), [calls[0]["problems"][1]]),
+        "filled": (3, 2, 3, 0.0, 64 + 64 + 32, 2 * (6 + 64) * 2 + 2 * (3 + 32) + 6 * (6 + 64),
+                   [calls[1]["problems"][0], calls[2]["problems"][0]]),
+        "none": (3, 0, 6, 1.0, 64 * 3, 2 * (6 + 64) * 3, None)}[case]
+    rounds, kept, discarded, cap_hit, tokens, flops, trained = expected
+    assert (row["sampling/rounds"], row["sampling/kept_groups"], row["sampling/discarded_groups"],
+            row["sampling/cap_hit"], row["sampling/sampled_groups"]) == (rounds, kept, discarded, cap_hit,
+                                                                         kept + discarded)
+    assert row["generated_tokens"] == tokens and row["flops"] == flops * N
+    assert row["sampling/pass_rate"] == (kept / ((kept + discarded) * 4))  # one pass per MIXED group
+    if trained is None:  # no informative group: no update, the LoRA weights as they were
+        assert updates == [] and math.isnan(row["reward"]) and "loss" not in run.metrics
+        after = [p for p in policy.model.parameters() if p.requires_grad]
+        assert all(torch.equal(a, b) for a, b in zip(before, after))
+    else:  # the update saw the kept groups only, in the order they were found
+        assert updates == [[pid for pid in trained for _ in range(4)]]
+        assert row["frac_reward_zero_std"] == 0.0 and row["reward"] == 0.25 and not math.isnan(row["loss"])
+        assert len(run.samples()) == 4 * kept  # samples.jsonl holds the rollouts trained on
+
+
+def test_dynamic_sampling_gives_the_critic_the_kept_batch_only(tmp_path, monkeypatch):
+    from scpo_lab.critics import DivergenceCritic
+
+    _scripted(monkeypatch, [[FLAT, MIXED], [FLAT], [MIXED]])
+    seen = []
+    real = DivergenceCritic.advantages
+
+    def spy(self, batch, *args, **kwargs):
+        seen.append(len(batch))
+        return real(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(DivergenceCritic, "advantages", spy)
+    run = train(smoke(tmp_path, method="scpo-divergence", steps=1, dynamic_sampling=True), progress=False)
+    assert seen == [8] and run.metrics.iloc[0]["sampling/kept_groups"] == 2
+
+
+def test_without_dynamic_sampling_a_run_keeps_its_hash_and_rows():
+    from scpo_lab.runs import DEFAULT_EXCLUDE, config_hash
+
+    cfg = make_config("smoke")
+    old = cfg.to_dict()
+    del old["dynamic_sampling"], old["max_sampling_rounds"]  # a config.json written before the option existed
+    exclude = DEFAULT_EXCLUDE + cfg.hash_exclude()
+    assert config_hash(old, exclude) == config_hash(cfg.to_dict(), exclude)
+    assert config_hash(cfg.replace(max_sampling_rounds=9).to_dict(), exclude) == config_hash(old, exclude)
+    dapo = cfg.replace(dynamic_sampling=True)
+    assert config_hash(dapo.to_dict(), DEFAULT_EXCLUDE + dapo.hash_exclude()) != config_hash(old, exclude)
+    assert "max_sampling_rounds" not in dapo.hash_exclude()
+
+
+def _half_informative(self, problems, completions):
+    """A verifier under which about half the problems can never be told apart (every rollout fails) and the others
+    pass by completion length: zero-std groups every step, so dynamic sampling needs extra rounds."""
+    import zlib
+
+    from scpo_lab.tasks.base import Verdict
+
+    return [Verdict(float(ok), ok, "checked") for p, c in zip(problems, completions)
+            for ok in [bool(zlib.crc32(p.id.encode()) % 2 and len(c) % 2)]]
+
+
+def test_dynamic_sampling_resumes_with_the_same_rounds(tmp_path, monkeypatch):
+    monkeypatch.setattr(type(trainer_module.get_task("arithmetic")), "verify_batch", _half_informative)
+    cfg = smoke(tmp_path, steps=4, save_every=2, dynamic_sampling=True, max_sampling_rounds=4, learning_rate=0.05)
+    reference = train(cfg.replace(runs_dir=str(tmp_path / "ref")), progress=False).metrics
+    assert (reference["sampling/rounds"] > 1).any()  # the extra rounds are exercised
+    real_step = trainer_module.training_step
+
+    def dies_in_step_4(*args, **kwargs):
+        row = real_step(*args, **kwargs)
+        if row["step"] == 4:
+            raise KeyboardInterrupt
+        return row
+
+    monkeypatch.setattr(trainer_module, "training_step", dies_in_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    monkeypatch.setattr(trainer_module, "training_step", real_step)
+    resumed = train(cfg, progress=False).metrics
+    assert resumed["step"].tolist() == [1, 2, 3, 4]
+    for column in ("sampling/rounds", "sampling/kept_groups", "sampling/pass_rate", "generated_tokens", "flops"):
+        assert resumed[column].tolist() == reference[column].tolist(), column
+    for column in ("reward", "loss", "completions/mean_length"):
+        assert resumed[column].tolist() == pytest.approx(reference[column].tolist(), abs=1e-5, nan_ok=True), column
+
+
+def test_dapo_arm_trains_two_smoke_steps_and_is_profiled(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from scpo_lab import critics
+    from scpo_lab.experiment import arm_configs
+
+    monkeypatch.setattr(type(trainer_module.get_task("arithmetic")), "verify_batch", _half_informative)
+    configs, _ = arm_configs("smoke", ["dapo"], [0], runs_dir=str(tmp_path / "runs"))
+    cfg = configs["dapo/s0"]
+    assert (cfg.method, cfg.dynamic_sampling, cfg.epsilon, cfg.epsilon_high, cfg.loss_agg) == (
+        "grpo", True, 0.2, 0.28, "token-mean")
+    df = train(cfg, progress=False).metrics
+    assert df["step"].tolist() == [1, 2] and EXPECTED_METRICS <= set(df.columns)
+    assert {"sampling/rounds", "sampling/kept_groups", "sampling/discarded_groups", "sampling/cap_hit"} <= set(df)
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    spec = importlib.util.spec_from_file_location("step_profile", bench / "step_profile.py")
+    step_profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step_profile)
+    method, options = step_profile.VARIANTS["dapo"]  # step_profile.py profiles the arm itself
+    assert {"method": method, **options} == critics.arms()["dapo"]
+    sys.modules.pop("common", None)

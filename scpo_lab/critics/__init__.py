@@ -19,7 +19,12 @@ from scpo_lab.critics.srpo import SrpoCritic
 from scpo_lab.critics.value import HeadCritic, OnlineCritic
 
 BASELINE = "grpo"  # the method without a critic: group-relative advantages of the verifier's reward
-BASELINE_PRESETS = {"grpo": {"method": "grpo"}}
+# the arms without a critic: grpo, and DAPO (Yu et al. 2025) as far as it is built here: grpo with dynamic sampling
+# (trainer._dynamic_sampling), clip-higher (epsilon_high 0.28, epsilon 0.2) and the token-mean loss; its overlong
+# reward shaping is not part of this arm
+BASELINE_PRESETS = {"grpo": {"method": "grpo"},
+                    "dapo": {"method": "grpo", "dynamic_sampling": True, "epsilon_high": 0.28,
+                             "loss_agg": "token-mean"}}
 
 # sdpo / opsd are baselines, not self-critics, but they use the same teacher pass and hooks
 CRITICS: dict[str, type[Critic]] = {}
