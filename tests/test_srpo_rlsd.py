@@ -15,10 +15,8 @@ from scpo_lab.critics.base import UpdateForward
 from scpo_lab.critics.rlsd import RlsdCritic, rlsd_lambda
 from scpo_lab.critics.selfdistill import OPSD_REFERENCE, SDPO_SOLUTION, SdpoCritic
 from scpo_lab.critics.srpo import SrpoCritic
-from scpo_lab.rollout import RolloutBatch
-from scpo_lab.tasks import get_task
-from scpo_lab.tasks.base import Verdict
 from scpo_lab.teacher import TeacherOutput
+from test_selfdistill import _batch  # the same small hand-made batch
 
 
 def kl(a, b):
@@ -29,15 +27,6 @@ def jsd(s, t):  # alpha 0.5 on a top-2 support + tail bucket (SDPO's default)
     s, t = [*s, 1 - sum(s)], [*t, 1 - sum(t)]
     m = [0.5 * x + 0.5 * y for x, y in zip(s, t)]
     return 0.5 * kl(s, m) + 0.5 * kl(t, m)
-
-
-def _batch(logprobs, mask, passed, group_size=2):
-    problem = get_task("arithmetic").problems("train", n=1, seed=0)[0]
-    n = len(passed)
-    return RolloutBatch(prompt_ids=None, prompt_mask=None, completion_ids=None, completion_mask=mask,
-                        logprobs=logprobs, texts=[f"attempt {i}" for i in range(n)], problems=[problem] * n,
-                        group_ids=torch.arange(n) // group_size, truncated=None, group_size=group_size,
-                        verdicts=[Verdict(float(p), p, "Wrong." if not p else "Correct.") for p in passed])
 
 
 # two groups of 2: group 0 both pass (A = 0), group 1 one pass (A = +0.7) and one fail (A = -0.7)
