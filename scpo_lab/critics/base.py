@@ -71,6 +71,7 @@ class Critic(abc.ABC):
     needs_teacher: ClassVar[bool] = True  # False: no second pass (teacher_pass is not called)
     reads_sampler_logprobs: ClassVar[bool] = False  # advantages() reads batch.logprobs (the TRL bridge adds them)
     sequence_level: ClassVar[bool] = False  # its sequence_reward can stand alone as a TRL reward function
+    own_flops: float = 0.0  # set by a critic that trains parameters: FLOPs of this step's own update
 
     def __init__(self, config, tokenizer=None, world: World | None = None):
         self.config = config
@@ -109,7 +110,7 @@ class Critic(abc.ABC):
         """FLOPs of the critic's own training in this step (its heads', discriminator's or value model's forward
         and backward: 6 N per token or row), added to the run's `flops` after after_update(). Its passes that read
         the batch are counted through TeacherOutput.tokens_read."""
-        return 0.0
+        return self.own_flops
 
     @abc.abstractmethod
     def advantages(self, batch, group_advantages: torch.Tensor, teacher, step: int = 0) -> CriticResult:

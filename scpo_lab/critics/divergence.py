@@ -200,11 +200,8 @@ class DivergenceCritic(Critic):
         self.world.sum_gradients(list(self.probe.parameters()))  # the whole batch's gradient on every process
         self.probe_optimizer.step()
         self.last_probe_loss = self.world.sum(float(loss.detach()))
-        self._flops = 6.0 * sum(p.numel() for p in self.probe.parameters()) * float(mask.sum())  # its step
+        self.own_flops = 6.0 * sum(p.numel() for p in self.probe.parameters()) * float(mask.sum())  # its step
         return signal
-
-    def update_flops(self) -> float:
-        return getattr(self, "_flops", 0.0)
 
     def state_dict(self) -> dict:
         if self.probe is None:

@@ -232,7 +232,7 @@ class IrlCritic(Critic):
         if experts is not None and len(experts):
             self.buffer = experts if self.buffer is None else torch.cat([self.buffer, experts])[-cfg.buffer_size:]
         stats = {"irl/buffer_size": 0 if self.buffer is None else len(self.buffer)}
-        self._flops = 0.0
+        self.own_flops = 0.0
         if self.buffer is None or negatives is None or not len(negatives):
             return stats  # nothing to contrast yet: D stays as it is
         losses = []
@@ -252,14 +252,11 @@ class IrlCritic(Critic):
             losses.append(float(loss.detach()))
         # D's forward + backward per feature row (6 N), twice as much with the R1 penalty's double backward
         rows = len(self.buffer) + len(negatives)
-        self._flops = 6.0 * self.extra_parameters() * rows * cfg.disc_updates * (2 if cfg.grad_penalty > 0 else 1)
+        self.own_flops = 6.0 * self.extra_parameters() * rows * cfg.disc_updates * (2 if cfg.grad_penalty > 0 else 1)
         with torch.no_grad():
             accuracy = 0.5 * (float((self.disc(self.buffer) > 0).float().mean())
                               + float((self.disc(negatives) <= 0).float().mean()))
         return {**stats, "irl/disc_loss": sum(losses) / len(losses), "irl/disc_accuracy": accuracy}
-
-    def update_flops(self) -> float:
-        return getattr(self, "_flops", 0.0)
 
     def state_dict(self) -> dict:
         if self.disc is None:

@@ -297,12 +297,9 @@ class HeadCritic(Critic):
                  **signal_stats(advantages, mask, group_advantages_, batch.group_size, passed)}
         self._student_stats = {}
         # the head's forward + backward on the teacher's and the update's states, 6 N per state each
-        self._flops = 6.0 * self.extra_parameters() * 2 * float(mask.sum())
+        self.own_flops = 6.0 * self.extra_parameters() * 2 * float(mask.sum())
         return CriticResult(advantages, stats, score=final, score_is_probability=True, sequence_reward=final,
                             loss_term=HeadLoss(self, passed))
-
-    def update_flops(self) -> float:
-        return getattr(self, "_flops", 0.0)
 
     def after_update(self, policy) -> dict:
         if self.head is None:
@@ -519,15 +516,9 @@ class OnlineCritic(Critic):
             # (shared; each row's own privileged context when asymmetric) plus the completion
             prompt_mask = prompt[1] if prompt is not None else batch.prompt_mask
             prompt_tokens = float(prompt_mask.sum()) / (1 if cfg.asymmetric else batch.group_size)
-            n_model = sum(p.numel() for p in critic.model.parameters()) + self.extra_head_parameters()
-            self._flops = 6.0 * n_model * (prompt_tokens + float(mask.sum())) * cfg.critic_epochs
+            n_model = sum(p.numel() for p in critic.model.parameters()) + sum(p.numel() for p in self.head.parameters())
+            self.own_flops = 6.0 * n_model * (prompt_tokens + float(mask.sum())) * cfg.critic_epochs
         return {"critic/value_loss": sum(losses) / len(losses)}
-
-    def update_flops(self) -> float:
-        return getattr(self, "_flops", 0.0)
-
-    def extra_head_parameters(self) -> int:
-        return 0 if self.head is None else sum(p.numel() for p in self.head.parameters())
 
     # checkpoints ------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
