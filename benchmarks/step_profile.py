@@ -226,6 +226,15 @@ def print_targets(results: list[dict]) -> None:
         print("NOTE: --model tiny is a plumbing check; its timings and memory say nothing about the targets.")
 
 
+def _load_saved(path: str | None) -> dict:
+    """(method, requested precision) -> result, from a --save file ({} when there is none yet)."""
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return {(r["base_method"], r["requested_precision"]): r for r in rows}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", choices=METHODS, help="profile only this method, in this process")
@@ -241,6 +250,9 @@ def main(argv=None) -> int:
                         help="the config's precision (with --method)")
     parser.add_argument("--precisions", default="fp32",
                         help="comma-separated precisions, each method run in each (e.g. fp32,bf16)")
+    parser.add_argument("--save", default=None,
+                        help="a JSONL file: each method's result is appended as it finishes, and methods already in "
+                             "it are not run again (a killed profile resumes; the table covers the whole file)")
     parser.add_argument("--runs-dir", default=None,
                         help="where run folders go (a fresh sub-folder per method; default: a temp dir, deleted)")
     args = parser.parse_args(argv)
@@ -262,7 +274,16 @@ def main(argv=None) -> int:
         if any(p not in ("auto", "fp32", "bf16") for p in precisions):
             parser.error(f"--precisions: {args.precisions!r}; allowed: auto, fp32, bf16 (comma-separated)")
         jobs = [(m, p) for m in methods for p in precisions]
-        results = [r for r in (run_in_subprocess(m, args, runs_dir, p) for m, p in jobs) if r is not None]
+        saved = _load_saved(args.save)
+        results = []
+        for m, p in jobs:
+            result = saved.get((m, p)) or run_in_subprocess(m, args, runs_dir, p)
+            if result is None:
+                continue
+            if args.save and (m, p) not in saved:
+                with open(args.save, "a") as f:  # one line per finished method: a kill loses only the running one
+                    f.write(json.dumps({**result, "requested_precision": p}) + "\n")
+            results.append(result)
         if not results:
             print("no method finished", file=sys.stderr)
             return 1
