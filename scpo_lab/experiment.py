@@ -1,5 +1,5 @@
-"""What every notebook does: train (or load) runs, evaluate them and the base model with caching, and state
-conclusions from the numbers. Evaluations are stored next to the run (eval.json) or, for the base model, in
+"""What every notebook does: train (or load) runs and evaluate them and the base model with caching (the tables
+and conclusions drawn from them are in conclusions.py). Evaluations are stored next to the run (eval.json) or, for the base model, in
 <runs_dir>/base-evals/, keyed by what determines them, so a notebook rerun recomputes nothing that finished.
 """
 
@@ -19,7 +19,7 @@ from scpo_lab.config import (TrainConfig, collapse_eval, collapse_sizes, compari
                              make_config)
 from scpo_lab.evaluation import EvalResult, evaluate
 from scpo_lab.runs import config_hash, default_runs_dir
-from scpo_lab.stats import calibration_bins, mean_ci
+from scpo_lab.conclusions import compute_summary
 from scpo_lab.tasks import get_task
 from scpo_lab.trainer import Run, policy_for, train
 
@@ -66,30 +66,6 @@ def sweep_configs(profile: str, arm: str, field: str, values: list, seeds: list[
             configs[new_label] = config
             info[new_label] = {"arm": arm, "axis": field, "value": value, "point": point}
     return configs, info
-
-
-def compute_summary(metrics: pd.DataFrame, evals: dict[str, EvalResult], group_of: dict[str, str]) -> pd.DataFrame:
-    """Held-out pass@1 against training compute, one row per group (an arm, or a sweep point) of labels:
-    total training FLOPs (the runs' logged totals: sampling, teacher/critic passes and updates) and generated
-    tokens, mean over the group's runs; pass@1 mean with a Student-t 95% interval over seeds, or with one run its
-    bootstrap interval over problems (ci_over says which); seconds = summed step times, mean over runs."""
-    last = metrics.sort_values("step").groupby("label").tail(1).set_index("label")
-    seconds = metrics.groupby("label")["time/step"].sum()
-    rows = []
-    for group in dict.fromkeys(group_of.values()):
-        labels = [lab for lab, g in group_of.items() if g == group and lab in evals and lab in last.index]
-        if not labels:
-            continue
-        values = [evals[lab].pass_at_1 for lab in labels]
-        if len(labels) > 1:
-            mean, low, high = mean_ci(values)
-        else:
-            mean, low, high = values[0], evals[labels[0]].ci_low, evals[labels[0]].ci_high
-        rows.append({"group": group, "runs": len(labels), "total_flops": float(last.loc[labels, "flops"].mean()),
-                     "generated_tokens": float(last.loc[labels, "generated_tokens"].mean()),
-                     "seconds": float(seconds[labels].mean()), "pass@1": mean, "ci_low": low, "ci_high": high,
-                     "ci_over": "seeds" if len(labels) > 1 else "problems"})
-    return pd.DataFrame(rows)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -475,159 +451,3 @@ def _cached_json(path: Path, key: dict, compute, field: str = "value"):
     value = compute()
     path.write_text(json.dumps({"key": key, field: value}))
     return value
-
-
-def expected_calibration_error(predicted, passed, bins: int = 10) -> float:
-    """ECE = sum_b (n_b / n) |mean predicted_b - pass rate_b| over equal-width bins of the prediction."""
-    per_bin = calibration_bins(predicted, passed, bins)
-    if per_bin.empty:
-        return float("nan")
-    return float((per_bin["n"] / per_bin["n"].sum() * (per_bin["p"] - per_bin["y"]).abs()).sum())
-
-
-def _results_by_arm(evals: dict[str, EvalResult], arm_of: dict[str, str]) -> dict[str, list[EvalResult]]:
-    """{arm: its seeds' evaluations}, arms in first-seen order (an arm without evaluations maps to [])."""
-    return {arm: [evals[label] for label, a in arm_of.items() if a == arm and label in evals]
-            for arm in dict.fromkeys(arm_of.values())}
-
-
-def seed_summary(evals: dict[str, EvalResult], arm_of: dict[str, str]) -> pd.DataFrame:
-    """One row per arm: pass@1 mean over its seeds' runs with a Student-t 95% interval over seeds (stats.mean_ci),
-    the seeds' values, and the mean of the per-run bootstrap intervals' widths (evaluation noise)."""
-    rows = []
-    for arm, results in _results_by_arm(evals, arm_of).items():
-        if not results:
-            continue
-        mean, low, high = mean_ci([r.pass_at_1 for r in results])
-        rows.append({"arm": arm, "seeds": len(results), "mean": mean, "ci_low": low, "ci_high": high,
-                     "values": [r.pass_at_1 for r in results],
-                     "eval_ci_width": sum(r.ci_high - r.ci_low for r in results) / len(results)})
-    return pd.DataFrame(rows)
-
-
-def arm_pass_at_k(evals: dict[str, EvalResult], arm_of: dict[str, str]) -> pd.DataFrame:
-    """pass@k per arm and k: mean over the arm's seeds with a Student-t 95% interval over seeds; "base" (if in
-    evals and not in arm_of) is its own arm with its bootstrap interval over problems."""
-    rows = []
-    groups = _results_by_arm(evals, arm_of)
-    if "base" in evals and "base" not in arm_of:
-        for r in evals["base"].pass_at_k:
-            rows.append({"arm": "base", "k": r["k"], "mean": r["pass_at_k"], "ci_low": r["ci_low"],
-                         "ci_high": r["ci_high"], "seeds": 1})
-    for arm, results in groups.items():
-        if not results:
-            continue
-        for k in sorted({r["k"] for res in results for r in res.pass_at_k}):
-            values = [r["pass_at_k"] for res in results for r in res.pass_at_k if r["k"] == k]
-            mean, low, high = mean_ci(values)
-            rows.append({"arm": arm, "k": k, "mean": mean, "ci_low": low, "ci_high": high, "seeds": len(values)})
-    return pd.DataFrame(rows)
-
-
-def reasoning_summary(evals: dict[str, EvalResult], arm_of: dict[str, str]) -> pd.DataFrame:
-    """One row per arm (and "base"): each EvalResult.reasoning metric, mean over the arm's seeds."""
-    rows = []
-    if "base" in evals and "base" not in arm_of and evals["base"].reasoning:
-        rows.append({"arm": "base", "seeds": 1, "pass@1": evals["base"].pass_at_1,
-                     "mean_length": evals["base"].mean_length, **evals["base"].reasoning})
-    for arm, results in _results_by_arm(evals, arm_of).items():
-        results = [r for r in results if r.reasoning]
-        if not results:
-            continue
-        frame = pd.DataFrame([{"pass@1": r.pass_at_1, "mean_length": r.mean_length, **r.reasoning}
-                              for r in results])
-        rows.append({"arm": arm, "seeds": len(results), **frame.mean(numeric_only=True).to_dict()})
-    return pd.DataFrame(rows)
-
-
-HACK_COLUMNS = ("hack/auroc", "hack/youden_j", "hack/high_reward_failures", "hack/proxy_gap")
-
-
-def cost_table(metrics: pd.DataFrame, arms: list[str], reference: str = "grpo") -> pd.DataFrame:
-    """Per arm (metrics needs an `arm` column): extra parameters (params/extra), median seconds per step over all
-    its steps and seeds (total, teacher pass, update; the median, so a step slowed by other work on the machine
-    does not move it), the extra seconds over `reference`, and training FLOPs per step (the runs' logged totals /
-    steps, mean over seeds, critics' own updates included); seconds_vs_ref and flops_vs_ref put wall-clock beside
-    FLOPs, both relative to `reference`."""
-    last = metrics.sort_values("step").groupby("run").tail(1)
-    flops = (last["flops"] / last["step"]).groupby(last["arm"]).mean()
-    per_arm = metrics.groupby("arm").agg(extra_params=("params/extra", "max"), seconds=("time/step", "median"),
-                                         teacher=("time/teacher", "median"), update=("time/update", "median"))
-    per_arm["flops_per_step"] = flops
-    base = per_arm.loc[reference, "seconds"] if reference in per_arm.index else 0.0
-    per_arm["extra_seconds"] = per_arm["seconds"] - base
-    if reference in per_arm.index:  # wall-clock beside FLOPs, both relative to the reference arm
-        per_arm["seconds_vs_ref"] = per_arm["seconds"] / per_arm.loc[reference, "seconds"]
-        per_arm["flops_vs_ref"] = per_arm["flops_per_step"] / per_arm.loc[reference, "flops_per_step"]
-    return per_arm.reindex([a for a in arms if a in per_arm.index]).reset_index()
-
-
-def hacking_summary(metrics: pd.DataFrame, evals: dict[str, EvalResult], arm_of: dict[str, str],
-                    runs: dict[str, Run] | None = None, reference: str = "grpo") -> pd.DataFrame:
-    """The reward-hacking instruments side by side, one row per arm (mean over seeds):
-    training time, second half of the steps (metrics.hacking_stats: the critic's own score vs the verifier on each
-    step's fresh rollouts; empty for arms with no critic score): hack/auroc, hack/youden_j,
-    hack/high_reward_failures, hack/proxy_gap; held-out (EvalResult): pass@1, mean_length and, where the
-    evaluation has them, leakage_rate and repeated_3gram_rate; with `runs`, the last logged training step's
-    rollouts: train_length (tokens) and train_repeated_3gram_rate (every run has those). Lengths and repetition
-    also relative to `reference` (ratio)."""
-    from scpo_lab.metrics import repeated_ngram_rate
-
-    late = metrics[metrics["step"] > metrics.groupby("run")["step"].transform("max") / 2]
-    train = late.groupby("arm")[[c for c in HACK_COLUMNS if c in late]].mean()
-    rows = []
-    for label, result in evals.items():
-        row = {"arm": arm_of.get(label, label), "pass@1": result.pass_at_1, "mean_length": result.mean_length,
-               "leakage_rate": result.reasoning.get("leakage_rate", float("nan")),
-               "repeated_3gram_rate": result.reasoning.get("repeated_3gram_rate", float("nan"))}
-        if runs is not None and label in runs:
-            samples = runs[label].samples()
-            last = samples[samples["step"] == samples["step"].max()]
-            at_last = (metrics["label"] == label) & (metrics["step"] == last["step"].max())
-            row["train_length"] = float(metrics.loc[at_last, "completions/mean_length"].mean())
-            row["train_repeated_3gram_rate"] = float(last["completion"].map(repeated_ngram_rate).mean())
-        rows.append(row)
-    table = pd.DataFrame(rows).groupby("arm", sort=False).mean().join(train, how="left")
-    if reference in table.index:
-        for column in ("mean_length", "train_length", "train_repeated_3gram_rate"):
-            if column in table:
-                table[f"{column}_vs_{reference}"] = table[column] / table.loc[reference, column]
-    return table.reset_index()
-
-
-def phrase_rate_by_step(run: Run, phrase: str) -> pd.DataFrame:
-    """Share of a run's training rollouts containing `phrase` (whole words, case-insensitive), at every step
-    whose rollouts were written to samples.jsonl -> rows (step, rate, rollouts)."""
-    from scpo_lab.metrics import phrase_rates
-
-    samples = run.samples()
-    if samples.empty:
-        return pd.DataFrame(columns=["step", "rate", "rollouts"])
-    return pd.DataFrame([{"step": step, "rate": phrase_rates(part["completion"].tolist(), (phrase,))[phrase],
-                          "rollouts": len(part)} for step, part in samples.groupby("step")])
-
-
-def compare_arms(summary: pd.DataFrame, arm: str, reference: str) -> str:
-    """One sentence from a seed summary: is `arm` above/below `reference` beyond both intervals over seeds?"""
-    a, b = (summary.set_index("arm").loc[name] for name in (arm, reference))
-    text = (f"{arm} pass@1 {a['mean']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] vs {reference} {b['mean']:.3f} "
-            f"[{b['ci_low']:.3f}, {b['ci_high']:.3f}] over {int(a['seeds'])} and {int(b['seeds'])} seeds: ")
-    if a["seeds"] < 2 or b["seeds"] < 2:
-        return text + "one seed on a side, no interval over seeds: no claim."
-    if a["ci_low"] > b["ci_high"]:
-        return text + f"{arm} is better, beyond both intervals."
-    if a["ci_high"] < b["ci_low"]:
-        return text + f"{arm} is worse, beyond both intervals."
-    return text + "the intervals overlap: no difference shown."
-
-
-def compare(a: EvalResult, b: EvalResult, name_a: str, name_b: str) -> str:
-    """One sentence: does `a` beat `b` by more than the intervals (non-overlapping 95% intervals)?"""
-    diff = a.pass_at_1 - b.pass_at_1
-    text = (f"{name_a} pass@1 {a.pass_at_1:.3f} [{a.ci_low:.3f}, {a.ci_high:.3f}] vs {name_b} "
-            f"{b.pass_at_1:.3f} [{b.ci_low:.3f}, {b.ci_high:.3f}] (difference {diff:+.3f}): ")
-    if a.ci_low > b.ci_high:
-        return text + f"{name_a} is better, beyond both 95% intervals."
-    if a.ci_high < b.ci_low:
-        return text + f"{name_a} is worse, beyond both 95% intervals."
-    return text + "the intervals overlap, so this evaluation does not separate them."

@@ -1,4 +1,5 @@
-"""Evaluation math: pass@k, bootstrap confidence intervals over problems, t-intervals over seeds.
+"""Evaluation math: pass@k, bootstrap confidence intervals over problems, the seeds x problems bootstrap of the
+comparisons, Holm's correction, t-intervals over seeds.
 
 `evaluation.py` samples completions and calls these; nothing here touches a model.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -64,6 +66,78 @@ def pass_at_k_table(counts: Sequence[tuple[int, int]], ks: Iterable[int], n_boot
         low, high = bootstrap_ci(per_problem, n_boot=n_boot, alpha=alpha, seed=seed)
         rows.append({"k": int(k), "pass_at_k": float(np.mean(per_problem)), "ci_low": low, "ci_high": high})
     return pd.DataFrame(rows, columns=["k", "pass_at_k", "ci_low", "ci_high"])
+
+
+# --- comparisons over seeds x problems -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Interval:
+    """A bootstrap estimate: the point value, its (1 - alpha) percentile interval, the two-sided bootstrap p-value
+    of "the value is 0" and the number of seeds and problems it came from."""
+
+    value: float
+    low: float
+    high: float
+    p: float
+    seeds: int
+    problems: int
+
+
+def seeds_by_problems_bootstrap(values, n_boot: int = 4000, alpha: float = 0.05, seed: int = 0) -> Interval:
+    """Interval of the grand mean of `values` (seeds x problems: one row per training seed, one column per held-out
+    problem, e.g. a problem's pass rate or a paired difference of two arms' pass rates on it).
+
+    Every run is evaluated on the same problems, so seeds and problems are *crossed* factors, and both are
+    random: another experiment would draw other seeds and other problems. Each replicate resamples the seeds
+    (rows) and, independently, the problems (columns) with replacement and takes the mean of the S x P sub-table
+    (the two-way "pigeonhole" bootstrap, Owen 2007, Ann. Appl. Stat. 1(2)); the same column draw serves every row,
+    as the same problems serve every run. Under y_sp = mu + a_s + b_p + e_sp its variance is close to
+    var(a)/S + var(b)/P + var(e)/(S P) (slightly above: the bootstrap is conservative in the interaction), which
+    the tests check. One seed reduces it to the bootstrap over problems, one problem to the one over seeds.
+
+    p: two-sided bootstrap p-value of 0, 2 min(P*(mean <= 0), P*(mean >= 0)) with the +1 correction (never 0).
+    A table of rates gives an interval inside [0, 1] (every replicate is a mean of rates)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 2 or x.size == 0:
+        raise ValueError(f"values: must be a non-empty seeds x problems table; got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("values: must be finite (a missing problem in one run cannot be paired)")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha: must be in (0, 1); got {alpha}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot: must be >= 1; got {n_boot}")
+    n_seeds, n_problems = x.shape
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    cols = rng.integers(0, n_problems, size=(n_boot, n_problems))
+    # mean*_b = (1 / S P) sum_i sum_j x[rows_bi, cols_bj] = (1 / S P) sum_i (x[rows_bi] counts_b) over the column
+    # draw's counts: one matrix product per replicate instead of an S x P gather
+    counts = np.zeros((n_boot, n_problems))
+    np.add.at(counts, (np.arange(n_boot)[:, None], cols), 1.0)
+    row_means = (x @ counts.T) / n_problems  # (S, n_boot): row i's mean over replicate b's problems
+    means = np.take_along_axis(row_means.T, rows, axis=1).mean(axis=1)
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    below, above = (means <= 0).sum(), (means >= 0).sum()
+    p = min(1.0, 2.0 * (min(below, above) + 1) / (n_boot + 1))
+    return Interval(float(x.mean()), float(low), float(high), float(p), n_seeds, n_problems)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979), in the input order: sort p ascending,
+    p_adj(i) = max_{j <= i} min(1, (m - j + 1) p(j)); rejecting where p_adj < alpha controls the family-wise error
+    rate at alpha over the m comparisons, under any dependence between them."""
+    p = np.asarray(list(p_values), dtype=np.float64)
+    if p.size == 0:
+        return []
+    if ((p < 0) | (p > 1) | ~np.isfinite(p)).any():
+        raise ValueError(f"p_values: must lie in [0, 1]; got {p.tolist()}")
+    order = np.argsort(p, kind="stable")
+    m = p.size
+    stepped = np.minimum(1.0, (m - np.arange(m)) * p[order])  # (m - j + 1) p(j), j = 1..m
+    adjusted = np.maximum.accumulate(stepped)
+    out = np.empty(m)
+    out[order] = adjusted
+    return out.tolist()
 
 
 # --- Student t quantile (scipy is not a dependency) ------------------------------------------------------

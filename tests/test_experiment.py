@@ -3,8 +3,8 @@
 import pytest
 
 from scpo_lab.config import make_config
-from scpo_lab.experiment import (arm_configs, collapse_experiment, compute_summary, cost_table, hacking_summary,
-                                 run_experiment, sweep_configs)
+from scpo_lab.conclusions import compute_summary, cost_table, hacking_summary
+from scpo_lab.experiment import arm_configs, collapse_experiment, run_experiment, sweep_configs
 
 SETTINGS = {"n_problems": 3, "n_samples": 2, "batch_prompts": 3}
 
@@ -61,15 +61,18 @@ def test_sweep_configs_change_one_field_and_the_default_point_is_the_arms_own_ru
         sweep_configs("smoke", "grpo", "group_size", [0], [0])
 
 
-def test_compute_summary_intervals_over_seeds_or_problems_and_the_logged_flops():
+def test_compute_summary_intervals_over_seeds_and_problems_and_the_logged_flops():
+    import numpy as np
     import pandas as pd
 
     from scpo_lab.evaluation import EvalResult
-    from scpo_lab.stats import mean_ci
+    from scpo_lab.stats import seeds_by_problems_bootstrap
 
-    def result(p, low, high):
-        return EvalResult(task="t", split="test", n_problems=10, n_samples=2, temperature=1.0, max_new_tokens=8,
-                          seed=0, pass_at_1=p, ci_low=low, ci_high=high, pass_at_k=[], per_problem=[])
+    def result(correct):  # 2 samples per problem
+        rate = sum(correct) / (2 * len(correct))
+        return EvalResult(task="t", split="test", n_problems=len(correct), n_samples=2, temperature=1.0,
+                          max_new_tokens=8, seed=0, pass_at_1=rate, ci_low=rate, ci_high=rate, pass_at_k=[],
+                          per_problem=[{"problem_id": i, "n": 2, "correct": c} for i, c in enumerate(correct)])
 
     metrics = pd.DataFrame([  # flops are running totals: the last step's value is the run's total
         {"label": "a/s0", "step": 1, "flops": 1e12, "generated_tokens": 10, "time/step": 2.0},
@@ -77,15 +80,19 @@ def test_compute_summary_intervals_over_seeds_or_problems_and_the_logged_flops()
         {"label": "a/s1", "step": 1, "flops": 2e12, "generated_tokens": 12, "time/step": 1.0},
         {"label": "a/s1", "step": 2, "flops": 5e12, "generated_tokens": 24, "time/step": 3.0},
         {"label": "b/s0", "step": 2, "flops": 7e12, "generated_tokens": 30, "time/step": 5.0}])
-    evals = {"a/s0": result(0.2, 0.1, 0.3), "a/s1": result(0.4, 0.3, 0.5), "b/s0": result(0.5, 0.25, 0.75)}
+    a0, a1, b0 = [0, 1, 0, 1, 2], [1, 1, 2, 2, 0], [2, 2, 1, 0, 0]
+    evals = {"a/s0": result(a0), "a/s1": result(a1), "b/s0": result(b0)}
     table = compute_summary(metrics, evals, {"a/s0": "a", "a/s1": "a", "b/s0": "b"}).set_index("group")
     assert table.loc["a", "total_flops"] == pytest.approx(4e12) and table.loc["a", "generated_tokens"] == 22
     assert table.loc["a", "seconds"] == pytest.approx(4.0) and table.loc["a", "runs"] == 2
-    mean, low, high = mean_ci([0.2, 0.4])
+    both = seeds_by_problems_bootstrap(np.array([a0, a1]) / 2, n_boot=4000)  # two seeds x five problems
     assert (table.loc["a", "pass@1"], table.loc["a", "ci_low"], table.loc["a", "ci_high"]) == pytest.approx(
-        (mean, low, high)) and table.loc["a", "ci_over"] == "seeds"
-    assert (table.loc["b", "pass@1"], table.loc["b", "ci_low"], table.loc["b", "ci_high"]) == (0.5, 0.25, 0.75)
+        (both.value, both.low, both.high)) and table.loc["a", "ci_over"] == "seeds x problems"
+    one = seeds_by_problems_bootstrap(np.array([b0]) / 2, n_boot=4000)  # one run: over problems
+    assert (table.loc["b", "pass@1"], table.loc["b", "ci_low"], table.loc["b", "ci_high"]) == pytest.approx(
+        (one.value, one.low, one.high))
     assert table.loc["b", "ci_over"] == "problems" and table.loc["b", "total_flops"] == 7e12
+    assert 0 <= table["ci_low"].min() and table["ci_high"].max() <= 1
 
 
 def test_collapse_experiment_trains_every_seed_and_evaluates_only_the_eval_seeds(tmp_path, monkeypatch):

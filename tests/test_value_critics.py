@@ -254,7 +254,7 @@ def test_value_options_are_validated():
 
 
 def test_expected_calibration_error_hand_computed():
-    from scpo_lab.experiment import expected_calibration_error
+    from scpo_lab.conclusions import expected_calibration_error
     # bins of width 0.1: {0.05} -> pass rate 0, {0.15} -> 1, {0.95, 0.95} -> 1/2
     ece = expected_calibration_error([0.05, 0.15, 0.95, 0.95], [False, True, True, False])
     assert ece == pytest.approx((0.05 + 0.85 + 2 * 0.45) / 4)

@@ -1,0 +1,409 @@
+"""Tables and sentences from finished runs: what the notebooks' result cells and conclusions show.
+
+`experiment.py` trains, evaluates and caches; this module only reads what that produced. Its one comparison rule
+(`paired_comparisons`, `verdict`) is what every notebook's conclusion and the reports' index call:
+
+    An arm BEATS a reference (grpo, dapo, compute-matched grpo) when, paired on the same training seeds and the same
+    held-out problems and sampling seeds, the difference in pass@1 is positive and its two-sided bootstrap p-value
+    over seeds x problems (stats.seeds_by_problems_bootstrap), Holm-adjusted over every comparison the notebook
+    makes, is below ALPHA = 0.05, with at least MIN_SEEDS = 5 paired seeds. It is WORSE by the same rule with the
+    sign reversed; otherwise the two are NOT SEPARATED, or, under MIN_SEEDS paired seeds, NO CLAIM is made.
+
+Rates (pass@1 of an arm) get the same bootstrap, so their intervals lie inside [0, 1].
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from scpo_lab.evaluation import EvalResult
+from scpo_lab.stats import calibration_bins, holm, seeds_by_problems_bootstrap
+
+if TYPE_CHECKING:
+    from scpo_lab.trainer import Run
+
+ALPHA = 0.05  # family-wise error rate of a notebook's comparisons (Holm)
+MIN_SEEDS = 5  # paired seeds below which a comparison makes no claim
+N_BOOT = 4000  # bootstrap replicates (the p-value's resolution is 1 / (N_BOOT + 1))
+FEW_PASSES = 20  # fewer passes than this among an arm's held-out samples: the interval rests on few successes
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Pairing: which seeds and problems two arms share
+# ------------------------------------------------------------------------------------------------------------------
+
+def seed_of(label: str) -> int:
+    """The training seed in a run label "<arm>/s<seed>" (experiment.arm_configs' labels)."""
+    match = re.search(r"/s(\d+)$", label)
+    if not match:
+        raise ValueError(f"label: {label!r} does not end in /s<seed> (the labels arm_configs makes); cannot pair it")
+    return int(match.group(1))
+
+
+def _evaluation_of(result: EvalResult) -> tuple:
+    return (result.task, result.split, result.n_samples, result.temperature, result.max_new_tokens, result.seed)
+
+
+def pass_rates(results: dict[str, EvalResult], problems: list | None = None,
+               per_problem=lambda n, c: c / n) -> tuple[list[int], list, np.ndarray]:
+    """{label: evaluation} of one arm -> (seeds, problem ids, seeds x problems table of per_problem(n, c)): each
+    run's pass rate (default) or pass@k on each held-out problem. Every evaluation must be of the same problems with
+    the same settings."""
+    if not results:
+        raise ValueError("results: no evaluations to tabulate")
+    first = next(iter(results.values()))
+    problems = problems if problems is not None else [r["problem_id"] for r in first.per_problem]
+    seeds, rows = [], []
+    for label, result in results.items():
+        if _evaluation_of(result) != _evaluation_of(first):
+            raise ValueError(f"evaluations: {label} was evaluated with other settings "
+                             f"({_evaluation_of(result)} vs {_evaluation_of(first)}); they cannot be paired")
+        rate = {r["problem_id"]: per_problem(r["n"], r["correct"]) for r in result.per_problem}
+        missing = [p for p in problems if p not in rate]
+        if missing:
+            raise ValueError(f"evaluations: {label} lacks {len(missing)} of the problems the others were evaluated "
+                             f"on (e.g. {missing[0]!r}); they cannot be paired")
+        seeds.append(seed_of(label))
+        rows.append([rate[p] for p in problems])
+    return seeds, problems, np.asarray(rows, dtype=np.float64)
+
+
+def _results_by_arm(evals: dict[str, EvalResult], arm_of: dict[str, str]) -> dict[str, dict[str, EvalResult]]:
+    """{arm: {label: evaluation}} over its seeds, arms in first-seen order (an arm without evaluations maps to {})."""
+    return {arm: {label: evals[label] for label, a in arm_of.items() if a == arm and label in evals}
+            for arm in dict.fromkeys(arm_of.values())}
+
+
+def arm_interval(results: dict[str, EvalResult]):
+    """pass@1 of one arm over its seeds' evaluations: the seeds x problems bootstrap (one seed: over problems)."""
+    _, _, table = pass_rates(results)
+    return seeds_by_problems_bootstrap(table, n_boot=N_BOOT)
+
+
+def _passes(results: dict[str, EvalResult]) -> int:
+    return sum(r["correct"] for result in results.values() for r in result.per_problem)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Per-arm tables
+# ------------------------------------------------------------------------------------------------------------------
+
+def seed_summary(evals: dict[str, EvalResult], arm_of: dict[str, str]) -> pd.DataFrame:
+    """One row per arm: pass@1 mean over its seeds' runs with a 95% interval from the seeds x problems bootstrap
+    (inside [0, 1]; one seed: over problems), the seeds' values, and the mean of the per-run bootstrap intervals'
+    widths (evaluation noise alone, for scale)."""
+    rows = []
+    for arm, results in _results_by_arm(evals, arm_of).items():
+        if not results:
+            continue
+        interval = arm_interval(results)
+        values = [r.pass_at_1 for r in results.values()]
+        rows.append({"arm": arm, "seeds": len(results), "mean": interval.value, "ci_low": interval.low,
+                     "ci_high": interval.high, "values": values, "passes": _passes(results),
+                     "eval_ci_width": sum(r.ci_high - r.ci_low for r in results.values()) / len(results)})
+    return pd.DataFrame(rows)
+
+
+def arm_pass_at_k(evals: dict[str, EvalResult], arm_of: dict[str, str]) -> pd.DataFrame:
+    """pass@k per arm and k: mean over the arm's seeds and problems of the unbiased per-problem pass@k, with the
+    seeds x problems bootstrap's 95% interval; "base" (if in evals and not in arm_of) is its own arm with its
+    bootstrap interval over problems."""
+    from scpo_lab.stats import pass_at_k
+
+    rows = []
+    if "base" in evals and "base" not in arm_of:
+        for r in evals["base"].pass_at_k:
+            rows.append({"arm": "base", "k": r["k"], "mean": r["pass_at_k"], "ci_low": r["ci_low"],
+                         "ci_high": r["ci_high"], "seeds": 1})
+    for arm, results in _results_by_arm(evals, arm_of).items():
+        if not results:
+            continue
+        for k in sorted({r["k"] for res in results.values() for r in res.pass_at_k}):
+            _, _, table = pass_rates(results, per_problem=lambda n, c, k=k: pass_at_k(n, c, k))
+            interval = seeds_by_problems_bootstrap(table, n_boot=N_BOOT)
+            rows.append({"arm": arm, "k": k, "mean": interval.value, "ci_low": interval.low,
+                         "ci_high": interval.high, "seeds": len(results)})
+    return pd.DataFrame(rows)
+
+
+def reasoning_summary(evals: dict[str, EvalResult], arm_of: dict[str, str]) -> pd.DataFrame:
+    """One row per arm (and "base"): each EvalResult.reasoning metric, mean over the arm's seeds."""
+    rows = []
+    if "base" in evals and "base" not in arm_of and evals["base"].reasoning:
+        rows.append({"arm": "base", "seeds": 1, "pass@1": evals["base"].pass_at_1,
+                     "mean_length": evals["base"].mean_length, **evals["base"].reasoning})
+    for arm, results in _results_by_arm(evals, arm_of).items():
+        results = [r for r in results.values() if r.reasoning]
+        if not results:
+            continue
+        frame = pd.DataFrame([{"pass@1": r.pass_at_1, "mean_length": r.mean_length, **r.reasoning}
+                              for r in results])
+        rows.append({"arm": arm, "seeds": len(results), **frame.mean(numeric_only=True).to_dict()})
+    return pd.DataFrame(rows)
+
+
+def compute_summary(metrics: pd.DataFrame, evals: dict[str, EvalResult], group_of: dict[str, str]) -> pd.DataFrame:
+    """Held-out pass@1 against training compute, one row per group (an arm, or a sweep point) of labels:
+    total training FLOPs (the runs' logged totals: sampling, teacher/critic passes and updates) and generated
+    tokens, mean over the group's runs; pass@1 with the seeds x problems bootstrap's 95% interval (one run: over
+    problems; ci_over says which); seconds = summed step times, mean over runs."""
+    last = metrics.sort_values("step").groupby("label").tail(1).set_index("label")
+    seconds = metrics.groupby("label")["time/step"].sum()
+    rows = []
+    for group in dict.fromkeys(group_of.values()):
+        labels = [lab for lab, g in group_of.items() if g == group and lab in evals and lab in last.index]
+        if not labels:
+            continue
+        interval = arm_interval({lab: evals[lab] for lab in labels})
+        rows.append({"group": group, "runs": len(labels), "total_flops": float(last.loc[labels, "flops"].mean()),
+                     "generated_tokens": float(last.loc[labels, "generated_tokens"].mean()),
+                     "seconds": float(seconds[labels].mean()), "pass@1": interval.value, "ci_low": interval.low,
+                     "ci_high": interval.high, "ci_over": "seeds x problems" if len(labels) > 1 else "problems"})
+    return pd.DataFrame(rows)
+
+
+def expected_calibration_error(predicted, passed, bins: int = 10) -> float:
+    """ECE = sum_b (n_b / n) |mean predicted_b - pass rate_b| over equal-width bins of the prediction."""
+    per_bin = calibration_bins(predicted, passed, bins)
+    if per_bin.empty:
+        return float("nan")
+    return float((per_bin["n"] / per_bin["n"].sum() * (per_bin["p"] - per_bin["y"]).abs()).sum())
+
+
+HACK_COLUMNS = ("hack/auroc", "hack/youden_j", "hack/high_reward_failures", "hack/proxy_gap")
+
+
+def cost_table(metrics: pd.DataFrame, arms: list[str], reference: str = "grpo") -> pd.DataFrame:
+    """Per arm (metrics needs an `arm` column): extra parameters (params/extra), median seconds per step over all
+    its steps and seeds (total, teacher pass, update; the median, so a step slowed by other work on the machine
+    does not move it), the extra seconds over `reference`, and training FLOPs per step (the runs' logged totals /
+    steps, mean over seeds, critics' own updates included); seconds_vs_ref and flops_vs_ref put wall-clock beside
+    FLOPs, both relative to `reference`."""
+    last = metrics.sort_values("step").groupby("run").tail(1)
+    flops = (last["flops"] / last["step"]).groupby(last["arm"]).mean()
+    per_arm = metrics.groupby("arm").agg(extra_params=("params/extra", "max"), seconds=("time/step", "median"),
+                                         teacher=("time/teacher", "median"), update=("time/update", "median"))
+    per_arm["flops_per_step"] = flops
+    base = per_arm.loc[reference, "seconds"] if reference in per_arm.index else 0.0
+    per_arm["extra_seconds"] = per_arm["seconds"] - base
+    if reference in per_arm.index:  # wall-clock beside FLOPs, both relative to the reference arm
+        per_arm["seconds_vs_ref"] = per_arm["seconds"] / per_arm.loc[reference, "seconds"]
+        per_arm["flops_vs_ref"] = per_arm["flops_per_step"] / per_arm.loc[reference, "flops_per_step"]
+    return per_arm.reindex([a for a in arms if a in per_arm.index]).reset_index()
+
+
+def hacking_summary(metrics: pd.DataFrame, evals: dict[str, EvalResult], arm_of: dict[str, str],
+                    runs: dict[str, Run] | None = None, reference: str = "grpo") -> pd.DataFrame:
+    """The reward-hacking instruments side by side, one row per arm (mean over seeds):
+    training time, second half of the steps (metrics.hacking_stats: the critic's own score vs the verifier on each
+    step's fresh rollouts; empty for arms with no critic score): hack/auroc, hack/youden_j,
+    hack/high_reward_failures, hack/proxy_gap; held-out (EvalResult): pass@1, mean_length and, where the
+    evaluation has them, leakage_rate and repeated_3gram_rate; with `runs`, the last logged training step's
+    rollouts: train_length (tokens) and train_repeated_3gram_rate (every run has those). Lengths and repetition
+    also relative to `reference` (ratio)."""
+    from scpo_lab.metrics import repeated_ngram_rate
+
+    late = metrics[metrics["step"] > metrics.groupby("run")["step"].transform("max") / 2]
+    train = late.groupby("arm")[[c for c in HACK_COLUMNS if c in late]].mean()
+    rows = []
+    for label, result in evals.items():
+        row = {"arm": arm_of.get(label, label), "pass@1": result.pass_at_1, "mean_length": result.mean_length,
+               "leakage_rate": result.reasoning.get("leakage_rate", float("nan")),
+               "repeated_3gram_rate": result.reasoning.get("repeated_3gram_rate", float("nan"))}
+        if runs is not None and label in runs:
+            samples = runs[label].samples()
+            last = samples[samples["step"] == samples["step"].max()]
+            at_last = (metrics["label"] == label) & (metrics["step"] == last["step"].max())
+            row["train_length"] = float(metrics.loc[at_last, "completions/mean_length"].mean())
+            row["train_repeated_3gram_rate"] = float(last["completion"].map(repeated_ngram_rate).mean())
+        rows.append(row)
+    table = pd.DataFrame(rows).groupby("arm", sort=False).mean().join(train, how="left")
+    if reference in table.index:
+        for column in ("mean_length", "train_length", "train_repeated_3gram_rate"):
+            if column in table:
+                table[f"{column}_vs_{reference}"] = table[column] / table.loc[reference, column]
+    return table.reset_index()
+
+
+def phrase_rate_by_step(run: Run, phrase: str) -> pd.DataFrame:
+    """Share of a run's training rollouts containing `phrase` (whole words, case-insensitive), at every step
+    whose rollouts were written to samples.jsonl -> rows (step, rate, rollouts)."""
+    from scpo_lab.metrics import phrase_rates
+
+    samples = run.samples()
+    if samples.empty:
+        return pd.DataFrame(columns=["step", "rate", "rollouts"])
+    return pd.DataFrame([{"step": step, "rate": phrase_rates(part["completion"].tolist(), (phrase,))[phrase],
+                          "rollouts": len(part)} for step, part in samples.groupby("step")])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The comparison rule
+# ------------------------------------------------------------------------------------------------------------------
+
+def paired_difference(a: dict[str, EvalResult], b: dict[str, EvalResult], n_boot: int = N_BOOT):
+    """pass@1 of arm a minus arm b, paired: the seeds both have (same training seed: same prompts per step) and the
+    problems both were evaluated on (same sampling seed), as a seeds x problems table of differences in per-problem
+    pass rates, bootstrapped (stats.seeds_by_problems_bootstrap). -> (Interval, seeds agreeing in sign, seeds)."""
+    seeds_a, problems, table_a = pass_rates(a)
+    seeds_b, _, table_b = pass_rates(b, problems)
+    if _evaluation_of(next(iter(a.values()))) != _evaluation_of(next(iter(b.values()))):
+        raise ValueError("evaluations: the two arms were evaluated with different settings; they cannot be paired")
+    shared = [s for s in seeds_a if s in seeds_b]
+    if not shared:
+        raise ValueError(f"seeds: the arms share no training seed (a: {seeds_a}, b: {seeds_b}); nothing to pair")
+    diff = np.stack([table_a[seeds_a.index(s)] - table_b[seeds_b.index(s)] for s in shared])
+    interval = seeds_by_problems_bootstrap(diff, n_boot=n_boot)
+    per_seed = diff.mean(axis=1)
+    agree = int((np.sign(per_seed) == np.sign(interval.value)).sum()) if interval.value != 0 else 0
+    return interval, agree, len(shared)
+
+
+def verdict(diff: float, p_holm: float, seeds: int) -> str:
+    """The rule (module docstring): 'better', 'worse', 'not separated', or 'no claim' (under MIN_SEEDS seeds)."""
+    if seeds < MIN_SEEDS:
+        return "no claim"
+    if p_holm < ALPHA:
+        return "better" if diff > 0 else "worse"
+    return "not separated"
+
+
+def paired_comparisons(evals: dict[str, EvalResult], arm_of: dict[str, str], references=("grpo", "dapo"),
+                       pairs: list[tuple[str, str]] | None = None) -> pd.DataFrame:
+    """Every arm against every reference present (or the explicit (arm, reference) `pairs`), one row each: the
+    paired difference in pass@1 with its 95% interval and p-value, Holm's adjusted p over the comparisons that
+    can make a claim (>= MIN_SEEDS paired seeds), the verdict of the rule, and the caveats that qualify it."""
+    by_arm = _results_by_arm(evals, arm_of)
+    if pairs is None:
+        pairs = [(arm, ref) for ref in references if by_arm.get(ref) for arm in by_arm if arm != ref and by_arm[arm]]
+    rows = []
+    for arm, ref in pairs:
+        for name in (arm, ref):
+            if not by_arm.get(name):
+                raise ValueError(f"pairs: no evaluations for arm {name!r}; available: {', '.join(a for a in by_arm if by_arm[a])}")
+        interval, agree, seeds = paired_difference(by_arm[arm], by_arm[ref])
+        rows.append({"arm": arm, "reference": ref, "seeds": seeds, "problems": interval.problems,
+                     "difference": interval.value, "ci_low": interval.low, "ci_high": interval.high, "p": interval.p,
+                     "seeds_agree": agree, "passes": _passes(by_arm[arm]), "reference_passes": _passes(by_arm[ref])})
+    table = pd.DataFrame(rows, columns=["arm", "reference", "seeds", "problems", "difference", "ci_low", "ci_high", "p",
+                                        "seeds_agree", "passes", "reference_passes"])
+    eligible = table["seeds"] >= MIN_SEEDS
+    table["p_holm"] = float("nan")
+    if eligible.any():
+        table.loc[eligible, "p_holm"] = holm(table.loc[eligible, "p"].tolist())
+    table["comparisons"] = int(eligible.sum())
+    table["verdict"] = [verdict(r.difference, r.p_holm, r.seeds) for r in table.itertuples()]
+    table["caveats"] = [_caveats(r) for r in table.itertuples()]
+    return table
+
+
+def _caveats(row) -> str:
+    out = []
+    if row.seeds < MIN_SEEDS:
+        out.append(f"{row.seeds} paired seed{'s' if row.seeds != 1 else ''} (a claim needs {MIN_SEEDS})")
+    elif row.seeds_agree < row.seeds:
+        out.append(f"{row.seeds_agree} of {row.seeds} seeds agree in sign")
+    if min(row.passes, row.reference_passes) < FEW_PASSES:
+        out.append(f"few passes ({min(row.passes, row.reference_passes)} on one side)")
+    return "; ".join(out)
+
+
+def comparison_sentence(row) -> str:
+    """One comparison in words, with its numbers and caveats."""
+    holm_text = f", Holm {row.p_holm:.3f} over {row.comparisons}" if row.p_holm == row.p_holm else ""
+    text = (f"{row.arm} − {row.reference}: {row.difference:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}] over "
+            f"{row.seeds} seeds x {row.problems} problems (p = {row.p:.3f}{holm_text}): ")
+    text += {"better": f"{row.arm} beats {row.reference}", "worse": f"{row.arm} is below {row.reference}",
+             "not separated": "not separated", "no claim": "no claim"}[row.verdict]
+    return text + (f" ({row.caveats})." if row.caveats else ".")
+
+
+def rates_sentence(summary: pd.DataFrame, base: EvalResult | None = None) -> str:
+    """Each arm's held-out pass@1 with its interval, highest first (a seed_summary table)."""
+    ranked = summary.sort_values("mean", ascending=False)
+    text = "Held-out pass@1, mean over seeds and problems (95% interval over seeds x problems): " + ", ".join(
+        f"{r.arm} {r['mean']:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}] ({int(r.seeds)} seed{'s' if r.seeds != 1 else ''})"
+        for _, r in ranked.iterrows())
+    if base is not None:
+        text += f"; base model {base.pass_at_1:.3f} [{base.ci_low:.3f}, {base.ci_high:.3f}]"
+    return text + "."
+
+
+def headline(comparisons: pd.DataFrame) -> str:
+    """The notebook's finding in one sentence, by the rule: which arms beat or fall below which references."""
+    if comparisons.empty:
+        return "No paired comparison was made."
+    seeds = int(comparisons["seeds"].min())
+    found = []  # the claims the rule allows, better ones first
+    for kind, words in (("better", "beats"), ("worse", "is below")):
+        for r in comparisons[comparisons["verdict"] == kind].itertuples():
+            found.append(f"{r.arm} {words} {r.reference} ({r.difference:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}])")
+    eligible = int((comparisons["seeds"] >= MIN_SEEDS).sum())
+    if found:
+        return "; ".join(found) + f" (Holm over {eligible} paired comparisons, >= {MIN_SEEDS} seeds)."
+    if eligible == 0:
+        return (f"No claim: at most {int(comparisons['seeds'].max())} paired seeds per comparison (the rule needs "
+                f"{MIN_SEEDS}).")
+    refs = ", ".join(dict.fromkeys(comparisons["reference"]))
+    few = "" if seeds >= MIN_SEEDS else f"; {int((comparisons['seeds'] < MIN_SEEDS).sum())} with too few seeds make no claim"
+    return (f"No arm is separated from {refs}: no paired difference is beyond chance after Holm's correction over "
+            f"{eligible} comparisons with >= {MIN_SEEDS} seeds{few}.")
+
+
+@dataclass
+class Conclusion:
+    """A notebook's conclusion: its comparisons table, the headline by the rule, and the lines to show."""
+
+    comparisons: pd.DataFrame
+    headline: str
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, *lines: str) -> "Conclusion":
+        self.lines += [line for line in lines if line]
+        return self
+
+    def markdown(self) -> str:
+        return "\n".join(f"- {line}" for line in [f"**Finding:** {self.headline}", *self.lines])
+
+    def show(self) -> None:
+        """Display it; the headline rides along in the output's metadata, where the reports' index reads it."""
+        from IPython.display import Markdown, display
+
+        display(Markdown(self.markdown()), metadata={"scpo_lab": {"headline": self.headline}})
+
+
+def conclude(evals: dict[str, EvalResult], arm_of: dict[str, str], *, profile: str, references=("grpo", "dapo"),
+             pairs: list[tuple[str, str]] | None = None) -> Conclusion:
+    """The conclusion every comparison notebook starts from: each arm's pass@1 with its interval, every paired
+    comparison against the references by the rule, and the caveats (smoke profile, one-seed arms, multiple
+    comparisons). A notebook adds its own instrument lines with Conclusion.add."""
+    evals = {k: v for k, v in evals.items() if k != "base"}
+    summary = seed_summary(evals, arm_of)
+    comparisons = paired_comparisons(evals, arm_of, references=references, pairs=pairs)
+    conclusion = Conclusion(comparisons, headline(comparisons))
+    if profile == "smoke":
+        conclusion.add("**Smoke profile: a random tiny model; these numbers only show that the code runs.**")
+    conclusion.add(rates_sentence(summary))
+    conclusion.add(*(comparison_sentence(r) for r in comparisons.itertuples()))
+    one_seed = [r.arm for r in summary.itertuples() if r.seeds == 1]
+    if one_seed:
+        conclusion.add(f"One seed only ({', '.join(one_seed)}): its interval is over problems; it says nothing about "
+                       "seed-to-seed variation.")
+    conclusion.add(f"Rule: an arm beats a reference when the paired difference is positive with Holm-adjusted "
+                   f"p < {ALPHA} over the notebook's comparisons and at least {MIN_SEEDS} paired seeds "
+                   "(scpo_lab.conclusions).")
+    return conclusion
+
+
+def compare(a: EvalResult, b: EvalResult, name_a: str, name_b: str) -> str:
+    """One sentence on two single evaluations of the same problems (e.g. a run against the base model): their
+    paired difference with its bootstrap interval over problems. One run on a side: no claim, by the rule."""
+    interval, _, _ = paired_difference({f"{name_a}/s0": a}, {f"{name_b}/s0": b})
+    return (f"{name_a} pass@1 {a.pass_at_1:.3f} vs {name_b} {b.pass_at_1:.3f}: paired difference "
+            f"{interval.value:+.3f} [{interval.low:+.3f}, {interval.high:+.3f}] over {interval.problems} problems "
+            f"(p = {interval.p:.3f}); one run each, so by the lab's rule (>= {MIN_SEEDS} seeds) no claim.")

@@ -1,0 +1,135 @@
+"""The comparison rule and the tables of scpo_lab.conclusions on hand-made evaluations with known answers."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scpo_lab.conclusions import (ALPHA, MIN_SEEDS, compare, conclude, headline, paired_comparisons,
+                                  paired_difference, seed_summary, verdict)
+from scpo_lab.evaluation import EvalResult
+
+N = 4  # samples per problem
+
+
+def _eval(correct: list[int], seed: int = 1234, n: int = N) -> EvalResult:
+    """An evaluation of len(correct) problems, `correct[i]` of n samples passing on problem i."""
+    per_problem = [{"problem_id": f"p{i}", "n": n, "correct": int(c)} for i, c in enumerate(correct)]
+    rate = sum(correct) / (n * len(correct))
+    return EvalResult(task="arithmetic", split="test", n_problems=len(correct), n_samples=n, temperature=1.0,
+                      max_new_tokens=48, seed=seed, pass_at_1=rate, ci_low=rate, ci_high=rate,
+                      pass_at_k=[{"k": 1, "pass_at_k": rate, "ci_low": rate, "ci_high": rate}],
+                      per_problem=per_problem)
+
+
+def _arms(tables: dict[str, np.ndarray]):
+    """{arm: seeds x problems correct counts} -> (evals, arm_of) with labels arm/s<seed>."""
+    evals, arm_of = {}, {}
+    for arm, counts in tables.items():
+        for seed, row in enumerate(counts):
+            evals[f"{arm}/s{seed}"] = _eval(list(row))
+            arm_of[f"{arm}/s{seed}"] = arm
+    return evals, arm_of
+
+
+def test_pairing_removes_the_noise_both_arms_share():
+    """Seed and problem effects shared by both arms (same prompts, same problems) cancel in the paired difference:
+    arm b solves exactly one more sample of every problem than arm a in every seed, so the difference is 1/N with
+    a zero-width interval, while each arm's own interval is wide."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, N, size=(5, 30))  # 0..3 of 4: room for one more
+    evals, arm_of = _arms({"a": a, "b": a + 1})
+    interval, agree, seeds = paired_difference({k: v for k, v in evals.items() if arm_of[k] == "b"},
+                                               {k: v for k, v in evals.items() if arm_of[k] == "a"})
+    assert (interval.value, interval.low, interval.high) == pytest.approx((1 / N, 1 / N, 1 / N))
+    assert (agree, seeds, interval.problems) == (5, 5, 30)
+    summary = seed_summary(evals, arm_of).set_index("arm")
+    assert summary.loc["a", "ci_high"] - summary.loc["a", "ci_low"] > 0.05
+    assert ((summary["ci_low"] >= 0) & (summary["ci_high"] <= 1)).all()
+
+
+def test_pairs_by_seed_and_problem_id_not_by_position():
+    """b's evaluations listed in another seed order and with problems in another order pair with a's by seed and
+    problem id: the difference stays exact."""
+    a = np.array([[0, 1, 2], [3, 0, 1]])
+    evals = {"a/s0": _eval(list(a[0])), "a/s1": _eval(list(a[1]))}
+    b1, b0 = _eval(list(a[1] + 1)), _eval(list(a[0] + 1))
+    b0.per_problem = b0.per_problem[::-1]
+    evals |= {"b/s1": b1, "b/s0": b0}
+    interval, _, _ = paired_difference({k: evals[k] for k in ("b/s1", "b/s0")}, {k: evals[k] for k in ("a/s0", "a/s1")})
+    assert interval.value == pytest.approx(1 / N) and interval.high - interval.low == pytest.approx(0)
+
+
+def test_the_rule_needs_min_seeds_and_holm():
+    assert verdict(0.1, 0.001, MIN_SEEDS - 1) == "no claim"
+    assert verdict(0.1, 0.001, MIN_SEEDS) == "better"
+    assert verdict(-0.1, 0.001, MIN_SEEDS) == "worse"
+    assert verdict(0.1, ALPHA, MIN_SEEDS) == "not separated"
+    rng = np.random.default_rng(1)
+    ref = rng.integers(0, 3, size=(MIN_SEEDS, 40))
+    clear = ref + 1  # +0.25 in every cell: beats the reference
+    noisy = ref[:, ::-1]  # the same counts on other problems: every seed's mean difference is exactly 0
+    evals, arm_of = _arms({"grpo": ref, "clear": clear, "noisy": noisy})
+    table = paired_comparisons(evals, arm_of, references=("grpo",)).set_index("arm")
+    assert table.loc["clear", "verdict"] == "better" and table.loc["noisy", "verdict"] == "not separated"
+    assert (table["p_holm"] >= table["p"]).all() and (table["comparisons"] == 2).all()
+    # three seeds: the same data makes no claim, and no Holm family is formed
+    few, few_of = _arms({"grpo": ref[:3], "clear": clear[:3]})
+    row = paired_comparisons(few, few_of, references=("grpo",)).iloc[0]
+    assert row.verdict == "no claim" and "3 paired seeds" in row.caveats and np.isnan(row.p_holm)
+
+
+def test_holm_turns_a_marginal_win_among_many_comparisons_into_not_separated():
+    """Ten arms whose samples move by -1, 0, +1 with a slight upward lean: one of them has p = 0.045 alone, but
+    Holm over ten comparisons lifts every adjusted p above 0.05, so none is claimed."""
+    rng = np.random.default_rng(1)
+    ref = rng.integers(1, 3, size=(MIN_SEEDS, 60))
+    tables = {"grpo": ref}
+    for i in range(10):
+        tables[f"arm{i}"] = np.clip(ref + rng.choice([-1, 0, 1], p=[0.2, 0.55, 0.25], size=ref.shape), 0, N)
+    evals, arm_of = _arms(tables)
+    table = paired_comparisons(evals, arm_of, references=("grpo",))
+    assert (table["p"] < ALPHA).any()  # alone, some would pass
+    assert (table["verdict"] != "better").all()
+
+
+def test_pairing_refuses_what_cannot_be_paired():
+    a = {"a/s0": _eval([1, 2])}
+    with pytest.raises(ValueError, match="other settings"):
+        paired_difference({"b/s0": _eval([1, 2], seed=7)} | a, a)
+    with pytest.raises(ValueError, match="lacks 1 of the problems"):
+        paired_difference(a, {"b/s0": _eval([1])})
+    with pytest.raises(ValueError, match="share no training seed"):
+        paired_difference(a, {"b/s3": _eval([1, 2])})
+    with pytest.raises(ValueError, match="/s<seed>"):
+        paired_difference({"a": _eval([1, 2])}, a)
+
+
+def test_conclude_states_the_finding_by_the_rule_with_its_caveats():
+    rng = np.random.default_rng(3)
+    ref = rng.integers(0, 3, size=(MIN_SEEDS, 40))
+    evals, arm_of = _arms({"grpo": ref, "dapo": ref, "better": ref + 1})
+    evals["base"] = _eval([0] * 40)
+    conclusion = conclude(evals, arm_of, profile="cpu")
+    assert conclusion.headline.startswith("better beats grpo (+0.250") and "better beats dapo" in conclusion.headline
+    text = conclusion.markdown()
+    assert "Holm" in text and "Rule:" in text and "Smoke" not in text
+    one = {k: v for k, v in evals.items() if k.endswith("/s0")}
+    small = conclude(one, {k: arm_of[k] for k in one if k != "base"}, profile="smoke")
+    assert small.headline.startswith("No claim") and "One seed only" in small.markdown() and "Smoke" in small.markdown()
+    assert headline(pd.DataFrame()) == "No paired comparison was made."
+
+
+def test_show_puts_the_headline_in_the_output_metadata(monkeypatch):
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, metadata=None: shown.append(metadata))
+    evals, arm_of = _arms({"grpo": np.ones((MIN_SEEDS, 5), int), "x": np.ones((MIN_SEEDS, 5), int)})
+    conclusion = conclude(evals, arm_of, profile="cpu")
+    conclusion.show()
+    assert shown == [{"scpo_lab": {"headline": conclusion.headline}}]
+
+
+def test_compare_two_single_runs_makes_no_claim():
+    text = compare(_eval([2, 2, 2]), _eval([1, 1, 1]), "trained", "base")
+    assert "+0.250 [+0.250, +0.250]" in text and "no claim" in text
