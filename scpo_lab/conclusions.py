@@ -407,3 +407,218 @@ def compare(a: EvalResult, b: EvalResult, name_a: str, name_b: str) -> str:
     return (f"{name_a} pass@1 {a.pass_at_1:.3f} vs {name_b} {b.pass_at_1:.3f}: paired difference "
             f"{interval.value:+.3f} [{interval.low:+.3f}, {interval.high:+.3f}] over {interval.problems} problems "
             f"(p = {interval.p:.3f}); one run each, so by the lab's rule (>= {MIN_SEEDS} seeds) no claim.")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The notebooks' instrument lines (each computed from a table a notebook shows)
+# ------------------------------------------------------------------------------------------------------------------
+
+def _fmt(value, spec: str = ".2f") -> str:
+    return "n/a" if value is None or value != value else format(value, spec)
+
+
+def zero_std_line(metrics: pd.DataFrame, what: str) -> str:
+    """Collapse accounting per arm, mean over steps and seeds: the share of zero-std groups and, for arms with a
+    critic, the share of the within-group advantage variance that lies in them (scpo/zero_std_spread)."""
+    cols = [c for c in ("frac_reward_zero_std", "scpo/zero_std_spread") if c in metrics]
+    means = metrics.groupby("arm", sort=False)[cols].mean()
+    parts = []
+    for arm, row in means.iterrows():
+        text = f"{arm}: zero-std groups {_fmt(row['frac_reward_zero_std'])}"
+        if "scpo/zero_std_spread" in row and row["scpo/zero_std_spread"] == row["scpo/zero_std_spread"]:
+            text += f", their share of the advantage spread {_fmt(row['scpo/zero_std_spread'])}"
+        parts.append(text)
+    return f"{what}, mean over steps and seeds: " + "; ".join(parts) + "."
+
+
+def identical_arms_line(metrics: pd.DataFrame, columns=("pass_rate", "frac_reward_zero_std", "scpo/zero_std_spread",
+                                                        "completions/mean_length", "reward")) -> str:
+    """Arms whose training logs agree in every listed column at every step and seed: in that setting they are the
+    same run (an option that did nothing there), which a reader must be told. '' when there are none."""
+    cols = [c for c in columns if c in metrics]
+    tables = {arm: part.sort_values(["seed", "step"])[cols].reset_index(drop=True)
+              for arm, part in metrics.groupby("arm", sort=False)}
+    same = [(a, b) for i, a in enumerate(tables) for b in list(tables)[i + 1:]
+            if tables[a].shape == tables[b].shape and tables[a].equals(tables[b])]
+    if not same:
+        return ""
+    return ("Identical training logs (" + ", ".join(cols) + "), so these arms did the same thing here: "
+            + "; ".join(f"{a} = {b}" for a, b in same) + ".")
+
+
+def held_out_line(what: str, held: pd.DataFrame, base: EvalResult | None = None) -> str:
+    """A compute_summary table's pass@1 per group with its interval; whether every interval overlaps the base's."""
+    text = f"{what}: " + ", ".join(f"{r.group} {r['pass@1']:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
+                                   for _, r in held.iterrows())
+    if base is None:
+        return text + "."
+    text += f"; base model {base.pass_at_1:.3f} [{base.ci_low:.3f}, {base.ci_high:.3f}]"
+    overlap = all(r.ci_low <= base.ci_high and r.ci_high >= base.ci_low for _, r in held.iterrows())
+    return text + (": every interval overlaps the base model's (no change shown)." if overlap else ".")
+
+
+def cost_line(costs: pd.DataFrame) -> str:
+    """A cost_table in words: extra parameters, seconds per step and FLOPs per step against the reference."""
+    parts = []
+    for r in costs.itertuples():
+        text = f"{r.arm}: {int(r.extra_params):,} extra parameters, {r.extra_seconds:+.1f} s per step"
+        if hasattr(r, "seconds_vs_ref") and r.seconds_vs_ref == r.seconds_vs_ref:
+            text += f" (x{r.seconds_vs_ref:.2f} wall-clock, x{r.flops_vs_ref:.2f} FLOPs)"
+        parts.append(text)
+    return "Cost per step (median over steps and seeds) against grpo: " + "; ".join(parts) + "."
+
+
+def late_mean(metrics: pd.DataFrame, arm: str, column: str) -> float:
+    """An arm's logged `column`, mean over the second half of its steps (all seeds); nan when absent."""
+    if column not in metrics or arm not in set(metrics["arm"]):
+        return float("nan")
+    part = metrics[metrics["arm"] == arm]
+    tail = part[part["step"] > part["step"].max() / 2][column].dropna()
+    return float(tail.mean()) if len(tail) else float("nan")
+
+
+def value_lines(metrics: pd.DataFrame, ece: pd.DataFrame) -> list[str]:
+    """Notebook 02: does each value function predict the verifier (AUROC, explained variance) and is it
+    calibrated on held-out rollouts, said plainly where it does no better than chance."""
+    lines = []
+    for arm, col in (("scpo-head", "head/auroc_student"), ("scpo-head", "head/auroc_teacher"),
+                     ("scpo-critic-shared", "critic/auroc"), ("scpo-critic-separate", "critic/auroc")):
+        value = late_mean(metrics, arm, col)
+        if value != value:
+            continue
+        verdict_text = ("below chance" if value < 0.45 else "near chance" if value < 0.55 else "above chance")
+        lines.append(f"{arm}: {col} {value:.2f} over the second half of training ({verdict_text}; 0.5 = chance)"
+                     + (". It reads the verdict and still does not separate passes from failures: the head is "
+                        "undertrained at this size (benchmarks/head_auroc.py: a logistic probe on the same states "
+                        "reaches 0.86), not evidence that the verdict is unreadable."
+                        if col == "head/auroc_teacher" and value < 0.55 else "."))
+    for arm in ("scpo-critic-shared", "scpo-critic-separate"):
+        ev = late_mean(metrics, arm, "critic/explained_variance")
+        if ev == ev:
+            lines.append(f"{arm}: explained variance of the GAE returns {ev:+.2f} over the second half"
+                         + (" (negative: the critic predicts the returns worse than their mean does, so its GAE "
+                            "advantages are mostly noise at this size)." if ev < 0 else "."))
+    if not ece.empty:
+        last = ece.sort_values("step").groupby("arm").tail(1)
+        lines.append("Calibration at the last checkpoint (seed 0, held-out): " + "; ".join(
+            f"{r.arm}: ECE {r.ECE:.3f}, mean predicted {r['mean predicted']:.2f} vs pass rate {r['pass rate']:.2f}"
+            f" ({int(r.rollouts)} rollouts)" for _, r in last.iterrows()) + ".")
+    return lines
+
+
+def pass_at_k_lines(passk: pd.DataFrame) -> list[str]:
+    """Notebook 03: pass@k at the largest k per arm, and which arms fall below the base model there."""
+    k_max = int(passk["k"].max())
+    at_max = passk[passk["k"] == k_max].set_index("arm")
+    lines = [f"pass@{k_max} (mean over seeds and problems): " + ", ".join(
+        f"{a} {r['mean']:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for a, r in at_max.iterrows()) + "."]
+    if "base" in at_max.index:
+        below = [a for a, r in at_max.iterrows() if a != "base" and r.ci_high < at_max.loc["base", "ci_low"]]
+        lines.append(f"Below the base model at pass@{k_max} beyond both intervals: {', '.join(below) or 'none'}.")
+    return lines
+
+
+def reasoning_lines(table: pd.DataFrame) -> list[str]:
+    """Notebook 03: token entropy against the base model, and the reasoning measures per arm."""
+    lines = []
+    base = table[table["arm"] == "base"].iloc[0] if (table["arm"] == "base").any() else None
+    if base is not None and "token_entropy" in table:
+        lines.append(f"Token entropy on the policy's own held-out samples: base {base.token_entropy:.3f} nats/token; "
+                     + ", ".join(f"{r.arm} {r.token_entropy:.3f} ({r.token_entropy - base.token_entropy:+.3f})"
+                                 for _, r in table.iterrows() if r.arm != "base") + " (mean over seeds).")
+    for _, r in table.iterrows():
+        lines.append(f"{r.arm}: {_fmt(r.get('steps_per_chain'), '.1f')} arithmetic claims per completion, "
+                     f"{_fmt(r.get('valid_step_rate'))} of them valid; passing completions with an invalid step "
+                     f"{_fmt(r.get('right_with_invalid_step'))}; self-check phrases {_fmt(r.get('self_check_rate'))}; "
+                     f"distinct-2 {_fmt(r.get('distinct_2'))}; distinct answers per problem "
+                     f"{_fmt(r.get('distinct_answers'))}; leakage {_fmt(r.get('leakage_rate'), '.3f')}.")
+    return lines
+
+
+def flops_line(methods: pd.DataFrame, reference: str = "grpo") -> str:
+    """Notebook 04: each method's training FLOPs relative to the reference (a compute_summary table)."""
+    if reference not in set(methods["group"]):
+        return ""
+    ref = methods.set_index("group").loc[reference, "total_flops"]
+    dearer = methods[methods["group"] != reference].sort_values("total_flops")
+    return (f"Training FLOPs relative to {reference}: "
+            + ", ".join(f"{r.group} x{r.total_flops / ref:.2f}" for _, r in dearer.iterrows()) + ".")
+
+
+def sweep_lines(points: pd.DataFrame) -> list[str]:
+    """Notebook 04: along each compute axis, pass@1 per setting and whether the cheapest and dearest settings'
+    intervals separate; every point's seed count is said (one seed: an interval over problems only)."""
+    lines = []
+    for axis, part in points.groupby("axis", sort=False):
+        part = part.sort_values("total_flops")
+        lo, hi = part.iloc[0], part.iloc[-1]
+        overlap = not (hi.ci_low > lo.ci_high or hi.ci_high < lo.ci_low)
+        runs = int(part["runs"].max())
+        trend = ("the cheapest and dearest settings' intervals overlap: no effect shown" if overlap else
+                 ("pass@1 rises with compute" if hi["pass@1"] > lo["pass@1"] else "pass@1 falls with compute"))
+        if runs < MIN_SEEDS:
+            trend += f"; {runs} seed(s) per point, below the {MIN_SEEDS} a claim needs"
+        lines.append(f"{axis}: " + ", ".join(
+            f"{r.value} -> {r['pass@1']:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}] at {r.total_flops / 1e12:.1f} TFLOPs"
+            for _, r in part.iterrows()) + f"; {trend} (intervals over {part.ci_over.iloc[0]}).")
+    return lines
+
+
+def hacking_lines(hack: pd.DataFrame) -> list[str]:
+    """Notebook 05: each critic's agreement with the verifier, and length, repetition and leakage against grpo."""
+    lines = []
+    scored = hack.dropna(subset=["hack/auroc"]) if "hack/auroc" in hack else hack.iloc[:0]
+    if len(scored):
+        lines.append("Critic score vs verifier, second half of training: " + "; ".join(
+            f"{r.arm}: AUROC {r['hack/auroc']:.2f}, top-quartile failures {r['hack/high_reward_failures']:.2f}"
+            for _, r in scored.iterrows()) + ".")
+    if "mean_length_vs_grpo" in hack:
+        parts = [", ".join(f"{r.arm} x{r.mean_length_vs_grpo:.2f}" for _, r in hack.iterrows()
+                           if r.mean_length_vs_grpo == r.mean_length_vs_grpo)]
+        if "train_repeated_3gram_rate_vs_grpo" in hack:
+            parts.append("repeated 3-grams in the last training step's rollouts vs grpo: " + ", ".join(
+                f"{r.arm} x{r.train_repeated_3gram_rate_vs_grpo:.2f}" for _, r in hack.iterrows()
+                if r.train_repeated_3gram_rate_vs_grpo == r.train_repeated_3gram_rate_vs_grpo))
+        lines.append("Held-out length vs grpo: " + "; ".join(parts) + ".")
+    return lines
+
+
+# which way each instrument moves when a critic is being exploited
+EXPLOIT_DIRECTIONS = {"hack/proxy_gap": ("score-verifier gap", +1),
+                      "hack/high_reward_failures": ("top-quartile failures", +1),
+                      "hack/auroc": ("AUROC", -1),
+                      "hack/failed_score": ("mean score of failed rollouts", +1)}
+
+
+def exploit_lines(metrics: pd.DataFrame, phrase_rates: pd.DataFrame, planted: str) -> list[str]:
+    """Notebook 05's instrument check on the deliberately exploitable judge, per run: did the planted phrase
+    spread (its share at every kept step), and which instruments moved the way an exploit moves them between the
+    first and second half of training, and which did not (said as a miss of that instrument)."""
+    lines = []
+    for label, part in metrics.groupby("label", sort=False):
+        part = part.sort_values("step")
+        half = len(part) // 2
+        first, second = part.iloc[:half], part.iloc[half:]
+        rates = phrase_rates[phrase_rates["label"] == label].sort_values("step")
+        shares = ", ".join(f"{r.rate:.2f} (step {int(r.step)})" for r in rates.itertuples())
+        caught, missed = [], []
+        for col, (name, sign) in EXPLOIT_DIRECTIONS.items():
+            if col not in part or part[col].isna().all():
+                continue
+            before, after = first[col].mean(), second[col].mean()
+            (caught if (after - before) * sign > 0 else missed).append(f"{name} {before:.2f} -> {after:.2f}")
+        lines.append(f"Exploitable judge ({label}): {planted!r} in the training rollouts at each kept step: {shares}. "
+                     f"Instruments that moved as an exploit moves them (first vs second half of training): "
+                     f"{', '.join(caught) or 'none'}; that did not, i.e. missed it here: {', '.join(missed) or 'none'}; "
+                     f"verifier pass rate {first['pass_rate'].mean():.2f} -> {second['pass_rate'].mean():.2f}.")
+    return lines
+
+
+def bias_probe_line(probe: pd.DataFrame) -> str:
+    """The judge-bias probe's shifts with their intervals; '' without a probe."""
+    if probe.empty:
+        return ""
+    return ("Judge-bias probe (shift of the judge's score when a phrase is appended to a failed rollout; 95% "
+            "interval over rollouts): " + "; ".join(
+                f"{r.run} + {r.phrase!r}: {r['shift']:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
+                f"{' (biased)' if r.biased else ''}" for _, r in probe.iterrows()) + ".")
