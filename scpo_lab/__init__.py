@@ -11,6 +11,10 @@ The public API (see README):
 
 __version__ = "0.1.0"
 
+from scpo_lab import _quiet  # noqa: E402 - first: its filters must exist before anything imports peft
+
+_quiet.install()
+
 from scpo_lab.config import (ConfigError, TrainConfig, collapse_eval, collapse_sizes, comparison_settings, eval_settings,  # noqa: E402
                              load_config, make_config)
 from scpo_lab.evaluation import EvalResult, evaluate  # noqa: E402

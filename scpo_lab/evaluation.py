@@ -42,13 +42,14 @@ class EvalResult:
 def evaluate(policy, task, n_problems: int = 100, n_samples: int = 4, *, split: str = "test",
              max_new_tokens: int = 48, temperature: float = 1.0, top_p: float = 1.0, seed: int = 1234,
              batch_prompts: int = 8, ks: list[int] | None = None, progress: bool = True,
-             keep_samples: int = 16) -> EvalResult:
+             keep_samples: int = 16, desc: str | None = None) -> EvalResult:
     """Sample `n_samples` completions for each of `n_problems` held-out problems and score them.
 
     pass@1 is the mean over problems of c_i / n (the unbiased pass@1); its interval is a percentile bootstrap
     over problems. pass@k for k in `ks` (default 1, 2, 4, ... up to n_samples) uses Chen et al.'s estimator.
     `reasoning` holds metrics.reasoning_metrics and token_entropy, the mean -log-prob of the sampled tokens
     (a Monte-Carlo estimate of the policy's per-token entropy on its own samples).
+    desc: the progress bar's name (default "eval <task>"; run_experiment names the policy: "eval scpo-span/s1").
     """
     if n_problems < 1 or n_samples < 1:
         raise ValueError(f"evaluate: n_problems and n_samples must be >= 1, got {n_problems} and {n_samples}")
@@ -59,7 +60,7 @@ def evaluate(policy, task, n_problems: int = 100, n_samples: int = 4, *, split: 
     if progress:
         from tqdm.auto import tqdm
 
-        chunks = tqdm(chunks, desc=f"eval {task.name}", leave=False)
+        chunks = tqdm(chunks, desc=desc or f"eval {task.name}", leave=False)
     per_problem, samples, lengths, truncated = [], [], [], []
     nll_sum, nll_tokens = 0.0, 0  # -log pi_sampler(y_t) over every sampled completion token
     texts, passed, answers = [], [], []  # per problem, for the reasoning metrics

@@ -259,8 +259,10 @@ def _from_dict(d: dict) -> EvalResult:
     return EvalResult(**d)
 
 
-def evaluate_base(config: TrainConfig, settings: dict | None = None, policy=None) -> EvalResult:
-    """The base model (adapter disabled) on the config's task; cached in <runs_dir>/base-evals/<hash>.json."""
+def evaluate_base(config: TrainConfig, settings: dict | None = None, policy=None, *, progress: bool = True,
+                  desc: str = "eval base") -> EvalResult:
+    """The base model (adapter disabled) on the config's task; cached in <runs_dir>/base-evals/<hash>.json.
+    progress, desc: the evaluation's progress bar (not part of the cache key)."""
     settings = settings or {}
     key = _eval_key(config, settings)
     path = default_runs_dir() if config.runs_dir is None else Path(config.runs_dir)
@@ -269,20 +271,23 @@ def evaluate_base(config: TrainConfig, settings: dict | None = None, policy=None
         return _from_dict(json.loads(path.read_text())["result"])
     policy = policy or policy_for(config)
     with policy.reference():
-        result = _evaluate(policy, config, settings)
+        result = _evaluate(policy, config, settings, progress=progress, desc=desc)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"key": key, "result": result.to_dict()}))
     return result
 
 
-def _evaluate(policy, config: TrainConfig, settings: dict) -> EvalResult:
+def _evaluate(policy, config: TrainConfig, settings: dict, *, progress: bool = True,
+              desc: str | None = None) -> EvalResult:
     task = get_task(config.task.name, **config.task.options)
-    return evaluate(policy, task, max_new_tokens=config.max_new_tokens, temperature=config.temperature, **settings)
+    return evaluate(policy, task, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                    progress=progress, desc=desc, **settings)
 
 
-def evaluate_run(run: Run, settings: dict | None = None, policy=None, step: int | None = None) -> EvalResult:
+def evaluate_run(run: Run, settings: dict | None = None, policy=None, step: int | None = None, *,
+                 progress: bool = True, desc: str | None = None) -> EvalResult:
     """The run's final adapter (or its checkpoint at `step`) on held-out problems; cached in the run folder's
-    eval.json."""
+    eval.json. progress, desc: the evaluation's progress bar (default name "eval <run folder>")."""
     settings = settings or {}
     key = _eval_key(run.config, settings) | ({} if step is None else {"step": step})
     for record in run.dir.read_eval():
@@ -297,7 +302,7 @@ def evaluate_run(run: Run, settings: dict | None = None, policy=None, step: int 
                              f"available: {sorted(folders) or 'none'}")
         policy = policy or policy_for(run.config)
         policy.load_adapter(folders[step] / "adapter")
-    result = _evaluate(policy, run.config, settings)
+    result = _evaluate(policy, run.config, settings, progress=progress, desc=desc or f"eval {run.path.name}")
     run.dir.add_eval({"key": key, "result": result.to_dict()})
     return result
 
@@ -333,7 +338,9 @@ def run_experiment(configs: dict[str, TrainConfig], profile: str, *, include_bas
     adapter before training, evaluation loads the run's adapter into it.
 
     settings: evaluation sizes (default: the profile's, sizes.EVAL_SETTINGS); evaluate=False trains only;
-    checkpoint_evals=True also evaluates every saved checkpoint (Experiment.curve: pass@1 along training)."""
+    checkpoint_evals=True also evaluates every saved checkpoint (Experiment.curve: pass@1 along training).
+    progress: the training and evaluation bars, each named by its label ("scpo-span/s1", "eval scpo-span/s1").
+    The runs found finished are logged as one line ("loaded 18 of 18 runs from runs (trained 0)"), not one each."""
     settings = dict(settings or eval_settings(profile))
     shared: dict = {}
 
@@ -344,22 +351,33 @@ def run_experiment(configs: dict[str, TrainConfig], profile: str, *, include_bas
 
     runs, evals, curve = {}, {}, []
     if include_base and evaluate:
-        evals["base"] = evaluate_base(next(iter(configs.values())), settings, policy=_Lazy(policy))
+        evals["base"] = evaluate_base(next(iter(configs.values())), settings, policy=_Lazy(policy),
+                                      progress=progress)
     for label, config in configs.items():
-        runs[label] = train(config, _Lazy(policy), progress=progress)
+        runs[label] = train(config, _Lazy(policy), progress=progress, label=label)
         if not evaluate:
             continue
-        evals[label] = evaluate_run(runs[label], settings, policy=_Lazy(policy))
+        evals[label] = evaluate_run(runs[label], settings, policy=_Lazy(policy), progress=progress,
+                                    desc=f"eval {label}")
         if checkpoint_evals:
             tokens = {int(r["step"]): r["generated_tokens"] for r in runs[label].dir.read_metrics()}
             for step, _ in runs[label].dir.checkpoints():
                 # the last checkpoint holds the final adapter: its evaluation is the one just made
-                result = evals[label] if step == config.steps else evaluate_run(runs[label], settings,
-                                                                                  policy=_Lazy(policy), step=step)
+                result = evals[label] if step == config.steps else evaluate_run(
+                    runs[label], settings, policy=_Lazy(policy), step=step, progress=progress,
+                    desc=f"eval {label} step {step}")
                 curve.append({"label": label, "method": config.method, "seed": config.seed, "step": step,
                               "generated_tokens": tokens.get(step), "pass@1": result.pass_at_1,
                               "ci_low": result.ci_low, "ci_high": result.ci_high})
+    log.info(_loaded_line(runs))
     return Experiment(runs=runs, evals=evals, curve=pd.DataFrame(curve))
+
+
+def _loaded_line(runs: dict[str, Run]) -> str:
+    """One line for a whole set (a notebook loads tens of cached runs; a line each buried its output)."""
+    loaded = sum(run.loaded for run in runs.values())
+    folders = ", ".join(dict.fromkeys(str(run.path.parent) for run in runs.values()))  # in order, once each
+    return f"loaded {loaded} of {len(runs)} runs from {folders} (trained {len(runs) - loaded})"
 
 
 class _Lazy:

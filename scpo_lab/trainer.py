@@ -80,6 +80,7 @@ class Run:
 
     config: TrainConfig
     dir: RunDir
+    loaded: bool = False  # True: train() found it finished and trained nothing (run_experiment counts these)
 
     @property
     def path(self) -> Path:
@@ -107,8 +108,11 @@ class RunWriteError(RuntimeError):
     """A write into the run folder failed (a full disk, lost permissions); the last complete checkpoint is intact."""
 
 
-def train(config: TrainConfig, policy=None, *, progress: bool = True, runs_dir: str | None = None) -> Run:
+def train(config: TrainConfig, policy=None, *, progress: bool = True, runs_dir: str | None = None,
+          label: str | None = None) -> Run:
     """Train `config` in its run folder, or load it if that folder already finished; resumes a killed run.
+    label: the progress bar's name (run_experiment passes its config label, e.g. "scpo-span/s1"); default
+    "<method>/s<seed>", so the bars of several arms of one method can be told apart.
     Under `accelerate launch --num_processes N` (or torchrun) the N processes share each step (distributed.py).
     One process writes a run folder at a time (RunDir.lock; rank 0 under several processes)."""
     if not isinstance(config, TrainConfig):  # e.g. a dict: say how to build one instead of an AttributeError
@@ -127,8 +131,8 @@ def train(config: TrainConfig, policy=None, *, progress: bool = True, runs_dir: 
     world.barrier()
     if RunDir.locate(record, **create).is_finished():  # reading a finished run needs no model and no lock
         run = RunDir.create(record, **create)  # checks its config.json
-        log.info("run %s already finished: loading it", run.path.name)
-        return Run(config, run)
+        log.debug("run %s already finished: loading it", run.path.name)  # a set's callers summarise the loads
+        return Run(config, run, loaded=True)
     policy = policy or policy_for(config)  # before the folder exists: a model that cannot load leaves nothing
     with _writer(RunDir.locate(record, **create), world):
         if world.is_main:
@@ -137,9 +141,10 @@ def train(config: TrainConfig, policy=None, *, progress: bool = True, runs_dir: 
         if not world.is_main:
             run = RunDir.create(record, **create)
         if run.is_finished():  # another process finished it while this one loaded its model
-            log.info("run %s already finished: loading it", run.path.name)
-            return Run(config, run)
-        _train_in(run, config, policy, task, train_problems, world, progress)
+            log.debug("run %s already finished: loading it", run.path.name)
+            return Run(config, run, loaded=True)
+        _train_in(run, config, policy, task, train_problems, world, progress,
+                  label or f"{config.method}/s{config.seed}")
     return Run(config, run)
 
 
@@ -172,7 +177,8 @@ def _writer(run: RunDir, world: distributed.World):
     return run.lock() if world.is_main else contextlib.nullcontext()
 
 
-def _train_in(run: RunDir, config: TrainConfig, policy, task, train_problems, world, progress: bool) -> None:
+def _train_in(run: RunDir, config: TrainConfig, policy, task, train_problems, world, progress: bool,
+              label: str) -> None:
     """Resume from the newest checkpoint that loads, train the remaining steps, write final/ and DONE."""
     model = policy.model
     params = [p for p in model.parameters() if p.requires_grad]
@@ -193,7 +199,7 @@ def _train_in(run: RunDir, config: TrainConfig, policy, task, train_problems, wo
 
     n_params = parameter_count(model)
     loop = _Loop(config, policy, task, train_problems, optimizer, params, critic, n_params, run, world)
-    bar = _progress(range(start_step + 1, config.steps + 1), progress and world.is_main, config.method,
+    bar = _progress(range(start_step + 1, config.steps + 1), progress and world.is_main, label,
                     total=config.steps, initial=start_step)
     resolved = precision.resolve(config.precision, world.device)
     log.info("precision: %s (config: %s)", resolved, config.precision)

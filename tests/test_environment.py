@@ -56,3 +56,21 @@ def test_lab_accepts_options_and_runs_as_root():
     lab = [line for line in out.splitlines() if "jupyter lab" in line]
     assert lab and "--no-browser --port 8890" in lab[-1]
     assert ("--allow-root" in lab[-1]) == (os.geteuid() == 0)
+
+
+def test_ipywidgets_is_a_notebook_dependency_and_locked():
+    """Without ipywidgets every kernel printed tqdm's "IProgress not found" and drew text bars."""
+    pins = locked_versions()
+    for name in ("ipywidgets", "widgetsnbextension", "jupyterlab-widgets"):  # the two are ipywidgets' own pins
+        assert name in pins, f"requirements.lock does not pin {name}"
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml itself")
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(re.match(r"ipywidgets\b", dep) for dep in extras["notebooks"]), extras["notebooks"]
+
+
+def test_tqdm_finds_its_notebook_widget():
+    """tqdm.auto picks tqdm.notebook in a kernel; it warns "IProgress not found" when this import is None."""
+    pytest.importorskip("ipykernel", reason="the notebooks extra is not installed")
+    import tqdm.notebook
+
+    assert tqdm.notebook.IProgress is not None

@@ -159,3 +159,34 @@ def test_compute_matched_grpo_spends_a_critics_flops_on_more_rollouts(tmp_path, 
     assert matched["grpo@scpo-token/s0"].group_size == match.config.group_size
     with pytest.raises(ValueError, match="no logged metrics"):
         compute_matched_grpo(make_config("smoke", seed=7, runs_dir=str(tmp_path)), policy=policy)
+
+
+def test_a_set_of_cached_runs_logs_one_summary_line_not_one_per_run(tmp_path, caplog):
+    """A notebook rerun loads tens of finished runs: one line for the set, none per run (166 across the reports)."""
+    import logging
+
+    configs, _ = arm_configs("smoke", ["grpo"], [0, 1], runs_dir=str(tmp_path), steps=1)
+    with caplog.at_level(logging.INFO, logger="scpo_lab"):
+        run_experiment(configs, "smoke", evaluate=False, progress=False)
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")] == [
+        f"loaded 0 of 2 runs from {tmp_path} (trained 2)"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="scpo_lab"):
+        again = run_experiment(configs, "smoke", evaluate=False, progress=False)
+    assert all(run.loaded for run in again.runs.values())
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("scpo_lab")]
+    assert messages == [f"loaded 2 of 2 runs from {tmp_path} (trained 0)"], messages  # and no "already finished"
+
+
+def test_progress_bars_are_named_by_the_configs_label(tmp_path, capsys):
+    """Nine arms of one method were nine bars named "scpo-divergence": each bar carries its arm and seed."""
+    configs = {"my-arm/s7": make_config("smoke", runs_dir=str(tmp_path), steps=1)}
+    run_experiment(configs, "smoke", settings=SETTINGS, progress=True)
+    bars = capsys.readouterr().err  # tqdm draws on stderr outside a notebook
+    assert "my-arm/s7: 100%" in bars and "eval my-arm/s7" in bars and "eval base" in bars
+    assert "grpo:" not in bars  # the method name alone no longer names a bar
+    # progress=False: no bar at all, the evaluations' included
+    run_experiment({"other/s0": make_config("smoke", runs_dir=str(tmp_path), steps=1, seed=1)}, "smoke",
+                   settings=SETTINGS, progress=False)
+    quiet = capsys.readouterr().err
+    assert "%|" not in quiet and "other/s0" not in quiet

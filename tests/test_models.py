@@ -183,6 +183,58 @@ def test_auto_backend_is_hf_on_cpu():
     assert models._resolve_backend("unsloth", torch.device("cpu")) == "unsloth"
 
 
+# ------------------------------------------------------------------------------- third-party import noise
+
+
+def test_importing_the_model_path_prints_no_torchao_or_bitsandbytes_noise():
+    """peft imports torchao and bitsandbytes; on CPU they logged two messages in every kernel and CLI run."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys\n"
+            "from scpo_lab.models import load_policy\n"
+            "load_policy('tiny')\n"
+            "print(json.dumps({m: m in sys.modules for m in ('torchao', 'bitsandbytes')}))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONWARNINGS": "default"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    imported = json.loads(done.stdout.splitlines()[-1])
+    if not any(imported.values()):
+        pytest.skip("neither torchao nor bitsandbytes is installed here: nothing to silence")
+    assert "is an Enum subclass" not in done.stderr, done.stderr[-3000:]
+    assert "gemm_4bit_forward" not in done.stderr and "kernels-community" not in done.stderr, done.stderr[-3000:]
+
+
+def test_the_noise_filters_drop_only_those_two_messages():
+    """Not a blanket silence: each filter matches one format string; other records of the same loggers pass."""
+    import scpo_lab._quiet as quiet
+
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    for name in quiet.NOISE:
+        assert any(isinstance(f, quiet._DropMessage) for f in logging.getLogger(name).filters), name
+    pytree, cpu_ops = logging.getLogger("torch.utils._pytree"), logging.getLogger("bitsandbytes.backends.cpu.ops")
+    handler = Keep()
+    for logger in (pytree, cpu_ops):
+        logger.addHandler(handler)
+    try:
+        pytree.warning("%s is an Enum subclass and is now natively supported by torch.compile as an opaque value "
+                       "type.", "<enum 'KernelPreference'>")
+        cpu_ops.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure",
+                        "No module named 'kernels'")
+        pytree.warning("some other pytree warning")
+        cpu_ops.warning("some other bitsandbytes warning")
+    finally:
+        for logger in (pytree, cpu_ops):
+            logger.removeHandler(handler)
+    assert seen == ["some other pytree warning", "some other bitsandbytes warning"]
+
+
 # ------------------------------------------------------------------------ cache conversion (GGUF load faked)
 
 

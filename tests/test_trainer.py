@@ -441,3 +441,10 @@ def test_dapo_arm_trains_two_smoke_steps_and_is_profiled(tmp_path, monkeypatch):
     method, options = step_profile.VARIANTS["dapo"]  # step_profile.py profiles the arm itself
     assert {"method": method, **options} == critics.arms()["dapo"]
     sys.modules.pop("common", None)
+
+
+def test_the_progress_bar_is_named_by_method_and_seed_or_the_label_given(tmp_path, capsys):
+    train(smoke(tmp_path, steps=1, seed=3), progress=True)
+    assert "grpo/s3: 100%" in capsys.readouterr().err  # tqdm draws on stderr outside a notebook
+    train(smoke(tmp_path, steps=1, seed=4), progress=True, label="scpo-span/s4")
+    assert "scpo-span/s4: 100%" in capsys.readouterr().err
