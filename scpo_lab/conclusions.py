@@ -175,7 +175,7 @@ def expected_calibration_error(predicted, passed, bins: int = 10) -> float:
     return float((per_bin["n"] / per_bin["n"].sum() * (per_bin["p"] - per_bin["y"]).abs()).sum())
 
 
-HACK_COLUMNS = ("hack/auroc", "hack/youden_j", "hack/high_reward_failures", "hack/proxy_gap")
+HACK_COLUMNS = ("hack/auroc", "hack/youden_j", "hack/high_reward_failures", "hack/failed_score", "hack/proxy_gap")
 
 
 def cost_table(metrics: pd.DataFrame, arms: list[str], reference: str = "grpo") -> pd.DataFrame:
@@ -264,6 +264,18 @@ def paired_difference(a: dict[str, EvalResult], b: dict[str, EvalResult], n_boot
     return interval, agree, len(shared)
 
 
+def comparison_pairs(ran: list[str], references=("grpo", "dapo"), arms: list[str] | None = None,
+                     extra_pairs: list[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+    """(arm, reference) for every arm that ran (or those in `arms`) against every reference that ran, then the
+    `extra_pairs` whose two arms ran; a pair and its reverse are one comparison (dapo vs grpo once)."""
+    compared = [a for a in ran if arms is None or a in arms or a in references]
+    pairs: list[tuple[str, str]] = []
+    for arm, ref in [(a, r) for r in references if r in ran for a in compared if a != r] + list(extra_pairs):
+        if {arm, ref} <= set(ran) and (arm, ref) not in pairs and (ref, arm) not in pairs:
+            pairs.append((arm, ref))
+    return pairs
+
+
 def verdict(diff: float, p_holm: float, seeds: int) -> str:
     """The rule (module docstring): 'better', 'worse', 'not separated', or 'no claim' (under MIN_SEEDS seeds)."""
     if seeds < MIN_SEEDS:
@@ -280,7 +292,7 @@ def paired_comparisons(evals: dict[str, EvalResult], arm_of: dict[str, str], ref
     can make a claim (>= MIN_SEEDS paired seeds), the verdict of the rule, and the caveats that qualify it."""
     by_arm = _results_by_arm(evals, arm_of)
     if pairs is None:
-        pairs = [(arm, ref) for ref in references if by_arm.get(ref) for arm in by_arm if arm != ref and by_arm[arm]]
+        pairs = comparison_pairs([a for a in by_arm if by_arm[a]], references)
     rows = []
     for arm, ref in pairs:
         for name in (arm, ref):
@@ -362,6 +374,7 @@ class Conclusion:
     comparisons: pd.DataFrame
     headline: str
     lines: list[str] = field(default_factory=list)
+    train_commits: list[str] = field(default_factory=list)  # the git commits that trained the runs behind it
 
     def add(self, *lines: str) -> "Conclusion":
         self.lines += [line for line in lines if line]
@@ -374,18 +387,24 @@ class Conclusion:
         """Display it; the headline rides along in the output's metadata, where the reports' index reads it."""
         from IPython.display import Markdown, display
 
-        display(Markdown(self.markdown()), metadata={"scpo_lab": {"headline": self.headline}})
+        display(Markdown(self.markdown()),
+                metadata={"scpo_lab": {"headline": self.headline, "train_commits": self.train_commits}})
 
 
 def conclude(evals: dict[str, EvalResult], arm_of: dict[str, str], *, profile: str, references=("grpo", "dapo"),
-             pairs: list[tuple[str, str]] | None = None) -> Conclusion:
+             extra_pairs: list[tuple[str, str]] = (), arms: list[str] | None = None,
+             runs: dict | None = None) -> Conclusion:
     """The conclusion every comparison notebook starts from: each arm's pass@1 with its interval, every paired
-    comparison against the references by the rule, and the caveats (smoke profile, one-seed arms, multiple
-    comparisons). A notebook adds its own instrument lines with Conclusion.add."""
+    comparison against the references present (and the notebook's own pre-stated `extra_pairs` whose arms both ran),
+    all in one Holm family, by the rule; and the caveats (smoke profile, one-seed arms, multiple comparisons).
+    `arms`: the arms compared with the references (default: every arm evaluated). `runs` (Experiment.runs): their
+    folders' git commits are recorded, for the index. A notebook adds its own instrument lines with Conclusion.add."""
     evals = {k: v for k, v in evals.items() if k != "base"}
     summary = seed_summary(evals, arm_of)
-    comparisons = paired_comparisons(evals, arm_of, references=references, pairs=pairs)
-    conclusion = Conclusion(comparisons, headline(comparisons))
+    ran = list(summary["arm"]) if len(summary) else []
+    comparisons = paired_comparisons(evals, arm_of, pairs=comparison_pairs(ran, references, arms, extra_pairs))
+    commits = sorted({str(run.dir.config.get("git_commit", "unknown")) for run in (runs or {}).values()})
+    conclusion = Conclusion(comparisons, headline(comparisons), train_commits=commits)
     if profile == "smoke":
         conclusion.add("**Smoke profile: a random tiny model; these numbers only show that the code runs.**")
     conclusion.add(rates_sentence(summary))
@@ -607,10 +626,14 @@ def exploit_lines(metrics: pd.DataFrame, phrase_rates: pd.DataFrame, planted: st
                 continue
             before, after = first[col].mean(), second[col].mean()
             (caught if (after - before) * sign > 0 else missed).append(f"{name} {before:.2f} -> {after:.2f}")
-        lines.append(f"Exploitable judge ({label}): {planted!r} in the training rollouts at each kept step: {shares}. "
+        lines.append(f"Exploitable judge ({label}): share of training rollouts with {planted!r} at each kept step: {shares}. "
                      f"Instruments that moved as an exploit moves them (first vs second half of training): "
                      f"{', '.join(caught) or 'none'}; that did not, i.e. missed it here: {', '.join(missed) or 'none'}; "
                      f"verifier pass rate {first['pass_rate'].mean():.2f} -> {second['pass_rate'].mean():.2f}.")
+    for label, rates in phrase_rates[~phrase_rates["label"].isin(set(metrics["label"]))].groupby("label", sort=False):
+        rates = rates.sort_values("step")  # the fair judge beside it: the word's share without the bonus
+        lines.append(f"Fair judge ({label}): share with {planted!r}: "
+                     + ", ".join(f"{r.rate:.2f} (step {int(r.step)})" for r in rates.itertuples()) + ".")
     return lines
 
 
@@ -622,3 +645,69 @@ def bias_probe_line(probe: pd.DataFrame) -> str:
             "interval over rollouts): " + "; ".join(
                 f"{r.run} + {r.phrase!r}: {r['shift']:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
                 f"{' (biased)' if r.biased else ''}" for _, r in probe.iterrows()) + ".")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Qualitative evidence: whole texts, never truncated
+# ------------------------------------------------------------------------------------------------------------------
+
+def _block(text: str) -> str:
+    fence = "````" if "```" in str(text) else "```"
+    return f"{fence}text\n{text}\n{fence}"
+
+
+def examples_markdown(rows: pd.DataFrame, title: str, fields=("prompt", "completion", "critique"),
+                      numbers=("step", "passed", "reward", "judge_score")) -> str:
+    """Rows of rollouts as Markdown: a line per rollout with its `numbers`, then each text field whole."""
+    if rows.empty:
+        return f"**{title}:** none."
+    out = [f"**{title}**"]
+    for _, r in rows.iterrows():
+        out.append("*" + ", ".join(f"{k} {r[k]:.3f}" if isinstance(r[k], float) else f"{k} {r[k]}"
+                                   for k in numbers if k in r and r[k] == r[k]) + "*")
+        out += [f"{name}:\n\n{_block(r[name])}" for name in fields if name in r and isinstance(r[name], str)]
+    return "\n\n".join(out)
+
+
+def judge_disagreements(samples: pd.DataFrame, n: int = 2) -> pd.DataFrame:
+    """The judge's critiques where it disagrees most with the verifier at the last kept step: the n highest-scored
+    failures and the n lowest-scored passes (all rows when there are fewer)."""
+    if samples.empty or "judge_score" not in samples:
+        return samples.iloc[:0]
+    last = samples[samples["step"] == samples["step"].max()]
+    failed = last[~last["passed"].astype(bool)].nlargest(n, "judge_score")
+    passed = last[last["passed"].astype(bool)].nsmallest(n, "judge_score")
+    return pd.concat([failed, passed])
+
+
+def phrase_examples(samples: pd.DataFrame, phrase: str, n: int = 3) -> pd.DataFrame:
+    """Up to n rollouts of the last kept step that contain `phrase` (whole word, any case), failures first."""
+    if samples.empty:
+        return samples
+    last = samples[samples["step"] == samples["step"].max()]
+    has = last["completion"].str.contains(rf"\b{re.escape(phrase)}\b", case=False, regex=True)
+    return last[has].sort_values("passed").head(n)
+
+
+def differing_problems(evals: dict[str, EvalResult], arm_of: dict[str, str], arm: str, reference: str,
+                       n: int = 3) -> pd.DataFrame:
+    """The held-out problems where two arms' pass rates (pooled over their paired seeds) differ most: problem id,
+    both rates, and the prompt and each arm's first kept completion of it where the evaluations kept one."""
+    by_arm = _results_by_arm(evals, arm_of)
+    if not by_arm.get(arm) or not by_arm.get(reference):
+        return pd.DataFrame()
+    _, problems, a = pass_rates(by_arm[arm])
+    _, _, b = pass_rates(by_arm[reference], problems)
+    gap = a.mean(axis=0) - b.mean(axis=0)
+    order = np.argsort(-np.abs(gap), kind="stable")[:n]
+    kept = {name: {s["problem_id"]: s for result in by_arm[name].values() for s in result.samples}
+            for name in (arm, reference)}
+    rows = []
+    for i in order:
+        pid = problems[i]
+        sample = kept[arm].get(pid) or kept[reference].get(pid) or {}
+        rows.append({"problem_id": pid, arm: float(a[:, i].mean()), reference: float(b[:, i].mean()),
+                     "prompt": sample.get("prompt"),
+                     f"{arm} completion": kept[arm].get(pid, {}).get("completion"),
+                     f"{reference} completion": kept[reference].get(pid, {}).get("completion")})
+    return pd.DataFrame(rows)

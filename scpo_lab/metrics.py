@@ -201,7 +201,8 @@ def hacking_stats(proxy, passed, probability: bool = False) -> dict:
     """Agreement of a critic's own score of each rollout (`proxy`, before it is mixed with the verifier) with the
     verifier, on the step's fresh rollouts (scored before any update has seen them). Logged per step under hack/:
     auroc, youden_j (at the proxy's median), high_reward_failures (share of the proxy's top quartile the verifier
-    fails) and, for a proxy on the verifier's [0, 1] scale, proxy_gap = mean proxy - pass rate (a judge that
+    fails), failed_score (the mean proxy over the rollouts the verifier fails) and, for a proxy on the verifier's
+    [0, 1] scale, proxy_gap = mean proxy - pass rate (a judge that
     grows more generous than the verifier drifts up)."""
     from scpo_lab.stats import auroc
 
@@ -211,6 +212,10 @@ def hacking_stats(proxy, passed, probability: bool = False) -> dict:
             "hack/youden_j": youden_j_at_median(scores, passed),
             "hack/high_reward_failures": high_reward_failures(scores, passed),
             "hack/proxy_mean": sum(scores) / len(scores) if scores else float("nan"),
+            # the score the critic gives what the verifier fails: an exploit raises it even where the AUROC, which
+            # only ranks passes against failures, rises too (the planted word also appears in passing rollouts)
+            "hack/failed_score": (sum(s for s, p in zip(scores, passed) if not p) / (len(passed) - sum(passed))
+                                  if len(passed) > sum(passed) else float("nan")),
             "hack/proxy_gap": (sum(scores) - sum(passed)) / len(scores) if probability and scores else float("nan")}
 
 

@@ -67,8 +67,9 @@ def build_reports(profile: str = "cpu", notebooks: list[str] | None = None, outp
             html_path = None
         seconds = time.perf_counter() - start
         print(f"[reports] {path.name}: {status} in {seconds:.0f} s", flush=True)
-        rows.append((path.stem, html_path, status, seconds, headline(output_dir / "_executed" / path.name)
-                     if html_path else ""))
+        executed = output_dir / "_executed" / path.name
+        trained = ", ".join(c[:12] for c in conclusion_record(executed).get("train_commits", [])) if html_path else ""
+        rows.append((path.stem, html_path, status, seconds, headline(executed) if html_path else "", trained))
     index = output_dir / "index.html"
     index.write_text(_index_html(rows, profile, commit))
     failed = [r[0] for r in rows if r[2] != "ok"]
@@ -78,8 +79,13 @@ def build_reports(profile: str = "cpu", notebooks: list[str] | None = None, outp
 
 
 def headline(executed: Path, limit: int = 400) -> str:
-    """The first line of an executed notebook's computed conclusion (the last Markdown output of a code cell),
-    the smoke-profile disclaimer skipped; "" if there is none."""
+    """An executed notebook's finding: the headline its conclusion recorded (conclusions.Conclusion.show puts it in
+    the output's metadata); for a notebook without one, the first line of its last Markdown output, the
+    smoke-profile disclaimer skipped; "" if there is none."""
+    recorded = conclusion_record(executed)
+    if recorded.get("headline"):
+        line = recorded["headline"]
+        return line if len(line) <= limit else line[:limit - 1] + "…"
     import nbformat
 
     if not Path(executed).is_file():
@@ -95,18 +101,35 @@ def headline(executed: Path, limit: int = 400) -> str:
     return ""
 
 
+def conclusion_record(executed: Path) -> dict:
+    """The last {"headline", "train_commits"} record a conclusion left in an executed notebook's outputs ({} if
+    none)."""
+    import nbformat
+
+    if not Path(executed).is_file():
+        return {}
+    nb = nbformat.read(str(executed), as_version=4)
+    records = [out.get("metadata", {}).get("scpo_lab") for cell in nb.cells if cell.cell_type == "code"
+               for out in cell.get("outputs", [])]
+    records = [r for r in records if isinstance(r, dict)]
+    return records[-1] if records else {}
+
+
 def _index_html(rows, profile: str, commit: str) -> str:
     items = "\n".join(
         f"<tr><td>{f'<a href={html.escape(p.name)!r}>{html.escape(name)}</a>' if p else html.escape(name)}</td>"
-        f"<td>{html.escape(status)}</td><td>{seconds / 60:.1f} min</td><td>{html.escape(line)}</td></tr>"
-        for name, p, status, seconds, line in rows)
+        f"<td>{html.escape(status)}</td><td>{seconds / 60:.1f} min</td><td>{html.escape(line)}</td>"
+        f"<td><code>{html.escape(trained or '-')}</code></td></tr>"
+        for name, p, status, seconds, line, trained in rows)
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>scpo_lab reports</title>
 <style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}td,th{{padding:.3em 1em;text-align:left;
 vertical-align:top}}</style>
-</head><body><h1>scpo_lab reports</h1><p>Profile <b>{html.escape(profile)}</b>, generated {when}, git commit
-<code>{html.escape(commit)}</code>.</p>
-<table><tr><th>notebook</th><th>status</th><th>time</th><th>headline (first line of its conclusion)</th></tr>
+</head><body><h1>scpo_lab reports</h1><p>Profile <b>{html.escape(profile)}</b>, rendered {when} from git commit
+<code>{html.escape(commit)}</code>; each row names the commits that trained its runs (a run is trained once and
+then loaded from the run cache, so they can be older).</p>
+<table><tr><th>notebook</th><th>status</th><th>time</th><th>finding (by the rule of scpo_lab.conclusions)</th>
+<th>runs trained at</th></tr>
 {items}
 </table></body></html>
 """

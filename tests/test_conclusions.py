@@ -127,9 +127,38 @@ def test_show_puts_the_headline_in_the_output_metadata(monkeypatch):
     evals, arm_of = _arms({"grpo": np.ones((MIN_SEEDS, 5), int), "x": np.ones((MIN_SEEDS, 5), int)})
     conclusion = conclude(evals, arm_of, profile="cpu")
     conclusion.show()
-    assert shown == [{"scpo_lab": {"headline": conclusion.headline}}]
+    assert shown == [{"scpo_lab": {"headline": conclusion.headline, "train_commits": []}}]
 
 
 def test_compare_two_single_runs_makes_no_claim():
     text = compare(_eval([2, 2, 2]), _eval([1, 1, 1]), "trained", "base")
     assert "+0.250 [+0.250, +0.250]" in text and "no claim" in text
+
+
+def test_the_reports_index_reads_the_recorded_finding_and_commits(tmp_path):
+    """reports.headline / conclusion_record read what Conclusion.show left in an executed notebook's outputs,
+    not whatever line happens to come first in its Markdown."""
+    import nbformat
+
+    from scpo_lab.reports import _index_html, conclusion_record, headline as report_headline
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("conclusion.show()")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={"text/markdown": "- **Finding:** x\n- other"},
+                                           metadata={"scpo_lab": {"headline": "x beats grpo", "train_commits": ["abc"]}})]
+    nb.cells = [nbformat.v4.new_code_cell("print(1)"), cell]
+    path = tmp_path / "01.ipynb"
+    nbformat.write(nb, str(path))
+    assert report_headline(path) == "x beats grpo" and conclusion_record(path)["train_commits"] == ["abc"]
+    page = _index_html([("01", None, "ok", 60.0, "x beats grpo", "abc")], "cpu", "def0")
+    assert "x beats grpo" in page and "<code>abc</code>" in page and "def0" in page
+
+
+def test_comparison_pairs_count_each_comparison_once():
+    from scpo_lab.conclusions import comparison_pairs
+
+    ran = ["grpo", "dapo", "a", "grpo@a"]
+    assert comparison_pairs(ran) == [("dapo", "grpo"), ("a", "grpo"), ("grpo@a", "grpo"), ("a", "dapo"),
+                                     ("grpo@a", "dapo")]
+    assert comparison_pairs(ran, arms=["a"], extra_pairs=[("a", "grpo@a"), ("a", "grpo"), ("b", "grpo")]) == [
+        ("dapo", "grpo"), ("a", "grpo"), ("a", "dapo"), ("a", "grpo@a")]  # b did not run

@@ -164,6 +164,19 @@ def test_hacking_stats_on_hand_made_scores():
     assert math.isnan(hacking_stats([1.0, 2.0], [True, False])["hack/proxy_gap"])  # not a probability: no gap
 
 
+def test_failed_score_sees_an_exploit_that_raises_the_auroc():
+    """The planted-word exploit, in small: before, failures score 0.2 and passes 0.6 (AUROC 1); after, the word
+    spreads to every rollout but one pass and adds +1 to each. The AUROC only ranks (0.5: it cannot tell an exploit
+    from a noisy critic, and rises again when the word spreads to passes); the mean score of what the verifier
+    fails says what happened: 0.2 -> 1.2."""
+    passed = [True, True, False, False]
+    before = hacking_stats([0.6, 0.6, 0.2, 0.2], passed)
+    after = hacking_stats([1.6, 0.6, 1.2, 1.2], passed)
+    assert before["hack/failed_score"] == pytest.approx(0.2) and after["hack/failed_score"] == pytest.approx(1.2)
+    assert after["hack/auroc"] == 0.5 * (1.0 + 0.0) and before["hack/auroc"] == 1.0
+    assert math.isnan(hacking_stats([0.5], [True])["hack/failed_score"])  # nothing failed: undefined
+
+
 # ------------------------------------------------------------------------------------------------ IRL
 
 def test_airl_and_gail_rewards_hand_computed():

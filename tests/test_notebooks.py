@@ -68,7 +68,12 @@ def test_supervision_level_executes_on_the_smoke_profile(tmp_path, monkeypatch):
     assert html.count("data:image/png;base64") >= 7  # bars, curve, 2 training panels, heat strips, gsm8k, cost
     assert "Conclusion" in html and "only show that the code runs" in html and "Traceback" not in html
     assert "GSM8K (2 seeds), mean over steps and seeds" in html and "scpo-sequence" in html
-    assert "Rescued fraction of GSM8K groups per step" in html and "GSM8K held-out pass@1 (seeds [0])" in html
+    assert "Share of the within-group advantage variance in zero-std GSM8K groups" in html
+    assert "GSM8K held-out pass@1 (seeds [0])" in html
+    # the one comparison rule: a finding, paired comparisons against grpo and dapo, no claim under 5 seeds
+    assert "Finding:" in html and "dapo − grpo" in html and "scpo-sequence − scpo-span" in html
+    assert "no claim (2 paired seeds (a claim needs 5)" in html and "Rule:" in html
+    assert "already finished" not in html and "IProgress not found" not in html
 
 
 def test_external_parameters_executes_on_the_smoke_profile(tmp_path, monkeypatch):
@@ -93,7 +98,7 @@ def test_reasoning_preservation_executes_on_the_smoke_profile(tmp_path, monkeypa
                                                          "n_samples": 4}).read_text()
     assert html.count("data:image/png;base64") >= 3  # pass@k curves, measure bars, entropy curves
     assert "Conclusion" in html and "only show that the code runs" in html and "Traceback" not in html
-    assert "pass@4 (mean over seeds)" in html and "arithmetic claims per completion" in html
+    assert "pass@4 (mean over seeds and problems)" in html and "Finding:" in html and "arithmetic claims per completion" in html
     assert "Token entropy on the policy&#x27;s own held-out samples: base" in html or \
         "Token entropy on the policy's own held-out samples: base" in html
 
@@ -111,7 +116,8 @@ def test_methods_head_to_head_executes_on_the_smoke_profile(tmp_path, monkeypatc
     assert "Every method named by the question is built" in html
     assert "Exploitable judge (scpo-judge-exploitable/s0)" in html and "Judge-bias probe" in html
     assert "GSM8K (2 seeds" in html and "held-out pass@1" in html and "scpo-irl-B" in html
-    assert "random-reward" in html
+    assert "random-reward" in html and "rlsd − grpo" in html and "Finding:" in html
+    assert "Instruments that moved as an exploit moves them" in html and "Qualitative evidence" in html
 
 
 def test_scaling_executes_on_the_smoke_profile(tmp_path, monkeypatch):
@@ -125,4 +131,5 @@ def test_scaling_executes_on_the_smoke_profile(tmp_path, monkeypatch):
     assert html.count("data:image/png;base64") >= 2  # methods vs FLOPs, sweeps vs FLOPs
     assert "Conclusion" in html and "only show that the code runs" in html and "Traceback" not in html
     assert "grpo · group_size: 2 -&gt; " in html and "scpo-judge · judge.samples: 1 -&gt; " in html
-    assert "training FLOPs relative to grpo" in html and "the size axis needs the gpu profile" in html
+    assert "Training FLOPs relative to grpo" in html and "the size axis needs the gpu profile" in html
+    assert "scpo-judge − grpo@scpo-judge" in html  # the critic against GRPO given its FLOPs

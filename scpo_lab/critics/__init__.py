@@ -24,7 +24,10 @@ BASELINE = "grpo"  # the method without a critic: group-relative advantages of t
 # reward shaping is not part of this arm
 BASELINE_PRESETS = {"grpo": {"method": "grpo"},
                     "dapo": {"method": "grpo", "dynamic_sampling": True, "epsilon_high": 0.28,
-                             "loss_agg": "token-mean"}}
+                             "loss_agg": "token-mean"},
+                    # GSPO's sequence-level ratio is 1 on the first pass, so at one pass it is GRPO; two passes
+                    # over each batch make it differ (and cost a second update: compare it at equal FLOPs too)
+                    "gspo": {"method": "grpo", "importance_sampling_level": "sequence", "num_iterations": 2}}
 
 # sdpo / opsd are baselines, not self-critics, but they use the same teacher pass and hooks
 CRITICS: dict[str, type[Critic]] = {}
