@@ -215,8 +215,8 @@ def hacking_summary(metrics: pd.DataFrame, evals: dict[str, EvalResult], arm_of:
         row = {"arm": arm_of.get(label, label), "pass@1": result.pass_at_1, "mean_length": result.mean_length,
                "leakage_rate": result.reasoning.get("leakage_rate", float("nan")),
                "repeated_3gram_rate": result.reasoning.get("repeated_3gram_rate", float("nan"))}
-        if runs is not None and label in runs:
-            samples = runs[label].samples()
+        samples = runs[label].samples() if runs is not None and label in runs else pd.DataFrame()
+        if not samples.empty:  # (dynamic sampling that found no informative group keeps no rollouts)
             last = samples[samples["step"] == samples["step"].max()]
             at_last = (metrics["label"] == label) & (metrics["step"] == last["step"].max())
             row["train_length"] = float(metrics.loc[at_last, "completions/mean_length"].mean())
