@@ -297,7 +297,8 @@ def paired_comparisons(evals: dict[str, EvalResult], arm_of: dict[str, str], ref
     for arm, ref in pairs:
         for name in (arm, ref):
             if not by_arm.get(name):
-                raise ValueError(f"pairs: no evaluations for arm {name!r}; available: {', '.join(a for a in by_arm if by_arm[a])}")
+                available = ", ".join(a for a in by_arm if by_arm[a])
+                raise ValueError(f"pairs: no evaluations for arm {name!r}; available: {available}")
         interval, agree, seeds = paired_difference(by_arm[arm], by_arm[ref])
         rows.append({"arm": arm, "reference": ref, "seeds": seeds, "problems": interval.problems,
                      "difference": interval.value, "ci_low": interval.low, "ci_high": interval.high, "p": interval.p,
@@ -362,7 +363,8 @@ def headline(comparisons: pd.DataFrame) -> str:
         return (f"No claim: at most {int(comparisons['seeds'].max())} paired seeds per comparison (the rule needs "
                 f"{MIN_SEEDS}).")
     refs = ", ".join(dict.fromkeys(comparisons["reference"]))
-    few = "" if seeds >= MIN_SEEDS else f"; {int((comparisons['seeds'] < MIN_SEEDS).sum())} with too few seeds make no claim"
+    short = int((comparisons["seeds"] < MIN_SEEDS).sum())
+    few = "" if seeds >= MIN_SEEDS else f"; {short} with too few seeds make no claim"
     return (f"No arm is separated from {refs}: no paired difference is beyond chance after Holm's correction over "
             f"{eligible} comparisons with >= {MIN_SEEDS} seeds{few}.")
 
@@ -626,9 +628,10 @@ def exploit_lines(metrics: pd.DataFrame, phrase_rates: pd.DataFrame, planted: st
                 continue
             before, after = first[col].mean(), second[col].mean()
             (caught if (after - before) * sign > 0 else missed).append(f"{name} {before:.2f} -> {after:.2f}")
-        lines.append(f"Exploitable judge ({label}): share of training rollouts with {planted!r} at each kept step: {shares}. "
-                     f"Instruments that moved as an exploit moves them (first vs second half of training): "
-                     f"{', '.join(caught) or 'none'}; that did not, i.e. missed it here: {', '.join(missed) or 'none'}; "
+        lines.append(f"Exploitable judge ({label}): share of training rollouts with {planted!r} at each kept "
+                     f"step: {shares}. Instruments that moved as an exploit moves them (first vs second half of "
+                     f"training): {', '.join(caught) or 'none'}; that did not, i.e. missed it here: "
+                     f"{', '.join(missed) or 'none'}; "
                      f"verifier pass rate {first['pass_rate'].mean():.2f} -> {second['pass_rate'].mean():.2f}.")
     for label, rates in phrase_rates[~phrase_rates["label"].isin(set(metrics["label"]))].groupby("label", sort=False):
         rates = rates.sort_values("step")  # the fair judge beside it: the word's share without the bonus

@@ -1,6 +1,7 @@
-"""What every notebook does: train (or load) runs and evaluate them and the base model with caching (the tables
-and conclusions drawn from them are in conclusions.py). Evaluations are stored next to the run (eval.json) or, for the base model, in
-<runs_dir>/base-evals/, keyed by what determines them, so a notebook rerun recomputes nothing that finished.
+"""What every notebook does: train (or load) runs, and evaluate them and the base model, with caching (the tables
+and conclusions drawn from them are in conclusions.py). Evaluations are stored next to the run (eval.json) or, for
+the base model, in <runs_dir>/base-evals/, keyed by what determines them, so a notebook rerun recomputes nothing
+that finished.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from pathlib import Path
 import pandas as pd
 
 from scpo_lab import critics
+from scpo_lab.conclusions import compute_summary
 from scpo_lab.config import (TrainConfig, collapse_eval, collapse_sizes, comparison_settings, eval_settings,
                              make_config)
 from scpo_lab.evaluation import EvalResult, evaluate
 from scpo_lab.runs import config_hash, default_runs_dir
-from scpo_lab.conclusions import compute_summary
 from scpo_lab.tasks import get_task
 from scpo_lab.trainer import Run, policy_for, train
 
