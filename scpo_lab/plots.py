@@ -289,7 +289,7 @@ def pass_at_1_vs_tokens(curve: pd.DataFrame, hue: str = "arm", base: float | Non
 
 def pass_at_1_vs_flops(summary: pd.DataFrame, hue: str | None = None, base: float | None = None,
                        title: str = "held-out pass@1 vs training compute (bars: 95% interval)"):
-    """Points from experiment.compute_summary: x = total training FLOPs (log scale), y = pass@1 with its interval.
+    """Points from conclusions.compute_summary: x = total training FLOPs (log scale), y = pass@1 with its interval.
     Without `hue` each point is a group (an arm), named by its colour and marker in the legend: no text on the
     points, which overlaps where arms spent similar compute. With `hue` (a column such as the swept axis) the
     points of one hue value share a marker and a colour (their arm's, from an `arm` column if there is one), are
@@ -461,7 +461,7 @@ def cost_bars(costs: pd.DataFrame, title: str = "what each method adds to a GRPO
 
 
 def pass_at_k_by_arm(table: pd.DataFrame, title: str = "pass@k (mean over seeds, 95% t-interval; base: bootstrap)"):
-    """pass@k against k (log2 axis), one line per arm with its interval band (experiment.arm_pass_at_k); with two
+    """pass@k against k (log2 axis), one line per arm with its interval band (conclusions.arm_pass_at_k); with two
     values of k or fewer, points with whiskers."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
     colours = arm_colours(table["arm"].unique())
@@ -477,7 +477,7 @@ def pass_at_k_by_arm(table: pd.DataFrame, title: str = "pass@k (mean over seeds,
 
 
 def metric_bars(table: pd.DataFrame, metrics: list[str], label: str = "arm"):
-    """One small panel per metric, one horizontal bar per row of `table` (e.g. experiment.reasoning_summary):
+    """One small panel per metric, one horizontal bar per row of `table` (e.g. conclusions.reasoning_summary):
     the rows' names are read once, down the left, however many there are; a missing value is written "n/a"
     rather than drawn as a bar of 0."""
     names = [str(v) for v in table[label]]
