@@ -246,10 +246,22 @@ def phrase_rate_by_step(run: Run, phrase: str) -> pd.DataFrame:
 # The comparison rule
 # ------------------------------------------------------------------------------------------------------------------
 
-def paired_difference(a: dict[str, EvalResult], b: dict[str, EvalResult], n_boot: int = N_BOOT):
+@dataclass(frozen=True)
+class Paired:
+    """A paired difference (paired_difference): its bootstrap interval, how many of the paired seeds' own mean
+    differences share its sign, and each side's passing samples over those seeds."""
+
+    interval: object  # stats.Interval
+    seeds_agree: int
+    seeds: int
+    passes: int
+    reference_passes: int
+
+
+def paired_difference(a: dict[str, EvalResult], b: dict[str, EvalResult], n_boot: int = N_BOOT) -> Paired:
     """pass@1 of arm a minus arm b, paired: the seeds both have (same training seed: same prompts per step) and the
     problems both were evaluated on (same sampling seed), as a seeds x problems table of differences in per-problem
-    pass rates, bootstrapped (stats.seeds_by_problems_bootstrap). -> (Interval, seeds agreeing in sign, seeds)."""
+    pass rates, bootstrapped (stats.seeds_by_problems_bootstrap)."""
     seeds_a, problems, table_a = pass_rates(a)
     seeds_b, _, table_b = pass_rates(b, problems)
     if _evaluation_of(next(iter(a.values()))) != _evaluation_of(next(iter(b.values()))):
@@ -260,8 +272,9 @@ def paired_difference(a: dict[str, EvalResult], b: dict[str, EvalResult], n_boot
     diff = np.stack([table_a[seeds_a.index(s)] - table_b[seeds_b.index(s)] for s in shared])
     interval = seeds_by_problems_bootstrap(diff, n_boot=n_boot)
     per_seed = diff.mean(axis=1)
-    agree = int((np.sign(per_seed) == np.sign(interval.value)).sum()) if interval.value != 0 else 0
-    return interval, agree, len(shared)
+    agree = int((np.sign(per_seed) == np.sign(interval.value)).sum())
+    paired = lambda results: {k: v for k, v in results.items() if seed_of(k) in shared}  # noqa: E731
+    return Paired(interval, agree, len(shared), _passes(paired(a)), _passes(paired(b)))
 
 
 def comparison_pairs(ran: list[str], references=("grpo", "dapo"), arms: list[str] | None = None,
@@ -269,18 +282,24 @@ def comparison_pairs(ran: list[str], references=("grpo", "dapo"), arms: list[str
     """(arm, reference) for every arm that ran (or those in `arms`) against every reference that ran, then the
     `extra_pairs` whose two arms ran; a pair and its reverse are one comparison (dapo vs grpo once)."""
     compared = [a for a in ran if arms is None or a in arms or a in references]
-    pairs: list[tuple[str, str]] = []
-    for arm, ref in [(a, r) for r in references if r in ran for a in compared if a != r] + list(extra_pairs):
-        if {arm, ref} <= set(ran) and (arm, ref) not in pairs and (ref, arm) not in pairs:
-            pairs.append((arm, ref))
-    return pairs
+    pairs = [(a, r) for r in references if r in ran for a in compared] + list(extra_pairs)
+    return _distinct_pairs([pair for pair in pairs if set(pair) <= set(ran)])
+
+
+def _distinct_pairs(pairs) -> list[tuple[str, str]]:
+    """Each comparison once: no arm against itself, a pair and its reverse count once (dapo vs grpo)."""
+    out: list[tuple[str, str]] = []
+    for arm, ref in pairs:
+        if arm != ref and (arm, ref) not in out and (ref, arm) not in out:
+            out.append((arm, ref))
+    return out
 
 
 def verdict(diff: float, p_holm: float, seeds: int) -> str:
     """The rule (module docstring): 'better', 'worse', 'not separated', or 'no claim' (under MIN_SEEDS seeds)."""
     if seeds < MIN_SEEDS:
         return "no claim"
-    if p_holm < ALPHA:
+    if p_holm < ALPHA and diff != 0:
         return "better" if diff > 0 else "worse"
     return "not separated"
 
@@ -294,15 +313,17 @@ def paired_comparisons(evals: dict[str, EvalResult], arm_of: dict[str, str], ref
     if pairs is None:
         pairs = comparison_pairs([a for a in by_arm if by_arm[a]], references)
     rows = []
-    for arm, ref in pairs:
+    for arm, ref in _distinct_pairs(pairs):
         for name in (arm, ref):
             if not by_arm.get(name):
                 available = ", ".join(a for a in by_arm if by_arm[a])
                 raise ValueError(f"pairs: no evaluations for arm {name!r}; available: {available}")
-        interval, agree, seeds = paired_difference(by_arm[arm], by_arm[ref])
-        rows.append({"arm": arm, "reference": ref, "seeds": seeds, "problems": interval.problems,
+        paired = paired_difference(by_arm[arm], by_arm[ref])
+        interval = paired.interval
+        rows.append({"arm": arm, "reference": ref, "seeds": paired.seeds, "problems": interval.problems,
                      "difference": interval.value, "ci_low": interval.low, "ci_high": interval.high, "p": interval.p,
-                     "seeds_agree": agree, "passes": _passes(by_arm[arm]), "reference_passes": _passes(by_arm[ref])})
+                     "seeds_agree": paired.seeds_agree, "passes": paired.passes,
+                     "reference_passes": paired.reference_passes})
     table = pd.DataFrame(rows, columns=["arm", "reference", "seeds", "problems", "difference", "ci_low", "ci_high", "p",
                                         "seeds_agree", "passes", "reference_passes"])
     eligible = table["seeds"] >= MIN_SEEDS
@@ -319,7 +340,7 @@ def _caveats(row) -> str:
     out = []
     if row.seeds < MIN_SEEDS:
         out.append(f"{row.seeds} paired seed{'s' if row.seeds != 1 else ''} (a claim needs {MIN_SEEDS})")
-    elif row.seeds_agree < row.seeds:
+    elif row.seeds_agree < row.seeds and row.difference != 0:
         out.append(f"{row.seeds_agree} of {row.seeds} seeds agree in sign")
     if min(row.passes, row.reference_passes) < FEW_PASSES:
         out.append(f"few passes ({min(row.passes, row.reference_passes)} on one side)")
@@ -328,9 +349,13 @@ def _caveats(row) -> str:
 
 def comparison_sentence(row) -> str:
     """One comparison in words, with its numbers and caveats."""
-    holm_text = f", Holm {row.p_holm:.3f} over {row.comparisons}" if row.p_holm == row.p_holm else ""
+    def p_text(p):  # the bootstrap's resolution is 1 / (N_BOOT + 1): never print 0.000
+        return "n/a" if p != p else "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+    holm_text = f", Holm {p_text(row.p_holm)} over {row.comparisons}" if row.p_holm == row.p_holm else ""
     text = (f"{row.arm} − {row.reference}: {row.difference:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}] over "
-            f"{row.seeds} seeds x {row.problems} problems (p = {row.p:.3f}{holm_text}): ")
+            f"{row.seeds} seeds x {row.problems} problems (p {'' if p_text(row.p)[0] in '<n' else '= '}"
+            f"{p_text(row.p)}{holm_text}): ")
     text += {"better": f"{row.arm} beats {row.reference}", "worse": f"{row.arm} is below {row.reference}",
              "not separated": "not separated", "no claim": "no claim"}[row.verdict]
     return text + (f" ({row.caveats})." if row.caveats else ".")
@@ -358,7 +383,9 @@ def headline(comparisons: pd.DataFrame) -> str:
             found.append(f"{r.arm} {words} {r.reference} ({r.difference:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}])")
     eligible = int((comparisons["seeds"] >= MIN_SEEDS).sum())
     if found:
-        return "; ".join(found) + f" (Holm over {eligible} paired comparisons, >= {MIN_SEEDS} seeds)."
+        rest = len(comparisons) - len(found)
+        return ("; ".join(found) + f" (Holm over {eligible} paired comparisons, >= {MIN_SEEDS} seeds)"
+                + (f"; the other {rest} comparisons are not separated or make no claim." if rest else "."))
     if eligible == 0:
         return (f"No claim: at most {int(comparisons['seeds'].max())} paired seeds per comparison (the rule needs "
                 f"{MIN_SEEDS}).")
@@ -424,7 +451,7 @@ def conclude(evals: dict[str, EvalResult], arm_of: dict[str, str], *, profile: s
 def compare(a: EvalResult, b: EvalResult, name_a: str, name_b: str) -> str:
     """One sentence on two single evaluations of the same problems (e.g. a run against the base model): their
     paired difference with its bootstrap interval over problems. One run on a side: no claim, by the rule."""
-    interval, _, _ = paired_difference({f"{name_a}/s0": a}, {f"{name_b}/s0": b})
+    interval = paired_difference({f"{name_a}/s0": a}, {f"{name_b}/s0": b}).interval
     return (f"{name_a} pass@1 {a.pass_at_1:.3f} vs {name_b} {b.pass_at_1:.3f}: paired difference "
             f"{interval.value:+.3f} [{interval.low:+.3f}, {interval.high:+.3f}] over {interval.problems} problems "
             f"(p = {interval.p:.3f}); one run each, so by the lab's rule (>= {MIN_SEEDS} seeds) no claim.")
