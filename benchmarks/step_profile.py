@@ -150,6 +150,21 @@ def run_in_subprocess(method: str, args, runs_dir: str, precision: str = "fp32")
     return run_child(__file__, method, cmd, MARKER)
 
 
+def print_markdown(results: list[dict]) -> None:
+    """The same numbers as a Markdown table (for benchmarks/README.md)."""
+    grpo = next((r["seconds"] for r in results if r.get("base_method", r["method"]) == "grpo"), None)
+    print("\n| method | generation s | teacher s | update s | step s | added vs grpo (teacher / whole step) | "
+          "tokens/step | extra parameters | peak RSS |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        sec = r["seconds"]
+        added = "-" if grpo is None or r["method"] == "grpo" else (
+            f"{100 * sec['teacher'] / grpo['step']:+.0f} % / {100 * (sec['step'] / grpo['step'] - 1):+.0f} %")
+        print(f"| {r['method']} | {sec['generation']:.2f} | {sec['teacher']:.2f} | {sec['update']:.2f} | "
+              f"{sec['step']:.2f} | {added} | {r['tokens_per_step']:,.0f} | {r.get('extra_params', 0):,} | "
+              f"{r['peak_rss_mib']:,.0f} MiB |")
+
+
 def print_table(results: list[dict]) -> None:
     r0 = results[0]
     print(f"\nmodel {r0['model']}, {r0['prompts_per_step']} prompts x {r0['group_size']} rollouts, "
@@ -253,6 +268,7 @@ def main(argv=None) -> int:
     parser.add_argument("--save", default=None,
                         help="a JSONL file: each method's result is appended as it finishes, and methods already in "
                              "it are not run again (a killed profile resumes; the table covers the whole file)")
+    parser.add_argument("--markdown", action="store_true", help="also print the table in Markdown")
     parser.add_argument("--runs-dir", default=None,
                         help="where run folders go (a fresh sub-folder per method; default: a temp dir, deleted)")
     args = parser.parse_args(argv)
@@ -289,6 +305,8 @@ def main(argv=None) -> int:
             return 1
         print_table(results)
         print_targets(results)
+        if args.markdown:
+            print_markdown(results)
         return 0 if len(results) == len(jobs) else 1
 
 
