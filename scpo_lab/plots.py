@@ -100,6 +100,14 @@ def _series(ax, x, y, colour, label, low=None, high=None, marker=None, dodge: fl
                     capsize=3, markersize=5)
 
 
+def _dodges(names, x_values, points: bool) -> dict:
+    """name -> its x shift when `points` (series of two x values or fewer, drawn as points): the names side by
+    side around each x, 0.3 of the x range (or of 1) shared among them; 0 for every name when drawn as lines."""
+    names = list(names)
+    span = 0.3 / max(1, len(names)) * (float(np.max(x_values) - np.min(x_values)) or 1.0)
+    return {name: span * (i - (len(names) - 1) / 2) if points else 0.0 for i, name in enumerate(names)}
+
+
 def _renderer(fig):
     """The figure's renderer (Agg and the notebook's inline backend have one); None elsewhere."""
     get = getattr(fig.canvas, "get_renderer", None)
@@ -183,7 +191,7 @@ def training_curves(df: pd.DataFrame, metrics=("pass_rate", "frac_reward_zero_st
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False)
     colours = arm_colours(sorted(df[hue].unique()))
     # two steps or fewer are drawn as points: side by side, a few hundredths of the step apart, not on each other
-    dodge = 0.3 / max(1, len(colours)) * (df[x].max() - df[x].min() or 1) if df[x].nunique() <= 2 else 0.0
+    dodge = _dodges(colours, df[x], df[x].nunique() <= 2)
     for ax, metric in zip(axes[0], metrics):
         for label, part in df.groupby(hue, sort=True):
             per_run = part.pivot_table(index=x, columns="run", values=metric)
@@ -193,7 +201,7 @@ def training_curves(df: pd.DataFrame, metrics=("pass_rate", "frac_reward_zero_st
             several = per_run.shape[1] > 1
             _series(ax, mean.index, mean.values, colours[str(label)], f"{label} (n={per_run.shape[1]})",
                     per_run.min(axis=1) if several else None, per_run.max(axis=1) if several else None,
-                    dodge=dodge * (list(colours).index(str(label)) - (len(colours) - 1) / 2))
+                    dodge=dodge[str(label)])
         ax.set_xlabel(x.replace("_", " "))
         ax.set_ylabel(LABELS.get(metric, metric))
         if x == "step":
@@ -269,13 +277,13 @@ def pass_at_1_vs_tokens(curve: pd.DataFrame, hue: str = "arm", base: float | Non
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     colours = arm_colours(sorted(curve[hue].unique()))
     dodged = curve["step"].nunique() <= 2  # points of one checkpoint side by side, not on each other
-    spread = 0.3 / max(1, len(colours)) * (curve["generated_tokens"].max() - curve["generated_tokens"].min() or 1)
-    for i, (label, part) in enumerate(curve.groupby(hue, sort=True)):
+    dodge = _dodges(colours, curve["generated_tokens"], dodged)
+    for label, part in curve.groupby(hue, sort=True):
         by_step = part.groupby("step").agg(tokens=("generated_tokens", "mean"), mean=("pass@1", "mean"),
                                            low=("pass@1", "min"), high=("pass@1", "max"), n=("pass@1", "size"))
         _series(ax, by_step["tokens"], by_step["mean"], colours[str(label)], f"{label} (n={int(by_step.n.max())})",
                 by_step["low"], by_step["high"], marker="o",
-                dodge=spread * (i - (len(colours) - 1) / 2) if dodged else 0.0)
+                dodge=dodge[str(label)])
     if base is not None:
         ax.axhline(base, color=BASE_COLOUR, linestyle="--", linewidth=1, label="base model")
     ax.set_xlabel("generated tokens (training)" + ("; a checkpoint's arms drawn side by side" if dodged else ""))

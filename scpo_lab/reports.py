@@ -67,9 +67,9 @@ def build_reports(profile: str = "cpu", notebooks: list[str] | None = None, outp
             html_path = None
         seconds = time.perf_counter() - start
         print(f"[reports] {path.name}: {status} in {seconds:.0f} s", flush=True)
-        executed = output_dir / "_executed" / path.name
-        trained = ", ".join(c[:12] for c in conclusion_record(executed).get("train_commits", [])) if html_path else ""
-        rows.append((path.stem, html_path, status, seconds, headline(executed) if html_path else "", trained))
+        executed = _read_executed(output_dir / "_executed" / path.name) if html_path else None
+        trained = ", ".join(c[:12] for c in conclusion_record(executed).get("train_commits", []))
+        rows.append((path.stem, html_path, status, seconds, headline(executed), trained))
     index = output_dir / "index.html"
     index.write_text(_index_html(rows, profile, commit))
     failed = [r[0] for r in rows if r[2] != "ok"]
@@ -78,19 +78,25 @@ def build_reports(profile: str = "cpu", notebooks: list[str] | None = None, outp
     return index
 
 
-def headline(executed: Path, limit: int = 400) -> str:
-    """An executed notebook's finding: the headline its conclusion recorded (conclusions.Conclusion.show puts it in
-    the output's metadata); for a notebook without one, the first line of its last Markdown output, the
-    smoke-profile disclaimer skipped; "" if there is none."""
-    recorded = conclusion_record(executed)
-    if recorded.get("headline"):
-        line = recorded["headline"]
-        return line if len(line) <= limit else line[:limit - 1] + "…"
+def _read_executed(executed):
+    """An executed notebook (a path, or one already read) -> its nbformat node; None when there is none."""
     import nbformat
 
-    if not Path(executed).is_file():
+    if executed is None or isinstance(executed, nbformat.NotebookNode):
+        return executed
+    return nbformat.read(str(executed), as_version=4) if Path(executed).is_file() else None
+
+
+def headline(executed, limit: int = 400) -> str:
+    """An executed notebook's finding (a path or the notebook read): the headline its conclusion recorded
+    (conclusions.Conclusion.show puts it in the output's metadata); for a notebook without one, the first line of
+    its last Markdown output, the smoke-profile disclaimer skipped; "" if there is none."""
+    nb = _read_executed(executed)
+    if nb is None:
         return ""
-    nb = nbformat.read(str(executed), as_version=4)
+    line = conclusion_record(nb).get("headline")
+    if line:
+        return line if len(line) <= limit else line[:limit - 1] + "…"
     texts = [out["data"]["text/markdown"] for cell in nb.cells if cell.cell_type == "code"
              for out in cell.get("outputs", []) if "text/markdown" in out.get("data", {})]
     for text in reversed(texts[-1:]):
@@ -101,14 +107,12 @@ def headline(executed: Path, limit: int = 400) -> str:
     return ""
 
 
-def conclusion_record(executed: Path) -> dict:
-    """The last {"headline", "train_commits"} record a conclusion left in an executed notebook's outputs ({} if
-    none)."""
-    import nbformat
-
-    if not Path(executed).is_file():
+def conclusion_record(executed) -> dict:
+    """The last {"headline", "train_commits"} record a conclusion left in an executed notebook's outputs (a path
+    or the notebook read; {} if none)."""
+    nb = _read_executed(executed)
+    if nb is None:
         return {}
-    nb = nbformat.read(str(executed), as_version=4)
     records = [out.get("metadata", {}).get("scpo_lab") for cell in nb.cells if cell.cell_type == "code"
                for out in cell.get("outputs", [])]
     records = [r for r in records if isinstance(r, dict)]
