@@ -32,21 +32,28 @@ log = logging.getLogger("scpo_lab")
 ARMS: dict[str, dict] = critics.arms()
 
 
-def arm_configs(profile: str, arms: list[str], seeds: list[int], sizes: dict | None = None,
+def arm_configs(profile: str, arms: list[str], seeds: list[int], sizes: dict | None = None, *,
+                screen_arms: list[str] = (), screen_seeds: list[int] = (0,),
                 **overrides) -> tuple[dict[str, TrainConfig], dict[str, str]]:
-    """({"arm/s<seed>": config}, {label: arm}) for every arm x seed: the profile, the comparison sizes (or
-    `sizes`), the arm's options (ARMS) and `overrides`."""
+    """({"arm/s<seed>": config}, {label: arm}) for every arm x seed, and every screen arm x screen seed: the
+    profile, the comparison sizes (or `sizes`), the arm's options (ARMS) and `overrides`.
+
+    screen_arms: arms trained on fewer seeds (default seed 0 only) to fit the report budget: a first look that the
+    comparison rule reports as "no claim" (it needs conclusions.MIN_SEEDS paired seeds); an arm in both lists
+    gets the `seeds`."""
     known = critics.arms()  # read now: critics registered after import add their arms
-    unknown = [a for a in arms if a not in known]
+    unknown = [a for a in [*arms, *screen_arms] if a not in known]
     if unknown:
-        raise ValueError(f"arms: unknown {unknown[0]!r}; known: {', '.join(known)}")
+        field = "arms" if unknown[0] in arms else "screen_arms"
+        raise ValueError(f"{field}: unknown {unknown[0]!r}; known: {', '.join(known)}")
     sizes = comparison_settings(profile)[0] if sizes is None else sizes
+    seeds_of = {**{arm: list(screen_seeds) for arm in screen_arms}, **{arm: list(seeds) for arm in arms}}
     configs, arm_of = {}, {}
-    for arm in arms:
+    for arm, arm_seeds in seeds_of.items():
         options = dict(known[arm])
         if profile == "smoke" and "value.critic_model" in options:
             options["value.critic_model"] = "tiny"
-        for seed in seeds:
+        for seed in arm_seeds:
             label = f"{arm}/s{seed}"
             configs[label] = make_config(profile, seed=seed, **{**sizes, **overrides}, **options)
             arm_of[label] = arm
@@ -333,13 +340,14 @@ class Experiment:
 
 def run_experiment(configs: dict[str, TrainConfig], profile: str, *, include_base: bool = True,
                    progress: bool = True, settings: dict | None = None, evaluate: bool = True,
-                   checkpoint_evals: bool = False) -> Experiment:
+                   checkpoint_evals: bool | list[int] = False) -> Experiment:
     """Train (or load) each config, evaluate the base model once and every final adapter on the same problems.
     One policy is loaded (lazily, only when something must be computed) and shared: each run resets its LoRA
     adapter before training, evaluation loads the run's adapter into it.
 
     settings: evaluation sizes (default: the profile's, sizes.EVAL_SETTINGS); evaluate=False trains only;
-    checkpoint_evals=True also evaluates every saved checkpoint (Experiment.curve: pass@1 along training).
+    checkpoint_evals=True also evaluates every saved checkpoint (Experiment.curve: pass@1 along training); a list
+    of seeds evaluates the checkpoints of those seeds' runs only (a curve costs one evaluation per checkpoint).
     progress: the training and evaluation bars, each named by its label ("scpo-span/s1", "eval scpo-span/s1").
     The runs found finished are logged as one line ("loaded 18 of 18 runs from runs (trained 0)"), not one each."""
     settings = dict(settings or eval_settings(profile))
@@ -360,7 +368,7 @@ def run_experiment(configs: dict[str, TrainConfig], profile: str, *, include_bas
             continue
         evals[label] = evaluate_run(runs[label], settings, policy=_Lazy(policy), progress=progress,
                                     desc=f"eval {label}")
-        if checkpoint_evals:
+        if checkpoint_evals is True or (checkpoint_evals and config.seed in checkpoint_evals):
             tokens = {int(r["step"]): r["generated_tokens"] for r in runs[label].dir.read_metrics()}
             for step, _ in runs[label].dir.checkpoints():
                 # the last checkpoint holds the final adapter: its evaluation is the one just made

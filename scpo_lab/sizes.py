@@ -20,8 +20,9 @@ EVAL_SETTINGS: dict[str, dict] = {
 # every arm x seed fits the cpu report budget; one definition, so the notebooks share (and cache) identical runs.
 COMPARISON_SIZES: dict[str, dict] = {
     "smoke": {"steps": 2, "save_every": 1},
-    # cpu: 8 steps x 2 prompts x G=8 (128 rollouts a run): 13 arms x 3 seeds on arithmetic, GSM8K, the scaling
-    # sweeps and every evaluation fit the 90-minute cold budget of the report set on 2 cores (README)
+    # cpu: 8 steps x 2 prompts x G=8 (128 rollouts a run): 3 headline arms x 5 seeds, 12 screen arms x 1 seed and
+    # GRPO at scpo-sequence's FLOPs x 5 seeds on arithmetic, GSM8K, the group-size sweep and every evaluation fit
+    # the 90-minute cold budget of the report set on 2 cores (README "Scale profiles and budgets")
     "cpu": {"steps": 8, "prompts_per_step": 2, "group_size": 8, "max_new_tokens": 32, "save_every": 4},
     "gpu": {"steps": 100, "save_every": 25},
 }

@@ -190,3 +190,23 @@ def test_progress_bars_are_named_by_the_configs_label(tmp_path, capsys):
                    settings=SETTINGS, progress=False)
     quiet = capsys.readouterr().err
     assert "%|" not in quiet and "other/s0" not in quiet
+
+
+def test_screen_arms_get_the_screen_seeds_and_an_arm_in_both_lists_gets_every_seed():
+    configs, arm_of = arm_configs("smoke", ["grpo", "sdpo"], [0, 1, 2], screen_arms=["scpo-span", "sdpo"],
+                                  screen_seeds=[0])
+    assert sorted(configs) == ["grpo/s0", "grpo/s1", "grpo/s2", "scpo-span/s0", "sdpo/s0", "sdpo/s1", "sdpo/s2"]
+    assert arm_of["scpo-span/s0"] == "scpo-span" and configs["sdpo/s2"].seed == 2
+    # the screen run is the same config (and so the same cached run) as that arm's seed-0 run in another notebook
+    full, _ = arm_configs("smoke", ["scpo-span"], [0, 1])
+    assert configs["scpo-span/s0"].to_dict() == full["scpo-span/s0"].to_dict()
+    with pytest.raises(ValueError, match="screen_arms: unknown 'nope'"):
+        arm_configs("smoke", ["grpo"], [0], screen_arms=["nope"])
+
+
+def test_checkpoint_evals_of_chosen_seeds_only(tmp_path):
+    configs, _ = arm_configs("smoke", ["grpo"], [0, 1], runs_dir=str(tmp_path), steps=2, save_every=1)
+    exp = run_experiment(configs, "smoke", settings=SETTINGS, checkpoint_evals=[1], progress=False)
+    assert exp.curve["label"].unique().tolist() == ["grpo/s1"] and exp.curve["step"].tolist() == [1, 2]
+    assert set(exp.evals) == {"base", "grpo/s0", "grpo/s1"}  # every final adapter is still evaluated
+    assert len(exp.runs["grpo/s0"].dir.read_eval()) == 1  # seed 0: its final evaluation only

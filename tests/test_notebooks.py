@@ -86,7 +86,7 @@ def test_external_parameters_executes_on_the_smoke_profile(tmp_path, monkeypatch
     # seed bars, pass@1 curve, cost bars, head and critic diagnostics, 3 reliability diagrams
     assert html.count("data:image/png;base64") >= 8
     assert "Conclusion" in html and "only show that the code runs" in html and "Traceback" not in html
-    assert "scpo-critic-separate" in html and "extra parameters" in html and "ECE" in html
+    assert "scpo-critic-shared" in html and "extra parameters" in html and "ECE" in html
 
 
 def test_reasoning_preservation_executes_on_the_smoke_profile(tmp_path, monkeypatch):
@@ -127,6 +127,7 @@ def test_scaling_executes_on_the_smoke_profile(tmp_path, monkeypatch):
     path = notebook_paths(names=["04_scaling"])[0]
     html = execute_notebook(path, tmp_path / "reports", {
         "profile": "smoke", "seeds": [0, 1], "arms": ["grpo", "scpo-sequence", "scpo-judge"],
+        "screen_arms": ["scpo-head"], "matched_arms": ["scpo-judge"],
         "sweeps": [["grpo", "group_size", [2, 4]], ["scpo-judge", "judge.samples", [1, 2]]]}).read_text()
     assert html.count("data:image/png;base64") >= 2  # methods vs FLOPs, sweeps vs FLOPs
     assert "Conclusion" in html and "only show that the code runs" in html and "Traceback" not in html
