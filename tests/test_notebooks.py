@@ -83,7 +83,7 @@ def test_external_parameters_executes_on_the_smoke_profile(tmp_path, monkeypatch
     path = notebook_paths(names=["02_external_parameters"])[0]
     html = execute_notebook(path, tmp_path / "reports", {"profile": "smoke", "seeds": [0, 1],
                                                          "calibration_problems": 4}).read_text()
-    # seed bars, pass@1 curve, cost bars, head and critic diagnostics, 3 reliability diagrams
+    # seed bars, pass@1 curve, cost bars, head and critic diagnostics, a reliability diagram per value arm
     assert html.count("data:image/png;base64") >= 8
     assert "Conclusion" in html and "only show that the code runs" in html and "Traceback" not in html
     assert "scpo-critic-shared" in html and "extra parameters" in html and "ECE" in html
