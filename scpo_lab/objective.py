@@ -133,7 +133,9 @@ def chunk_logprobs(head: torch.nn.Module, h: Tensor, targets: Tensor, temperatur
                    support: Tensor | None = None):
     """log pi(target), entropy and log pi at `support` ids for one chunk of hidden states h [B, c, H]
     -> ([B, c], [B, c] or None, [B, c, k] or None)."""
-    logits = head(h).float() / temperature  # z / tau, [B, c, V] (only this chunk's)
+    logits = head(h).float()  # z, [B, c, V] (only this chunk's)
+    if temperature != 1.0:  # a pass over B x c x V spared at tau = 1 (z / 1 is z, bit for bit)
+        logits = logits / temperature  # z / tau
     logp_all = F.log_softmax(logits, dim=-1)  # log softmax(z / tau)
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # log pi(y_t)
     entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None  # H_t = -sum_v p_v log p_v

@@ -5,8 +5,16 @@ bf16 covers the matrix products and nothing else:
     W' = W + (alpha/r) B A, then W' is stored in bf16 (half the bytes a decode step reads) and multiplied with
     bf16 activations; the KV cache is bf16; the residual stream, RMSNorm and the logits' log-softmax stay fp32;
   - every HF forward and backward of the step (the update, a reference or critic pass) under
-    `torch.autocast("cpu", dtype=torch.bfloat16)`: linear / matmul / attention in bf16, the weights cast on the
-    fly, so the stored weights (frozen base and LoRA masters) and AdamW's state stay fp32.
+    `torch.autocast("cpu", dtype=torch.bfloat16)`: linear / matmul in bf16, so the stored weights (frozen base
+    and LoRA masters) and AdamW's state stay fp32. Three things keep that fast and right:
+      * the update holds bf16 copies of the frozen Linear weights (`frozen_linears_in_bf16`): autocast caches
+        casts only of leaves that require grad, so without them every forward re-casts the whole base model;
+      * attention (HF's "sdpa") runs in fp32 inside the bf16 region (`_sdpa_in_fp32`): on CPU, PyTorch's bf16
+        flash-attention backward measured ~3x slower than fp32 at the update's shapes, and attention is a small
+        share of the FLOPs;
+      * autocast's cache of those casts (LoRA masters, critic weights) is cleared after every optimizer step
+        (`_clear_autocast_cache_after_step`): a step changes the fp32 masters in place, and without the clear a
+        second pass (num_iterations > 1) or a critic's next forward in the same step would use the stale bf16 copy.
 Log-softmax, log-probs, importance ratios, advantages, losses and the optimizer are fp32 in both precisions
 (bf16 rounding of pi / pi_old is a known source of RL instability).
 
@@ -31,6 +39,7 @@ import os
 import time
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 PRECISIONS = ("auto", "fp32", "bf16")
 RESOLVED = ("fp32", "bf16")
@@ -168,10 +177,100 @@ def snapshot_dtype() -> torch.dtype | None:
     return torch.bfloat16 if current() == "bf16" else None
 
 
+def cpu_autocast_bf16() -> bool:
+    """True inside a CPU bf16 autocast region (activate("bf16") on CPU)."""
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def _clear_autocast_cache_after_step(optimizer, args, kwargs) -> None:
+    """Optimizer step post-hook: autocast keys its cast cache by tensor, not by version, so after a step changes the
+    fp32 masters in place the cached bf16 copies are stale until the cache is cleared."""
+    if cpu_autocast_bf16():
+        torch.clear_autocast_cache()
+
+
+_hook_handle = None
+
+
+def _install_step_hook() -> None:
+    global _hook_handle
+    if _hook_handle is None:  # once per process: a global post-hook on every torch.optim optimizer
+        _hook_handle = register_optimizer_step_post_hook(_clear_autocast_cache_after_step)
+
+
+def _sdpa_in_fp32(original):
+    """HF's "sdpa" attention, run in fp32 when called inside CPU bf16 autocast (autocast would cast query, key and
+    value to bf16 -- after the rotary embedding they are fp32, the values bf16 -- so it is switched off and all
+    three up-cast; the fp32 output is cast by the next bf16 linear); elsewhere `original` unchanged."""
+    def attention(module, query, key, value, attention_mask, *args, **kwargs):
+        if query.device.type == "cpu" and cpu_autocast_bf16():
+            with torch.autocast("cpu", enabled=False):
+                return original(module, query.float(), key.float(), value.float(), attention_mask, *args, **kwargs)
+        return original(module, query, key, value, attention_mask, *args, **kwargs)
+    attention.scpo_lab_fp32 = True
+    return attention
+
+
+@contextlib.contextmanager
+def _hf_attention_in_fp32():
+    """HF models look their attention function up at every forward (ALL_ATTENTION_FUNCTIONS["sdpa"]), so the
+    fp32 wrapper is set there for the region and the previous entry put back after it."""
+    try:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS as functions
+        original = functions["sdpa"]
+    except (ImportError, KeyError):  # transformers absent or reorganised: attention stays in autocast's bf16
+        yield
+        return
+    if getattr(original, "scpo_lab_fp32", False):  # an enclosing activate has set it
+        yield
+        return
+    had_local = "sdpa" in functions._local_mapping
+    functions["sdpa"] = _sdpa_in_fp32(original)  # an instance-local entry, consulted before the global one
+    try:
+        yield
+    finally:
+        if had_local:
+            functions["sdpa"] = original
+        else:
+            del functions["sdpa"]
+
+
+@contextlib.contextmanager
+def frozen_linears_in_bf16(model: torch.nn.Module):
+    """Inside a CPU bf16 region: every frozen fp32 weight and bias of `model`'s nn.Linear layers (the base layers
+    under LoRA, the lm_head) replaced by a bf16 copy, cast once here instead of by autocast at every forward; the
+    original fp32 parameters are put back on exit (exception or not). Bit for bit what autocast computes (the same
+    round-to-nearest cast, the same kernels), so it is a speed-up only. A weight tied to an embedding (the lm_head)
+    is swapped in the Linear only; the embedding keeps fp32, so the residual stream stays fp32. Outside a CPU
+    bf16 region: nothing."""
+    if not cpu_autocast_bf16():
+        yield
+        return
+    copies: dict[int, torch.nn.Parameter] = {}
+    swapped = []
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        for name in ("weight", "bias"):
+            param = module._parameters.get(name)
+            if param is None or param.requires_grad or param.dtype != torch.float32 or param.device.type != "cpu":
+                continue
+            if id(param) not in copies:
+                copies[id(param)] = torch.nn.Parameter(param.detach().to(torch.bfloat16), requires_grad=False)
+            swapped.append((module, name, param))
+            module._parameters[name] = copies[id(param)]
+    try:
+        yield
+    finally:
+        for module, name, param in swapped:
+            module._parameters[name] = param
+
+
 @contextlib.contextmanager
 def activate(resolved: str, device: torch.device | str | None = None):
     """Inside: the static engine snapshots its weights in `resolved`'s dtype, and with bf16 on CPU every HF
-    forward/backward runs under torch.autocast("cpu", bfloat16). fp32 (or CUDA, whose weights already carry the
+    forward/backward runs under torch.autocast("cpu", bfloat16), with HF attention in fp32 and autocast's cast
+    cache cleared after every optimizer step (see the module doc). fp32 (or CUDA, whose weights already carry the
     dtype) changes nothing but `current()`."""
     if resolved not in RESOLVED:
         raise ValueError(f"precision: {resolved!r} is not resolved; allowed: {', '.join(RESOLVED)} (resolve() first)")
@@ -179,7 +278,8 @@ def activate(resolved: str, device: torch.device | str | None = None):
     device_type = _device(device).type
     try:
         if resolved == "bf16" and device_type == "cpu":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            _install_step_hook()
+            with torch.autocast("cpu", dtype=torch.bfloat16), _hf_attention_in_fp32():
                 yield
         else:
             yield

@@ -387,8 +387,9 @@ def training_step(loop: _Loop, step: int, state: dict) -> dict:
     t0 = time.perf_counter()
     update = {}
     if trains and (critic is None or critic.updates_actor()):
-        update = _update(config, policy, batch, result.advantages, loop.optimizer, loop.params, result.loss_term,
-                         world)
+        with precision.frozen_linears_in_bf16(policy.model):  # bf16: the frozen base cast once, not per forward
+            update = _update(config, policy, batch, result.advantages, loop.optimizer, loop.params,
+                             result.loss_term, world)
     if critic is not None and trains:
         stats.update(critic.after_update(policy) or {})
         critic_flops = world.sum(critic.update_flops())  # the critic's own training: heads, value model, D

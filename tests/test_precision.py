@@ -211,3 +211,109 @@ def test_embedded_model_bf16_logprobs_within_the_stated_tolerance():
     ratio = torch.exp(bf16[mask] - batch.logprobs[mask])
     print(f"first-pass ratio in bf16 (update / engine): mean {ratio.mean():.4f}, max {ratio.max():.4f}")
     assert (ratio.mean() - 1).abs() < 0.02
+
+
+def test_a_step_inside_bf16_clears_autocast_casts_so_the_next_forward_sees_the_new_weights():
+    """autocast caches its bf16 copy of an fp32 leaf that requires grad and keys it by tensor, not version: an
+    optimizer step inside the region (num_iterations > 1, a critic's own steps) would leave the next forward on
+    the old weights. The post-step hook clears the cache; the second forward equals a fresh cast of the new
+    weights, and differs from the first."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 8)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
+    x = torch.randn(4, 8)
+    with precision.activate("bf16"):
+        first = layer(x)
+        first.float().pow(2).sum().backward()
+        optimizer.step()
+        second = layer(x)
+    fresh = torch.nn.functional.linear(x.bfloat16(), layer.weight.bfloat16(), layer.bias.bfloat16())
+    assert not torch.equal(second, first)
+    assert torch.equal(second, fresh)
+
+
+def test_the_second_pass_under_bf16_computes_its_ratio_with_the_updated_policy(tmp_path, monkeypatch):
+    """num_iterations = 2 under bf16: the second pass's log-probs differ from pi_old (the first pass's), as in
+    fp32. Without the cache clear they were pi_old's exactly (ratio 1 on every token: the second pass a copy of
+    the first)."""
+    from scpo_lab import trainer
+
+    seen = []
+    original = trainer.policy_loss
+
+    def spy(logp, old, *args, **kwargs):
+        seen.append(float((logp.detach() - old).abs().max()))
+        return original(logp, old, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "policy_loss", spy)
+    for name in ("fp32", "bf16"):
+        seen.clear()
+        # the random-reward control: non-zero advantages whatever the tiny model writes, so a step moves pi
+        cfg = make_config("smoke", method="random-reward", steps=1, precision=name, num_iterations=2,
+                          learning_rate=1e-2, runs_dir=str(tmp_path / name))
+        train(cfg, trainer.policy_for(cfg), progress=False)
+        n = len(seen) // 2  # micro-batches per pass
+        assert n >= 1 and all(d == 0.0 for d in seen[:n]), (name, seen)  # pass 1: pi is pi_old
+        assert all(d > 1e-4 for d in seen[n:]), (name, seen)  # pass 2: after a step
+
+
+def test_frozen_linears_in_bf16_is_bit_for_bit_autocast_and_restores_the_fp32_weights(policy, problems):
+    """The update's bf16 copies of the frozen Linear weights (cast once, not at every forward) give exactly the
+    log-probs and LoRA gradients autocast gives; the tied embedding stays fp32 inside; the fp32 parameters are
+    the same objects after the region, also when it raises; outside bf16 nothing is swapped."""
+    model = policy.model
+    ids, mask = encode_prompts(policy.tokenizer, [p.prompt for p in problems], policy.device)
+    completion = torch.randint(3, 50, (ids.shape[0], 6))
+    args = (ids, mask, completion, torch.ones_like(completion))
+    lora = [p for n, p in model.named_parameters() if p.requires_grad]
+    originals = {n: p for n, p in model.named_parameters()}
+
+    def logp_and_grads():
+        for p in lora:
+            p.grad = None
+        logp, _ = completion_logprobs(model, *args)
+        logp.sum().backward()
+        return logp.detach(), [p.grad.clone() for p in lora]
+
+    with precision.activate("bf16"):
+        plain, plain_grads = logp_and_grads()
+        with precision.frozen_linears_in_bf16(model):
+            head = model.get_output_embeddings().weight
+            assert head.dtype == torch.bfloat16 and model.get_input_embeddings().weight.dtype == torch.float32
+            assert all(p.dtype == torch.float32 for p in lora)
+            cast, cast_grads = logp_and_grads()
+        with pytest.raises(RuntimeError, match="inside"):
+            with precision.frozen_linears_in_bf16(model):
+                raise RuntimeError("inside")
+    assert torch.equal(cast, plain) and all(torch.equal(a, b) for a, b in zip(cast_grads, plain_grads))
+    assert {n: p for n, p in model.named_parameters()} == originals  # the same objects, every one
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied again
+    with precision.frozen_linears_in_bf16(model):  # fp32: nothing to do
+        assert model.get_output_embeddings().weight.dtype == torch.float32
+
+
+def test_hf_attention_runs_in_fp32_inside_bf16_and_the_entry_is_restored(policy, problems, monkeypatch):
+    """CPU bf16 flash-attention's backward measured ~3x slower than fp32 at the update's shapes: inside
+    activate("bf16") HF's "sdpa" entry up-casts query, key and value and runs with autocast off; the entry is put
+    back after the region."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    original = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    calls = []
+
+    def spy(module, query, key, value, *args, **kwargs):
+        calls.append((query.dtype, key.dtype, value.dtype, torch.is_autocast_enabled("cpu")))
+        return original(module, query, key, value, *args, **kwargs)
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "sdpa", spy)
+    ids, mask = encode_prompts(policy.tokenizer, [p.prompt for p in problems], policy.device)
+    completion = torch.randint(3, 50, (ids.shape[0], 4))
+    with precision.activate("bf16"), torch.no_grad():
+        completion_logprobs(policy.model, ids, mask, completion, torch.ones_like(completion))
+    assert calls and all(c == (torch.float32, torch.float32, torch.float32, False) for c in calls), calls
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is spy and "sdpa" not in ALL_ATTENTION_FUNCTIONS._local_mapping
+    calls.clear()
+    with torch.no_grad():  # fp32: the entry untouched
+        completion_logprobs(policy.model, ids, mask, completion, torch.ones_like(completion))
+    assert calls and all(c[3] is False and c[0] == torch.float32 for c in calls)
