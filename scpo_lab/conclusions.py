@@ -389,7 +389,8 @@ def headline(comparisons: pd.DataFrame) -> str:
     if eligible == 0:
         return (f"No claim: at most {int(comparisons['seeds'].max())} paired seeds per comparison (the rule needs "
                 f"{MIN_SEEDS}).")
-    refs = ", ".join(dict.fromkeys(comparisons["reference"]))
+    # the references of the comparisons the sentence is about (those with enough seeds), not of the screens
+    refs = ", ".join(dict.fromkeys(comparisons.loc[comparisons["seeds"] >= MIN_SEEDS, "reference"]))
     short = int((comparisons["seeds"] < MIN_SEEDS).sum())
     few = "" if seeds >= MIN_SEEDS else f"; {short} with too few seeds make no claim"
     return (f"No arm is separated from {refs}: no paired difference is beyond chance after Holm's correction over "

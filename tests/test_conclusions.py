@@ -171,3 +171,16 @@ def test_comparison_pairs_count_each_comparison_once():
     assert comparison_pairs(ran, arms=["a"], extra_pairs=[("a", "grpo@a"), ("a", "grpo"), ("b", "grpo"),
                                                           ("a", "a")]) == [
         ("dapo", "grpo"), ("a", "grpo"), ("a", "dapo"), ("a", "grpo@a")]  # b did not run; a vs a is no comparison
+
+
+def test_the_not_separated_headline_names_only_the_references_of_comparisons_with_enough_seeds():
+    """A screen's extra pair (one seed, against another screen) makes no claim, so its reference is not among
+    those "no arm is separated from"; the count of short comparisons still says they exist."""
+    rows = [("scpo-sequence", "grpo", MIN_SEEDS), ("dapo", "grpo", MIN_SEEDS), ("scpo-sequence", "dapo", MIN_SEEDS),
+            ("scpo-span", "scpo-token", 1), ("scpo-span", "grpo", 1)]
+    table = pd.DataFrame([{"arm": a, "reference": r, "seeds": n, "difference": 0.01, "ci_low": -0.05,
+                           "ci_high": 0.07, "verdict": "not separated" if n >= MIN_SEEDS else "no claim"}
+                          for a, r, n in rows])
+    text = headline(table)
+    assert text.startswith("No arm is separated from grpo, dapo: "), text
+    assert "scpo-token" not in text and "over 3 comparisons" in text and "2 with too few seeds" in text
