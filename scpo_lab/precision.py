@@ -10,11 +10,13 @@ bf16 covers the matrix products and nothing else:
       * the update holds bf16 copies of the frozen Linear weights (`frozen_linears_in_bf16`): autocast caches
         casts only of leaves that require grad, so without them every forward re-casts the whole base model;
       * attention (HF's "sdpa") runs in fp32 inside the bf16 region (`_sdpa_in_fp32`): on CPU, PyTorch's bf16
-        flash-attention backward measured ~3x slower than fp32 at the update's shapes, and attention is a small
-        share of the FLOPs;
+        flash attention (forward + backward) measured ~2.5x slower than fp32 at the update's shapes, and
+        attention is a small share of the FLOPs;
       * autocast's cache of those casts (LoRA masters, critic weights) is cleared after every optimizer step
-        (`_clear_autocast_cache_after_step`): a step changes the fp32 masters in place, and without the clear a
-        second pass (num_iterations > 1) or a critic's next forward in the same step would use the stale bf16 copy.
+        (`weights_changed`, an optimizer step post-hook; the EMA teacher's swap calls it too): a step changes the
+        fp32 masters in place, and without the clear a second pass (num_iterations > 1) or a critic's next
+        forward in the same step would use the stale bf16 copy. Any other in-place weight write inside a bf16
+        region must call `weights_changed()`.
 Log-softmax, log-probs, importance ratios, advantages, losses and the optimizer are fp32 in both precisions
 (bf16 rounding of pi / pi_old is a known source of RL instability).
 
@@ -182,11 +184,16 @@ def cpu_autocast_bf16() -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
+def weights_changed() -> None:
+    """Call after writing weights in place (an optimizer step, an EMA swap): autocast keys its cast cache by tensor,
+    not by version, so until the cache is cleared a forward in the same autocast region multiplies with the bf16
+    copy of the old values. Clearing is cheap (the next forward casts again) and harmless outside autocast."""
+    torch.clear_autocast_cache()
+
+
 def _clear_autocast_cache_after_step(optimizer, args, kwargs) -> None:
-    """Optimizer step post-hook: autocast keys its cast cache by tensor, not by version, so after a step changes the
-    fp32 masters in place the cached bf16 copies are stale until the cache is cleared."""
-    if cpu_autocast_bf16():
-        torch.clear_autocast_cache()
+    """Optimizer step post-hook (every torch.optim optimizer, once installed): see weights_changed."""
+    weights_changed()
 
 
 _hook_handle = None
@@ -218,13 +225,13 @@ def _hf_attention_in_fp32():
     try:
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS as functions
         original = functions["sdpa"]
-    except (ImportError, KeyError):  # transformers absent or reorganised: attention stays in autocast's bf16
+    except (ImportError, KeyError, AttributeError):  # transformers absent or reorganised: attention stays bf16
         yield
         return
     if getattr(original, "scpo_lab_fp32", False):  # an enclosing activate has set it
         yield
         return
-    had_local = "sdpa" in functions._local_mapping
+    had_local = "sdpa" in getattr(functions, "_local_mapping", {})
     functions["sdpa"] = _sdpa_in_fp32(original)  # an instance-local entry, consulted before the global one
     try:
         yield
@@ -241,25 +248,25 @@ def frozen_linears_in_bf16(model: torch.nn.Module):
     under LoRA, the lm_head) replaced by a bf16 copy, cast once here instead of by autocast at every forward; the
     original fp32 parameters are put back on exit (exception or not). Bit for bit what autocast computes (the same
     round-to-nearest cast, the same kernels), so it is a speed-up only. A weight tied to an embedding (the lm_head)
-    is swapped in the Linear only; the embedding keeps fp32, so the residual stream stays fp32. Outside a CPU
-    bf16 region: nothing."""
+    is swapped in the Linear only; the embedding keeps fp32, so the residual stream stays fp32. Costs half the
+    frozen weights' fp32 bytes for the region (the embedded model: ~270 MB). Outside a CPU bf16 region: nothing."""
     if not cpu_autocast_bf16():
         yield
         return
     copies: dict[int, torch.nn.Parameter] = {}
     swapped = []
-    for module in model.modules():
-        if not isinstance(module, torch.nn.Linear):
-            continue
-        for name in ("weight", "bias"):
-            param = module._parameters.get(name)
-            if param is None or param.requires_grad or param.dtype != torch.float32 or param.device.type != "cpu":
-                continue
-            if id(param) not in copies:
-                copies[id(param)] = torch.nn.Parameter(param.detach().to(torch.bfloat16), requires_grad=False)
-            swapped.append((module, name, param))
-            module._parameters[name] = copies[id(param)]
     try:
+        for module in model.modules():
+            if not isinstance(module, torch.nn.Linear):
+                continue
+            for name in ("weight", "bias"):
+                param = module._parameters.get(name)
+                if param is None or param.requires_grad or param.dtype != torch.float32 or param.device.type != "cpu":
+                    continue
+                if id(param) not in copies:
+                    copies[id(param)] = torch.nn.Parameter(param.detach().to(torch.bfloat16), requires_grad=False)
+                swapped.append((module, name, param))
+                module._parameters[name] = copies[id(param)]
         yield
     finally:
         for module, name, param in swapped:

@@ -285,6 +285,8 @@ def test_frozen_linears_in_bf16_is_bit_for_bit_autocast_and_restores_the_fp32_we
         with pytest.raises(RuntimeError, match="inside"):
             with precision.frozen_linears_in_bf16(model):
                 raise RuntimeError("inside")
+    for p in lora:
+        p.grad = None  # the module's policy fixture is shared with later tests
     assert torch.equal(cast, plain) and all(torch.equal(a, b) for a, b in zip(cast_grads, plain_grads))
     assert {n: p for n, p in model.named_parameters()} == originals  # the same objects, every one
     assert all(p.dtype == torch.float32 for p in model.parameters())

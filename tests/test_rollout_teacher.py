@@ -350,6 +350,46 @@ def test_ema_teacher_moves_as_specified_and_the_live_weights_come_back(policy, p
         lora[name].sub_(1.0)
 
 
+def test_ema_teacher_under_bf16_runs_the_ema_weights_not_autocasts_stale_copy(policy, problems):
+    """Inside one bf16 region a forward before the swap caches autocast's bf16 copies of the live LoRA weights
+    (keyed by tensor, not by value): the EMA teacher's pass must still run the EMA values (the swap clears the
+    cache), and the forward after it the live ones again."""
+    from scpo_lab import precision
+    from scpo_lab.critics.selfdistill import SdpoCritic
+    from scpo_lab.objective import completion_logprobs
+    from scpo_lab.rollout import encode_prompts
+
+    critic = SdpoCritic(make_config("smoke", method="sdpo", **{"distill.ema_rate": 0.25}))
+    lora = {n: p for n, p in policy.model.named_parameters() if p.requires_grad}
+    ids, mask = encode_prompts(policy.tokenizer, [p.prompt for p in problems], policy.device)
+    completion = torch.randint(3, 50, (ids.shape[0], 4))
+
+    def logp():
+        return completion_logprobs(policy.model, ids, mask, completion, torch.ones_like(completion))[0]
+
+    critic.after_update(policy)  # the EMA starts at the current weights, then the live weights move away
+    live = {n: p.detach().clone() for n, p in lora.items()}
+    with torch.no_grad():
+        for p in lora.values():
+            p.add_(0.5)
+    try:
+        with precision.activate("bf16"):
+            with torch.no_grad():
+                before = logp()  # requires-grad leaves: autocast caches their bf16 copies here
+            with torch.no_grad(), critic.teacher_weights(policy):
+                teacher = logp()
+            with torch.no_grad():
+                after = logp()
+        with critic.teacher_weights(policy), precision.activate("bf16"), torch.no_grad():
+            fresh_teacher = logp()  # a region that starts with the EMA values: nothing cached before
+    finally:
+        with torch.no_grad():
+            for n, p in lora.items():
+                p.copy_(live[n])
+    assert not torch.equal(teacher, before)
+    assert torch.equal(teacher, fresh_teacher) and torch.equal(after, before)
+
+
 def test_pairwise_rank_reward_hand_computed():
     from scpo_lab.critics.divergence import pairwise_rank_reward
     log_ratio = torch.tensor([[0.5, 0.5], [0.0, 0.0], [-1.0, 0.0], [2.0, 9.0]])

@@ -448,3 +448,26 @@ def test_the_progress_bar_is_named_by_method_and_seed_or_the_label_given(tmp_pat
     assert "grpo/s3: 100%" in capsys.readouterr().err  # tqdm draws on stderr outside a notebook
     train(smoke(tmp_path, steps=1, seed=4), progress=True, label="scpo-span/s4")
     assert "scpo-span/s4: 100%" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("group_size, micro, block", [(12, 8, 4), (16, 8, 8), (4, 8, 4)])
+def test_the_update_shares_each_prompt_in_blocks_of_gcd_of_group_and_micro_batch(tmp_path, monkeypatch,
+                                                                                  group_size, micro, block):
+    """Micro-batches of 8 rows cannot hold a group of 12 or 16, so a block of G rows never fit one and every row
+    ran its prompt again (prompts are longer than completions at the comparison sizes). Blocks of gcd(G, 8) rows
+    share one prompt in every micro-batch; equal to the unshared forward (tests/test_objective.py)."""
+    from scpo_lab import objective
+
+    blocks = []
+    real = objective._shared_prompt_hidden
+
+    def spy(backbone, input_ids, attention_mask, P, G):
+        blocks.append((input_ids.shape[0], G))
+        return real(backbone, input_ids, attention_mask, P, G)
+
+    monkeypatch.setattr(objective, "_shared_prompt_hidden", spy)
+    train(smoke(tmp_path, method="random-reward", steps=1, prompts_per_step=2, group_size=group_size,
+                micro_batch_size=micro), progress=False)
+    rows = 2 * group_size
+    assert [g for _, g in blocks] == [block] * math.ceil(rows / micro)  # every micro-batch of the update
+    assert sum(n for n, _ in blocks) == rows

@@ -59,7 +59,7 @@ from typing import ClassVar
 
 import torch
 
-from scpo_lab import checks
+from scpo_lab import checks, precision
 from scpo_lab.critics.base import Critic, CriticResult, LossTerm, UpdateForward, signal_stats
 from scpo_lab.objective import backbone_and_head, distill_loss
 from scpo_lab.teacher import TeacherOutput, student_messages, teacher_pass, with_note
@@ -240,11 +240,13 @@ class SelfDistillation(Critic):
             with torch.no_grad():
                 for n, p in live.items():
                     p.copy_(self.ema[n])
+            precision.weights_changed()  # under bf16, autocast's copies of the live values are stale now
             yield
         finally:
             with torch.no_grad():
                 for n, p in live.items():
                     p.copy_(saved[n])
+            precision.weights_changed()
 
     def after_update(self, policy) -> None:
         """EMA teacher: theta_T <- (1 - r) theta_T + r theta, once per training step, after the actor's update
