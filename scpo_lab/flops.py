@@ -36,7 +36,10 @@ def sampling_flops(n_params: int, prompt_tokens: float, generated: float, group_
 def update_flops(n_params: int, prompt_tokens: float, generated: float, group_size: int, num_iterations: int,
                  gradient_checkpointing: str = "off") -> float:
     """mu forward + backward passes over the batch: the prompt once per group (shared, see objective.py) unless
-    gradient checkpointing is on (it drops the shared prompt's cache: every row runs its own prompt)."""
+    gradient checkpointing is on (it drops the shared prompt's cache: every row runs its own prompt). The
+    method's count, not the implementation's: where a group does not fit one micro-batch (G = 12 at micro-batches
+    of 8) the update runs each prompt once per block of gcd(G, micro_batch_size) rows, which this does not count,
+    so that the FLOPs of a config do not depend on how its update is micro-batched."""
     update_prompt = prompt_tokens / group_size if gradient_checkpointing == "off" else prompt_tokens
     return 6 * n_params * (update_prompt + generated) * num_iterations
 
