@@ -40,14 +40,15 @@ def arm_configs(profile: str, arms: list[str], seeds: list[int], sizes: dict | N
 
     screen_arms: arms trained on fewer seeds (default seed 0 only) to fit the report budget: a first look that the
     comparison rule reports as "no claim" (it needs conclusions.MIN_SEEDS paired seeds); an arm in both lists
-    gets the `seeds`."""
+    gets the `seeds`. Labels come arm by arm, the `arms` first, then the screens."""
     known = critics.arms()  # read now: critics registered after import add their arms
     unknown = [a for a in [*arms, *screen_arms] if a not in known]
     if unknown:
         field = "arms" if unknown[0] in arms else "screen_arms"
         raise ValueError(f"{field}: unknown {unknown[0]!r}; known: {', '.join(known)}")
     sizes = comparison_settings(profile)[0] if sizes is None else sizes
-    seeds_of = {**{arm: list(screen_seeds) for arm in screen_arms}, **{arm: list(seeds) for arm in arms}}
+    # the headline arms first (tables list arms in this order), then the screens not already among them
+    seeds_of = {arm: list(seeds) for arm in arms} | {arm: list(screen_seeds) for arm in screen_arms if arm not in arms}
     configs, arm_of = {}, {}
     for arm, arm_seeds in seeds_of.items():
         options = dict(known[arm])
