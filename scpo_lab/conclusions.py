@@ -149,7 +149,7 @@ def reasoning_summary(evals: dict[str, EvalResult], arm_of: dict[str, str]) -> p
 
 def compute_summary(metrics: pd.DataFrame, evals: dict[str, EvalResult], group_of: dict[str, str]) -> pd.DataFrame:
     """Held-out pass@1 against training compute, one row per group (an arm, or a sweep point) of labels:
-    total training FLOPs (the runs' logged totals: sampling, teacher/critic passes and updates) and generated
+    total training FLOPs (the runs' logged totals: sampling, teacher/critic passes and updates; also in TFLOPs) and generated
     tokens, mean over the group's runs; pass@1 with the seeds x problems bootstrap's 95% interval (one run: over
     problems; ci_over says which); seconds = summed step times, mean over runs."""
     last = metrics.sort_values("step").groupby("label").tail(1).set_index("label")
@@ -160,7 +160,8 @@ def compute_summary(metrics: pd.DataFrame, evals: dict[str, EvalResult], group_o
         if not labels:
             continue
         interval = arm_interval({lab: evals[lab] for lab in labels})
-        rows.append({"group": group, "runs": len(labels), "total_flops": float(last.loc[labels, "flops"].mean()),
+        total_flops = float(last.loc[labels, "flops"].mean())
+        rows.append({"group": group, "runs": len(labels), "total_flops": total_flops, "TFLOPs": total_flops / 1e12,
                      "generated_tokens": float(last.loc[labels, "generated_tokens"].mean()),
                      "seconds": float(seconds[labels].mean()), "pass@1": interval.value, "ci_low": interval.low,
                      "ci_high": interval.high, "ci_over": "seeds x problems" if len(labels) > 1 else "problems"})

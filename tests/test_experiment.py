@@ -84,6 +84,7 @@ def test_compute_summary_intervals_over_seeds_and_problems_and_the_logged_flops(
     evals = {"a/s0": result(a0), "a/s1": result(a1), "b/s0": result(b0)}
     table = compute_summary(metrics, evals, {"a/s0": "a", "a/s1": "a", "b/s0": "b"}).set_index("group")
     assert table.loc["a", "total_flops"] == pytest.approx(4e12) and table.loc["a", "generated_tokens"] == 22
+    assert table.loc["a", "TFLOPs"] == pytest.approx(4.0)  # every summary has it (04's matched rows were NaN)
     assert table.loc["a", "seconds"] == pytest.approx(4.0) and table.loc["a", "runs"] == 2
     both = seeds_by_problems_bootstrap(np.array([a0, a1]) / 2, n_boot=4000)  # two seeds x five problems
     assert (table.loc["a", "pass@1"], table.loc["a", "ci_low"], table.loc["a", "ci_high"]) == pytest.approx(
