@@ -149,9 +149,9 @@ def reasoning_summary(evals: dict[str, EvalResult], arm_of: dict[str, str]) -> p
 
 def compute_summary(metrics: pd.DataFrame, evals: dict[str, EvalResult], group_of: dict[str, str]) -> pd.DataFrame:
     """Held-out pass@1 against training compute, one row per group (an arm, or a sweep point) of labels:
-    total training FLOPs (the runs' logged totals: sampling, teacher/critic passes and updates; also in TFLOPs) and generated
-    tokens, mean over the group's runs; pass@1 with the seeds x problems bootstrap's 95% interval (one run: over
-    problems; ci_over says which); seconds = summed step times, mean over runs."""
+    total training FLOPs (the runs' logged totals: sampling, teacher/critic passes and updates; also as TFLOPs)
+    and generated tokens, mean over the group's runs; pass@1 with the seeds x problems bootstrap's 95% interval
+    (one run: over problems; ci_over says which); seconds = summed step times, mean over runs."""
     last = metrics.sort_values("step").groupby("label").tail(1).set_index("label")
     seconds = metrics.groupby("label")["time/step"].sum()
     rows = []
