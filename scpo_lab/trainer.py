@@ -36,6 +36,7 @@ from scpo_lab import distributed, precision
 from scpo_lab.config import ConfigError, TrainConfig
 from scpo_lab.critics import Critic, CriticResult, LossTerm, UpdateForward, make_critic
 from scpo_lab.flops import forward_flops, sampling_flops, update_flops
+from scpo_lab.lora_fused import fused_lora
 from scpo_lab.metrics import hacking_stats
 from scpo_lab.migrate import legacy_exclude
 from scpo_lab.objective import (completion_logprobs, group_advantages, group_reward_std, loss_denominator,
@@ -387,7 +388,9 @@ def training_step(loop: _Loop, step: int, state: dict) -> dict:
     t0 = time.perf_counter()
     update = {}
     if trains and (critic is None or critic.updates_actor()):
-        with precision.frozen_linears_in_bf16(policy.model):  # bf16: the frozen base cast once, not per forward
+        # bf16: the frozen base cast once, not per forward; every LoRA Linear as one op (lora_fused: no
+        # elementwise passes over the activations for the adapter's branch)
+        with precision.frozen_linears_in_bf16(policy.model), fused_lora(policy.model):
             update = _update(config, policy, batch, result.advantages, loop.optimizer, loop.params,
                              result.loss_term, world)
     if critic is not None and trains:

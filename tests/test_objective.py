@@ -524,3 +524,50 @@ def test_shared_prompt_path_falls_back_when_prompts_differ(llama):
         shared, _ = completion_logprobs(llama, pi, pm, ci, cm, group_size=3)
         plain, _ = completion_logprobs(llama, pi, pm, ci, cm)
     assert torch.equal(shared, plain)
+
+
+# ---- the log-prob + entropy op with its backward written out (chunk_logprobs' update path) -------------------------
+
+def _logp_entropy_by_autograd(logits, targets):
+    logp_all = torch.log_softmax(logits, -1)
+    return logp_all.gather(-1, targets[:, None]).squeeze(-1), -(logp_all.exp() * logp_all).sum(-1)
+
+
+def test_token_logp_entropy_matches_autograd_for_every_use_of_its_outputs():
+    """Values equal the plain expression; the gradient equals autograd's when the loss uses log pi only (GRPO
+    without an entropy bonus: its g_H is None), the entropy only, or both (hand-derived backward:
+    dL/dz = -p (g_H (log p + H) + g_logp) + g_logp onehot(y))."""
+    from scpo_lab.objective import _TokenLogpEntropy
+
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(6, 11, dtype=torch.float64)).requires_grad_()
+    targets = torch.randint(0, 11, (6,))
+    g_lp, g_h = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    lp, h = _TokenLogpEntropy.apply(logits, targets)
+    ref_lp, ref_h = _logp_entropy_by_autograd(logits, targets)
+    torch.testing.assert_close(lp, ref_lp, atol=1e-12, rtol=0)
+    torch.testing.assert_close(h, ref_h, atol=1e-12, rtol=0)
+    for use in ((g_lp, None), (None, g_h), (g_lp, g_h)):
+        def loss(a, b):
+            return sum((g * x).sum() for g, x in zip(use, (a, b)) if g is not None)
+        got, = torch.autograd.grad(loss(*_TokenLogpEntropy.apply(logits, targets)), logits)
+        want, = torch.autograd.grad(loss(*_logp_entropy_by_autograd(logits, targets)), logits)
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(lambda z: _TokenLogpEntropy.apply(z, targets), (logits,))
+
+
+def test_chunk_logprobs_takes_the_written_out_op_only_for_log_pi_and_entropy(monkeypatch):
+    """The support-ids path (distillation) and entropy-free calls keep autograd through log_softmax."""
+    from scpo_lab import objective
+
+    calls = []
+    original = objective._TokenLogpEntropy.apply
+    monkeypatch.setattr(objective._TokenLogpEntropy, "apply", lambda *a: calls.append(1) or original(*a))
+    head = torch.nn.Linear(4, 9, bias=False)
+    h, targets = torch.randn(2, 3, 4), torch.randint(0, 9, (2, 3))
+    lp, ent, _ = objective.chunk_logprobs(head, h, targets, 1.0, True)
+    assert calls and lp.shape == ent.shape == (2, 3)
+    calls.clear()
+    objective.chunk_logprobs(head, h, targets, 1.0, False)
+    objective.chunk_logprobs(head, h, targets, 0.7, True, support=torch.zeros(2, 3, 2, dtype=torch.long))
+    assert not calls
