@@ -16,14 +16,16 @@ pass over the activations beyond one cast of x and one of its gradient:
 
 It computes in the dtype peft's path would: bf16 inside a CPU bf16 autocast region (scpo_lab.precision), else the
 weights' dtype; returns y in that dtype and every gradient in its input's dtype (the LoRA masters' fp32). It
-differs from peft's result by rounding only: in fp32 ~1e-6 relative; in bf16 it is the more exact one (peft
-rounds u B^T, then s u B^T, then the sum, each to bf16; here the sum is accumulated in the product's fp32
-accumulator and rounded once). Tests: tests/test_lora_fused.py.
+differs from peft's result by rounding only: in fp32 ~1e-6 relative; in bf16 the output is rounded twice (x W^T
++ b, then the sum with s u B^T, accumulated in the product's fp32 accumulator) where peft rounds it four times
+(x W^T, u B^T, s u B^T, the sum). Tests: tests/test_lora_fused.py.
 
 Eligible (checked at every call, so `policy.reference()` and other adapter toggles keep peft's semantics): a peft
-`lora.Linear` on CPU over an nn.Linear base, one active adapter, no DoRA or other variant, no fan_in_fan_out,
-dropout off (p = 0, or eval mode), adapters enabled and not merged, no `adapter_names` argument. Anything else
-runs peft's own forward. `ENABLED = False` (module switch) turns the context into a no-op, for benchmarks.
+`lora.Linear` itself (not a subclass) on CPU over an nn.Linear base, one active adapter, no DoRA or other
+variant, no lora_bias, no fan_in_fan_out, no forward hooks on the layer or its parts, dropout off (p = 0, the
+lab's default, or eval mode), adapters enabled and not merged, no `adapter_names` argument, and outside autocast
+the base and adapter weights in one dtype. Anything else runs peft's own forward. `ENABLED = False` (module
+switch) turns the context into a no-op, for benchmarks.
 """
 
 from __future__ import annotations
@@ -80,6 +82,11 @@ def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
+def _has_hooks(*modules) -> bool:
+    """Forward hooks (accelerate's offloading, a user's probe) that the fused op would skip."""
+    return any(m._forward_hooks or m._forward_pre_hooks or hasattr(m, "_hf_hook") for m in modules)
+
+
 def _fused_adapter(module, x: torch.Tensor, args, kwargs) -> str | None:
     """The one active adapter `module` can run fused on `x`, or None (then peft's forward runs)."""
     if args or kwargs or x.device.type != "cpu" or module.disable_adapters or module.merged:
@@ -88,12 +95,20 @@ def _fused_adapter(module, x: torch.Tensor, args, kwargs) -> str | None:
     if type(base) is not torch.nn.Linear or getattr(module, "fan_in_fan_out", False):
         return None
     active = [name for name in module.active_adapters if name in module.lora_A]
-    if len(active) != 1 or active[0] in getattr(module, "lora_variant", {}):
+    if len(active) != 1:
         return None
-    dropout = module.lora_dropout[active[0]]
+    name = active[0]
+    lora_a, lora_b = module.lora_A[name], module.lora_B[name]
+    if name in getattr(module, "lora_variant", {}) or getattr(module, "use_dora", {}).get(name):  # DoRA & co.
+        return None
+    if lora_b.bias is not None or _has_hooks(module, base, lora_a, lora_b):  # peft's lora_bias; hooks
+        return None
+    if not torch.is_autocast_enabled("cpu") and base.weight.dtype != lora_a.weight.dtype:
+        return None  # e.g. bf16 base, fp32 adapter without autocast: peft runs the branch in the adapter's dtype
+    dropout = module.lora_dropout[name]
     if not isinstance(dropout, torch.nn.Identity) and not (dropout.p == 0 or not dropout.training):
         return None
-    return active[0]
+    return name
 
 
 def _forward(module, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -120,7 +135,7 @@ def fused_lora(model: torch.nn.Module):
     patched = []
     try:
         for module in model.modules():
-            if isinstance(module, LoraLinear) and "forward" not in module.__dict__:
+            if type(module) is LoraLinear and "forward" not in module.__dict__:  # subclasses: peft's
                 module._peft_forward = module.forward
                 module.forward = types.MethodType(_forward, module)
                 patched.append(module)

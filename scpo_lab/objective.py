@@ -152,10 +152,11 @@ class _TokenLogpEntropy(torch.autograd.Function):
         d H / dz         = -p * (log p + H)          (H = -sum_v p_v log p_v)
         so  dL/dz = -p * (g_H (log p + H) + g_logp) + g_logp onehot(y)
 
-    Autograd through log_softmax -> exp -> mul -> sum -> gather makes ~10 passes over the [N, V] chunk in the
-    backward and keeps both p and log p; this makes 4 (exp, add, mul, mul) and keeps log p only. Same values up
-    to summation order (the entropy's sum is a dot product here); tests/test_objective.py checks both against
-    autograd and with gradcheck."""
+    Autograd through log_softmax -> exp -> mul -> sum -> gather makes ~9 passes over the [N, V] chunk in the
+    backward (two multiplies for the product, one for exp, two gradient sums, a zero-fill for the gather,
+    log-softmax's own backward) and keeps both p and log p; this makes 5 (exp, add, mul, sub, mul) and keeps
+    log p only. Same values up to rounding; tests/test_objective.py checks both against autograd and with
+    gradcheck."""
 
     @staticmethod
     def forward(ctx, logits, targets):

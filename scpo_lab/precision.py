@@ -19,8 +19,8 @@ bf16 covers the matrix products and nothing else:
         region must call `weights_changed()`.
 Log-softmax, log-probs, importance ratios, advantages, losses and the optimizer are fp32 in both precisions
 (bf16 rounding of pi / pi_old is a known source of RL instability). In both precisions the update also runs each
-LoRA Linear as one op (scpo_lab.lora_fused): under bf16 it casts x once and accumulates the adapter's product
-into the base product's output.
+LoRA Linear as one op (scpo_lab.lora_fused; with LoRA dropout 0, the default): under bf16 it casts x once and
+accumulates the adapter's product into the base product's output.
 
 `auto` (resolve): bf16 on a CPU with AMX-BF16; on a CPU with AVX512-BF16 but no AMX, bf16 only where a short
 measurement at the update's matrix shape (512 x 576 -> 1536, F.linear) finds bf16 at least BF16_MIN_SPEEDUP

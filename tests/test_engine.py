@@ -41,10 +41,12 @@ def _assert_same_draws(a, b, max_flips: int = 2):
     another batch size), and the 49k-entry cumulative sum turns that into differences at entry k, so a uniform falling
     between the two sums picks k on one side and k + 1 on the other. Measured (300 seeds of this fixture, static vs HF
     engine): 13 and 15 rows flipped in ~50,000 draws under the AVX512 and AVX2 kernels (~3e-4 per draw, ~5 % of runs
-    of one 168-draw comparison), every one between neighbouring ids. After a flip the row's contexts differ, so it is
-    compared up to the flip. A real defect (a draw that depends on which rows are active, another context, a stale
-    cache row) changes tokens to unrelated ids, or in many rows, and fails; more than `max_flips` rows (P ~ 2e-5 by
-    chance) fails too."""
+    of one 168-draw comparison), every one between neighbouring ids. That holds because this random model's
+    distribution is near-uniform (every entry ~2e-5, far above the sums' rounding); on a peaked one a flip could skip
+    entries whose probability is below that rounding, so the rule is for such fixtures. After a flip the row's
+    contexts differ, so it is compared up to the flip. A real defect (a draw that depends on which rows are active,
+    another context, a stale cache row) changes tokens to unrelated ids, or in many rows, and fails; more than
+    `max_flips` rows (P ~ 2e-5 by chance) fails too."""
     (a_ids, a_mask, a_logps, a_trunc), (b_ids, b_mask, b_logps, b_trunc) = a, b
     flips = []
     for row in range(a_ids.shape[0]):

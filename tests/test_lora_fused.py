@@ -47,14 +47,14 @@ def test_gradcheck():
     assert torch.autograd.gradcheck(lambda *t: _LoraLinear.apply(*t, 0.5, torch.float64), (x, w, b, a, lb))
 
 
-def test_frozen_weight_gets_no_gradient_and_gradients_keep_their_inputs_dtypes():
-    """Under bf16 the product runs in bf16 but x's gradient comes back fp32 and A's, B's in their fp32."""
+def test_under_bf16_the_product_is_bf16_and_each_gradient_keeps_its_inputs_dtype():
+    """A bf16 frozen weight with fp32 x and fp32 LoRA masters: y in bf16, x's gradient fp32, A's and B's fp32."""
     x, w, b, a, lb = _inputs(dtype=torch.float32)
     x.requires_grad_(), a.requires_grad_(), lb.requires_grad_()
     y = _LoraLinear.apply(x, w.to(torch.bfloat16), None, a, lb, 2.0, torch.bfloat16)
     assert y.dtype == torch.bfloat16
     y.float().sum().backward()
-    assert x.grad.dtype == a.grad.dtype == lb.grad.dtype == torch.float32 and w.grad is None
+    assert x.grad.dtype == a.grad.dtype == lb.grad.dtype == torch.float32
 
 
 @pytest.fixture(scope="module")
@@ -111,21 +111,29 @@ def test_fused_model_matches_peft_in_fp32_and_the_forwards_are_restored(policy, 
     assert not any("forward" in m.__dict__ or "_peft_forward" in m.__dict__ for m in model.modules())
 
 
-def test_fused_under_bf16_is_as_close_to_fp32_as_peft_under_bf16(policy):
-    """Inside the bf16 region (with the update's bf16 copies of the frozen weights) the fused op rounds once where
-    peft rounds three times; both stay within the bf16 tolerance of fp32, and they agree with each other to it."""
+def test_fused_under_bf16_agrees_with_peft_under_bf16_and_both_stay_near_fp32(policy, monkeypatch):
+    """Inside the bf16 region (with the update's bf16 copies of the frozen weights) the fused op ran on every
+    adapted layer, and its log-probs and LoRA gradients agree with peft's bf16 path to bf16 rounding; both stay
+    within the bf16 tolerance of fp32."""
     model, args = policy.model, _forced(policy)
-    exact, _ = _logp_and_grads(model, args)
+    exact, exact_grads = _logp_and_grads(model, args)
+    calls = _count_fused_calls(monkeypatch)
     with precision.activate("bf16"), precision.frozen_linears_in_bf16(model):
-        peft_bf16, _ = _logp_and_grads(model, args)
+        peft_bf16, peft_grads = _logp_and_grads(model, args)
+        assert not calls
         with fused_lora(model):
-            fused_bf16, _ = _logp_and_grads(model, args)
-    assert not torch.equal(fused_bf16, exact)  # bf16 really ran
-    torch.testing.assert_close(peft_bf16, exact, atol=0.05, rtol=0)
-    torch.testing.assert_close(fused_bf16, exact, atol=0.05, rtol=0)
+            fused_bf16, fused_grads = _logp_and_grads(model, args)
+    assert calls  # the fused op really ran, in bf16
+    assert not torch.equal(fused_bf16, exact) and not torch.equal(fused_bf16, peft_bf16)  # bf16, another rounding
+    for ours in (peft_bf16, fused_bf16):
+        torch.testing.assert_close(ours, exact, atol=0.05, rtol=0)
+    torch.testing.assert_close(fused_bf16, peft_bf16, atol=0.05, rtol=0)
+    for fused, peft, fp32 in zip(fused_grads, peft_grads, exact_grads):
+        scale = float(fp32.norm())
+        assert float((fused - fp32).norm()) < 0.1 * scale and float((fused - peft).norm()) < 0.1 * scale
 
 
-def test_adapters_disabled_dropout_on_or_a_second_adapter_run_pefts_forward(policy, monkeypatch):
+def test_adapters_disabled_or_dropout_on_run_pefts_forward(policy, monkeypatch):
     model, args = policy.model, _forced(policy)
     calls = _count_fused_calls(monkeypatch)
     with torch.no_grad():
@@ -144,6 +152,76 @@ def test_adapters_disabled_dropout_on_or_a_second_adapter_run_pefts_forward(poli
     with fused_lora(dropped.model), torch.no_grad():
         completion_logprobs(dropped.model, *args)
     assert calls  # eval mode: dropout is the identity, so fused
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(6, 5)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+def _peft_net(**lora_options):
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(_Net(), PeftLoraConfig(r=2, lora_alpha=4, target_modules=["proj"], **lora_options))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name or "lora_magnitude" in name:
+                param.normal_(0, 0.5)
+    return model
+
+
+def _second_adapter(model):
+    from peft import LoraConfig as PeftLoraConfig
+
+    model.add_adapter("second", PeftLoraConfig(r=2, lora_alpha=4, target_modules=["proj"]))
+    layer = model.base_model.model.proj
+    with torch.no_grad():
+        layer.lora_B["second"].weight.normal_(0, 0.5)
+    layer.set_adapter(["default", "second"])
+
+
+def _merged(model):
+    model.base_model.model.proj.merge()
+
+
+def _hooked(model):
+    model.base_model.model.proj.base_layer.register_forward_hook(lambda module, inputs, output: output * 2)
+
+
+def _bf16_base(model):
+    model.base_model.model.proj.base_layer.to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("options, change", [
+    ({}, None),
+    ({"use_dora": True}, None),
+    ({"lora_bias": True}, None),
+    ({}, _second_adapter),
+    ({}, _merged),
+    ({}, _hooked),
+    ({}, _bf16_base),
+], ids=["eligible", "dora", "lora-bias", "two-adapters", "merged", "hooked", "bf16-base-fp32-adapter"])
+def test_peft_configurations_the_fused_op_does_not_cover_run_pefts_forward(options, change, monkeypatch):
+    """Every case gives peft's output (and its input gradient); only the plain one runs the fused op."""
+    model = _peft_net(**options)
+    if change is not None:
+        change(model)
+    x = torch.randn(3, 6, dtype=model.base_model.model.proj.get_base_layer().weight.dtype, requires_grad=True)
+    want = model(x)
+    want_grad, = torch.autograd.grad(want.float().sum(), x)
+    calls = _count_fused_calls(monkeypatch)
+    with fused_lora(model):
+        got = model(x)
+        got_grad, = torch.autograd.grad(got.float().sum(), x)
+    assert bool(calls) == (change is None and not options)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_grad, want_grad, atol=1e-5, rtol=1e-5)
 
 
 def test_the_trainers_update_runs_the_fused_op_and_the_switch_turns_it_off(tmp_path, monkeypatch):
