@@ -434,7 +434,7 @@ def conclude(evals: dict[str, EvalResult], arm_of: dict[str, str], *, profile: s
     summary = seed_summary(evals, arm_of)
     ran = list(summary["arm"]) if len(summary) else []
     comparisons = paired_comparisons(evals, arm_of, pairs=comparison_pairs(ran, references, arms, extra_pairs))
-    commits = sorted({str(run.dir.config.get("git_commit", "unknown")) for run in (runs or {}).values()})
+    commits = sorted({str(run.dir.meta.get("git_commit", "unknown")) for run in (runs or {}).values()})  # provenance
     conclusion = Conclusion(comparisons, headline(comparisons), train_commits=commits)
     if profile == "smoke":
         conclusion.add("**Smoke profile: a random tiny model; these numbers only show that the code runs.**")

@@ -127,6 +127,20 @@ def test_conclude_states_the_finding_by_the_rule_with_its_caveats():
     assert headline(pd.DataFrame()) == "No paired comparison was made."
 
 
+def test_conclude_records_the_git_commits_that_trained_the_runs(tmp_path):
+    """From each run folder's provenance (config.json's git_commit). RunDir.config drops provenance keys, so
+    reading it there gave "unknown" for every run (the index's "runs trained at" column, before this test)."""
+    from types import SimpleNamespace
+
+    from scpo_lab.runs import RunDir, provenance
+
+    folders = [RunDir.create({"method": "grpo", "seed": seed}, runs_dir=tmp_path) for seed in (0, 1)]
+    evals, arm_of = _arms({"grpo": np.ones((MIN_SEEDS, 5), int), "x": np.ones((MIN_SEEDS, 5), int)})
+    conclusion = conclude(evals, arm_of, profile="cpu", runs={f"r{i}": SimpleNamespace(dir=d) for i, d in
+                                                              enumerate(folders)})
+    assert conclusion.train_commits == [provenance()["git_commit"]] and "unknown" not in conclusion.train_commits
+
+
 def test_show_puts_the_headline_in_the_output_metadata(monkeypatch):
     import IPython.display
 
