@@ -136,52 +136,10 @@ def chunk_logprobs(head: torch.nn.Module, h: Tensor, targets: Tensor, temperatur
     logits = head(h).float()  # z, [B, c, V] (only this chunk's)
     if temperature != 1.0:  # a pass over B x c x V spared at tau = 1 (z / 1 is z, bit for bit)
         logits = logits / temperature  # z / tau
-    if with_entropy and support is None:  # the update's case: one op, its backward written out
-        logp, entropy = _TokenLogpEntropy.apply(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        return logp.view(targets.shape), entropy.view(targets.shape), None
     logp_all = F.log_softmax(logits, dim=-1)  # log softmax(z / tau)
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # log pi(y_t)
     entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None  # H_t = -sum_v p_v log p_v
     return logp, entropy, None if support is None else logp_all.gather(-1, support)
-
-
-class _TokenLogpEntropy(torch.autograd.Function):
-    """(log pi(y) [N], H [N]) from logits z [N, V] and targets y [N], with the backward written out:
-
-        d log pi(y) / dz = onehot(y) - p
-        d H / dz         = -p * (log p + H)          (H = -sum_v p_v log p_v)
-        so  dL/dz = -p * (g_H (log p + H) + g_logp) + g_logp onehot(y)
-
-    Autograd through log_softmax -> exp -> mul -> sum -> gather makes ~9 passes over the [N, V] chunk in the
-    backward (two multiplies for the product, one for exp, two gradient sums, a zero-fill for the gather,
-    log-softmax's own backward) and keeps both p and log p; this makes 5 (exp, add, mul, sub, mul) and keeps
-    log p only. Same values up to rounding; tests/test_objective.py checks both against autograd and with
-    gradcheck."""
-
-    @staticmethod
-    def forward(ctx, logits, targets):
-        logp_all = F.log_softmax(logits, dim=-1)  # log p
-        entropy = logp_all.exp().mul_(logp_all).sum(-1).neg_()  # H = -sum_v p_v log p_v
-        ctx.save_for_backward(logp_all, targets, entropy)
-        ctx.set_materialize_grads(False)
-        return logp_all.gather(-1, targets[:, None]).squeeze(-1), entropy
-
-    @staticmethod
-    def backward(ctx, g_logp, g_entropy):
-        logp_all, targets, entropy = ctx.saved_tensors
-        if g_entropy is None and g_logp is None:
-            return None, None
-        p = logp_all.exp()
-        if g_entropy is None:
-            grad = p.mul_(-g_logp[:, None])  # -p g_logp
-        else:
-            grad = logp_all.add(entropy[:, None]).mul_(-g_entropy[:, None])  # -g_H (log p + H)
-            if g_logp is not None:
-                grad.sub_(g_logp[:, None])
-            grad.mul_(p)
-        if g_logp is not None:
-            grad.scatter_add_(-1, targets[:, None], g_logp[:, None])  # + g_logp onehot(y)
-        return grad, None
 
 
 def completion_logprobs(
