@@ -4,7 +4,8 @@ peft computes a LoRA Linear as `base(x) + lora_B(lora_A(dropout(x))) * scaling`,
 matrix products, a cast of x per branch under bf16 autocast (two copies of the activations), a multiply by s and
 an add over the [tokens, d_out] output, and in the backward the mirror of each (the scaling's multiply, the two
 casts back, the sum of the two input gradients). At the update's shape (704 tokens, 210 adapted layers of the
-embedded model) those passes were ~10 % of a micro-batch. `fused_lora(model)` routes every eligible LoRA Linear
+embedded model) removing them saved a few percent of a micro-batch in both precisions (benchmarks/README.md,
+"Precision on an AMX host, second session"). `fused_lora(model)` routes every eligible LoRA Linear
 through `_LoraLinear` instead, which computes the same function with the same matrix products and no elementwise
 pass over the activations beyond one cast of x and one of its gradient:
 
