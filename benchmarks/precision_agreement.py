@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Does bf16 train as well as fp32? GRPO in each precision on the same seeds, evaluated on the same problems.
 
-For each seed, one GRPO run per precision at the report set's comparison sizes (sizes.COMPARISON_SIZES: the runs
-the notebooks train, so the answer is about the regime bf16 would be used in), each final adapter evaluated in
+For each seed, one GRPO run per precision at the fp32 report set's comparison sizes (sizes.COMPARISON_SIZES: the
+runs the notebooks train, so the answer is about that regime; the same sizes for both, not the bf16 set's larger
+runs, sizes.BF16_LARGER), each final adapter evaluated in
 fp32 on the comparison evaluation (sizes.COMPARISON_EVAL). Printed: each precision's held-out pass@1 with its
 seeds x problems interval, the paired difference bf16 - fp32 by the lab's comparison rule (conclusions.py: paired
 on seeds and problems, bootstrap over both), and the first-pass ratio pi_theta / pi_sampler each precision logged.
@@ -37,10 +38,11 @@ def main(argv=None) -> int:
 
     from scpo_lab.conclusions import paired_comparisons, comparison_sentence, seed_summary
     from scpo_lab.config import comparison_settings, make_config
+    from scpo_lab.sizes import COMPARISON_SIZES
     from scpo_lab.experiment import run_experiment
 
     print_host()
-    sizes, settings = comparison_settings(args.profile)
+    sizes, settings = dict(COMPARISON_SIZES[args.profile]), comparison_settings(args.profile)[1]
     configs, arm_of = {}, {}
     for precision in ("fp32", "bf16"):
         for seed in seeds:

@@ -113,7 +113,10 @@ def cmd_eval(args) -> int:
 
 def cmd_reports(args) -> int:
     from scpo_lab.reports import build_reports
+    from scpo_lab.sizes import REPORT_PRECISION_ENV
 
+    if args.precision:  # the notebooks' kernels inherit it: sizes.report_precision reads it
+        os.environ[REPORT_PRECISION_ENV] = args.precision
     build_reports(profile=args.profile, notebooks=args.notebooks or None, output_dir=args.output)
     return 0
 
@@ -148,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="cpu")
     p.add_argument("--notebooks", nargs="*", help="notebook names (default: all in notebooks/)")
     p.add_argument("--output", default="reports")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="the cpu runs' precision (default auto: bf16 with larger runs where the host has fast bf16)")
     p.set_defaults(func=cmd_reports)
 
     args = parser.parse_args(argv)

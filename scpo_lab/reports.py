@@ -51,7 +51,13 @@ def build_reports(profile: str = "cpu", notebooks: list[str] | None = None, outp
         raise ValueError(f"profile: unknown {profile!r}; allowed: {', '.join(PROFILES)}")
     from scpo_lab.runs import git_commit
 
+    from scpo_lab.sizes import report_precision
+
     commit = git_commit()  # the code the reports are built from (rewritten reports/ do not count as changes)
+    trained_in = report_precision(profile)  # here, before any notebook: a bad SCPO_LAB_REPORT_PRECISION stops it
+    if trained_in:
+        print(f"[reports] the {profile} runs train in {trained_in} on this host (scpo_lab.sizes.report_precision)",
+              flush=True)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -71,7 +77,7 @@ def build_reports(profile: str = "cpu", notebooks: list[str] | None = None, outp
         trained = ", ".join(c[:12] for c in conclusion_record(executed).get("train_commits", []))
         rows.append((path.stem, html_path, status, seconds, headline(executed), trained))
     index = output_dir / "index.html"
-    index.write_text(_index_html(rows, profile, commit))
+    index.write_text(_index_html(rows, profile, commit, trained_in))
     failed = [r[0] for r in rows if r[2] != "ok"]
     if failed:
         raise RuntimeError(f"notebooks failed: {', '.join(failed)} (see {index})")
@@ -119,19 +125,21 @@ def conclusion_record(executed) -> dict:
     return records[-1] if records else {}
 
 
-def _index_html(rows, profile: str, commit: str) -> str:
+def _index_html(rows, profile: str, commit: str, trained_in: str | None = None) -> str:
     items = "\n".join(
         f"<tr><td>{f'<a href={html.escape(p.name)!r}>{html.escape(name)}</a>' if p else html.escape(name)}</td>"
         f"<td>{html.escape(status)}</td><td>{seconds / 60:.1f} min</td><td>{html.escape(line)}</td>"
         f"<td><code>{html.escape(trained or '-')}</code></td></tr>"
         for name, p, status, seconds, line, trained in rows)
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    precision = (f" Runs trained in <b>{html.escape(trained_in)}</b> (the report precision on this host; held-out "
+                 "evaluations in fp32)." if trained_in else "")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>scpo_lab reports</title>
 <style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}td,th{{padding:.3em 1em;text-align:left;
 vertical-align:top}}</style>
 </head><body><h1>scpo_lab reports</h1><p>Profile <b>{html.escape(profile)}</b>, rendered {when} from git commit
 <code>{html.escape(commit)}</code>; each row names the commits that trained its runs (a run is trained once and
-then loaded from the run cache, so they can be older).</p>
+then loaded from the run cache, so they can be older).{precision}</p>
 <table><tr><th>notebook</th><th>status</th><th>time</th><th>finding (by the rule of scpo_lab.conclusions)</th>
 <th>runs trained at</th></tr>
 {items}

@@ -3,6 +3,8 @@ cache) identical runs. The profiles' training defaults themselves are in config.
 
 from __future__ import annotations
 
+import os
+
 from scpo_lab.checks import one_of
 
 PROFILES = ("smoke", "cpu", "gpu")
@@ -26,6 +28,17 @@ COMPARISON_SIZES: dict[str, dict] = {
     "cpu": {"steps": 8, "prompts_per_step": 2, "group_size": 8, "max_new_tokens": 32, "save_every": 4},
     "gpu": {"steps": 100, "save_every": 25},
 }
+
+# The report set's precision on the cpu profile: `auto` by default (bf16 where the host has AMX-BF16, or AVX512-BF16
+# measured faster; fp32 elsewhere: scpo_lab.precision.resolve), or what this variable says (fp32 | bf16 | auto).
+# Every report run trains in it; held-out evaluations stay fp32 in both, so pass@1 is scored the same way.
+REPORT_PRECISION_ENV = "SCPO_LAB_REPORT_PRECISION"
+# Where the report set runs bf16, it spends the speed on larger runs, not a shorter wall-clock (issue 20, item 5):
+# 3 prompts a step instead of 2 (192 rollouts a run, 1.5x), within the same 90-minute cold budget (README "Scale
+# profiles and budgets"). Measured on the AMX host (README "Precision"), one comparison-size run each: grpo 49.3 s in
+# bf16 at 3 prompts vs 50.2 s in fp32 at 2 (median s/step: generation 1.95 vs 2.59, update 3.66 vs 3.09),
+# scpo-sequence 55.0 vs 56.8 s. Prompts rather than steps: 24 rows decode in fewer seconds than 16 did in fp32.
+BF16_LARGER: dict[str, dict] = {"cpu": {"prompts_per_step": 3}}
 # 100 problems x 2 samples: pass@1's bootstrap interval is over problems, so samples per problem add little
 COMPARISON_EVAL: dict[str, dict] = {"cpu": {"n_problems": 100, "n_samples": 2, "batch_prompts": 25}}
 
@@ -45,10 +58,31 @@ COLLAPSE_EVAL: dict[str, dict] = {
 }
 
 
-def collapse_sizes(profile: str) -> dict:
-    """Run size overrides of the GSM8K collapse-accounting runs on this profile."""
+def report_precision(profile: str) -> str | None:
+    """The precision the report set's runs train in on this host: 'fp32' or 'bf16' on the cpu profile (see
+    REPORT_PRECISION_ENV), None elsewhere (smoke pins fp32; the gpu profile keeps its own `auto`)."""
     one_of("profile", profile, PROFILES)
-    return dict(COLLAPSE_SIZES[profile])
+    if profile != "cpu":
+        return None
+    from scpo_lab import precision  # torch: imported only when a cpu report size is asked for
+
+    asked = os.environ.get(REPORT_PRECISION_ENV, "auto")
+    one_of(REPORT_PRECISION_ENV, asked, precision.PRECISIONS)
+    return precision.resolve(asked, "cpu")
+
+
+def _in_report_precision(profile: str, sizes: dict, larger: dict) -> dict:
+    resolved = report_precision(profile)
+    if resolved is None:
+        return sizes
+    return sizes | (larger.get(profile, {}) if resolved == "bf16" else {}) | {"precision": resolved}
+
+
+def collapse_sizes(profile: str) -> dict:
+    """Run size overrides of the GSM8K collapse-accounting runs on this profile, in the report precision (their
+    sizes stay: they measure the training signal, not accuracy)."""
+    one_of("profile", profile, PROFILES)
+    return _in_report_precision(profile, dict(COLLAPSE_SIZES[profile]), {})
 
 
 def collapse_eval(profile: str) -> dict:
@@ -58,9 +92,11 @@ def collapse_eval(profile: str) -> dict:
 
 
 def comparison_settings(profile: str) -> tuple[dict, dict]:
-    """(run size overrides, evaluation settings) of a comparison notebook on this profile."""
+    """(run size overrides, evaluation settings) of a comparison notebook on this profile: the run sizes in the
+    report precision (report_precision), larger where that is bf16 (BF16_LARGER)."""
     one_of("profile", profile, PROFILES)
-    return dict(COMPARISON_SIZES[profile]), dict(COMPARISON_EVAL.get(profile, EVAL_SETTINGS[profile]))
+    sizes = _in_report_precision(profile, dict(COMPARISON_SIZES[profile]), BF16_LARGER)
+    return sizes, dict(COMPARISON_EVAL.get(profile, EVAL_SETTINGS[profile]))
 
 
 def eval_settings(profile: str) -> dict:

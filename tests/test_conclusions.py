@@ -174,6 +174,8 @@ def test_the_reports_index_reads_the_recorded_finding_and_commits(tmp_path):
     assert report_headline(path) == "x beats grpo" and conclusion_record(path)["train_commits"] == ["abc"]
     page = _index_html([("01", None, "ok", 60.0, "x beats grpo", "abc")], "cpu", "def0")
     assert "x beats grpo" in page and "<code>abc</code>" in page and "def0" in page
+    assert "trained in" not in page  # the precision line only where the runs have a report precision
+    assert "Runs trained in <b>bf16</b>" in _index_html([("01", None, "ok", 60.0, "x", "abc")], "cpu", "d", "bf16")
 
 
 def test_comparison_pairs_count_each_comparison_once():

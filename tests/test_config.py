@@ -1,5 +1,7 @@
 """Bad input fails before any training, with one line naming the field and what is allowed."""
 
+import os
+
 import pytest
 
 from scpo_lab.cli import main
@@ -234,3 +236,20 @@ def test_objective_options_are_part_of_every_runs_identity():
     hashes = {run_hash(c) for c in changed}
     assert len(hashes) == len(changed) and run_hash(base) not in hashes
     assert not {"overlong_buffer", "overlong_penalty"} & set(legacy_exclude(changed[2]))  # set: hashed, old rule too
+
+
+def test_cli_reports_precision_reaches_the_notebooks_and_a_bad_one_stops_before_any(tmp_path, monkeypatch, capsys):
+    import scpo_lab.reports as reports
+    from scpo_lab.sizes import REPORT_PRECISION_ENV
+
+    seen = []
+    monkeypatch.setattr(reports, "build_reports", lambda **kw: seen.append(os.environ[REPORT_PRECISION_ENV]))
+    monkeypatch.delenv(REPORT_PRECISION_ENV, raising=False)
+    assert main(["reports", "--precision", "fp32", "--output", str(tmp_path / "r")]) == 0 and seen == ["fp32"]
+    monkeypatch.undo()
+    monkeypatch.setattr(reports, "execute_notebook", lambda *a, **k: pytest.fail("ran a notebook"))
+    monkeypatch.setenv(REPORT_PRECISION_ENV, "fp16")
+    assert main(["reports", "--output", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: SCPO_LAB_REPORT_PRECISION: unknown 'fp16'; allowed: auto, fp32, bf16"
+    assert not (tmp_path / "r2").exists()

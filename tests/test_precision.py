@@ -323,3 +323,34 @@ def test_hf_attention_runs_in_fp32_inside_bf16_and_the_entry_is_restored(policy,
     with torch.no_grad():  # fp32: the entry untouched
         completion_logprobs(policy.model, *args)
     assert calls and all(c[3] is False and c[0] == torch.float32 for c in calls)
+
+
+def test_the_report_set_trains_in_the_hosts_precision_and_spends_bf16_on_larger_runs(monkeypatch):
+    """issue 20, item 5: where `auto` resolves to bf16 the cpu report runs are bf16 with 3 prompts a step (1.5x the
+    rollouts); elsewhere they are fp32 at the sizes of the fp32 set, so a host without bf16 keeps its cached runs."""
+    from scpo_lab import sizes
+    from scpo_lab.experiment import arm_configs
+
+    monkeypatch.delenv(sizes.REPORT_PRECISION_ENV, raising=False)
+    base = sizes.COMPARISON_SIZES["cpu"]
+    for flags, expected in [({"avx2", "fma"}, "fp32"), ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, "bf16")]:
+        monkeypatch.setattr(precision, "cpu_flags", lambda flags=flags: flags)
+        run_sizes, evaluation = sizes.comparison_settings("cpu")
+        prompts = 3 if expected == "bf16" else base["prompts_per_step"]
+        assert run_sizes == base | {"prompts_per_step": prompts, "precision": expected}
+        assert evaluation == sizes.COMPARISON_EVAL["cpu"]  # pass@1 is scored the same way in both
+        assert sizes.collapse_sizes("cpu") == sizes.COLLAPSE_SIZES["cpu"] | {"precision": expected}  # sizes kept
+        configs, _ = arm_configs("cpu", ["grpo"], [0, 1], screen_arms=["scpo-sequence"])
+        assert {(c.precision, c.prompts_per_step, c.group_size) for c in configs.values()} == {(expected, prompts, 8)}
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
+    monkeypatch.setenv(sizes.REPORT_PRECISION_ENV, "fp32")  # a user's choice wins over the host
+    assert sizes.comparison_settings("cpu")[0] == base | {"precision": "fp32"}
+    # the fp32 set is the set from before the option: the same config, so the same run folders
+    assert make_config("cpu", **sizes.comparison_settings("cpu")[0]).to_dict() == make_config("cpu", **base).to_dict()
+    for profile in ("smoke", "gpu"):  # their own precisions stand
+        assert sizes.comparison_settings(profile)[0] == sizes.COMPARISON_SIZES[profile]
+        assert sizes.collapse_sizes(profile) == sizes.COLLAPSE_SIZES[profile]
+    monkeypatch.setenv(sizes.REPORT_PRECISION_ENV, "half")
+    with pytest.raises(ConfigError) as err:
+        sizes.comparison_settings("cpu")
+    assert str(err.value) == "SCPO_LAB_REPORT_PRECISION: unknown 'half'; allowed: auto, fp32, bf16"
