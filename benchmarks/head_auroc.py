@@ -1,7 +1,7 @@
 """Why scpo-head's head/auroc_teacher sits below 1/2 although the head reads the verdict (issue 18, item 3), and
 the same check for scpo-divergence's probe signal (--critic probe), which reads the same privileged states.
 
-Trains the cpu-profile scpo-head arm (or scpo-divergence with scpo.signal = probe) at the comparison notebooks' size (8 steps x 2 prompts x G = 8) and records,
+Trains the cpu-profile scpo-head arm (or scpo-divergence with scpo.signal = probe) at the fp32 report set's comparison size (8 steps x 2 prompts x G = 8, sizes.COMPARISON_SIZES; not the bf16 set's larger runs) and records,
 at every step, for the teacher-context state the head scores (the last one of each rollout): the online head's
 AUROC before it trains on the batch (what head/auroc_teacher logs), the same head's AUROC after this step's update,
 and a logistic-regression probe fitted on the other steps' states (leave-one-step-out, L2, LBFGS) -- the
@@ -26,7 +26,7 @@ def main(argv=None) -> list[dict]:
 
     import scpo_lab.critics.value as value
     from scpo_lab.config import make_config
-    from scpo_lab.sizes import comparison_settings
+    from scpo_lab.sizes import COMPARISON_SIZES
     from scpo_lab.stats import auroc
     from scpo_lab.trainer import train
 
@@ -63,7 +63,7 @@ def main(argv=None) -> list[dict]:
 
     setattr(owner, name, spy)
     try:
-        sizes = comparison_settings(args.profile)[0]
+        sizes = dict(COMPARISON_SIZES[args.profile])  # the profile's own precision (cpu: fp32)
         sizes["steps"] = args.steps
         options = {"value.lr": args.lr} if args.critic == "head" else {"scpo.signal": "probe",
                                                                          "scpo.probe_lr": args.lr}

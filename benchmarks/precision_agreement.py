@@ -37,12 +37,13 @@ def main(argv=None) -> int:
     import pandas as pd
 
     from scpo_lab.conclusions import paired_comparisons, comparison_sentence, seed_summary
-    from scpo_lab.config import comparison_settings, make_config
-    from scpo_lab.sizes import COMPARISON_SIZES
+    from scpo_lab.config import make_config
+    from scpo_lab.sizes import COMPARISON_EVAL, COMPARISON_SIZES, EVAL_SETTINGS
     from scpo_lab.experiment import run_experiment
 
     print_host()
-    sizes, settings = dict(COMPARISON_SIZES[args.profile]), comparison_settings(args.profile)[1]
+    sizes = dict(COMPARISON_SIZES[args.profile])
+    settings = dict(COMPARISON_EVAL.get(args.profile, EVAL_SETTINGS[args.profile]))
     configs, arm_of = {}, {}
     for precision in ("fp32", "bf16"):
         for seed in seeds:

@@ -116,6 +116,9 @@ def cmd_reports(args) -> int:
     from scpo_lab.sizes import REPORT_PRECISION_ENV
 
     if args.precision:  # the notebooks' kernels inherit it: sizes.report_precision reads it
+        if args.profile != "cpu":
+            raise ConfigError(f"--precision: only the cpu profile's report set takes one (got --profile "
+                              f"{args.profile}: smoke pins fp32, gpu resolves its own auto)")
         os.environ[REPORT_PRECISION_ENV] = args.precision
     build_reports(profile=args.profile, notebooks=args.notebooks or None, output_dir=args.output)
     return 0

@@ -296,7 +296,8 @@ PROFILE_DEFAULTS: dict[str, dict] = {
     # the embedded SmolLM2-135M-Instruct on 2 CPU cores, sized so notebooks finish in minutes
     # default task calibrated on the embedded model: a + b or a - b with operands 0..20 (see README for base pass@1)
     # precision fp32: tests and benchmarks on this profile must not depend on the host's bf16 hardware. bf16 trained
-    # as well over five paired seeds (README "Precision": -0.008 [-0.062, +0.045]); `precision: auto` opts in
+    # as well over five paired seeds (README "Precision": -0.008 [-0.062, +0.045]); `precision: auto` opts in, and
+    # the report set's runs take the host's precision (sizes.report_precision), not this default
     "cpu": {"model": {"name": "embedded", "backend": "hf"},
             "task": {"name": "arithmetic", "options": {"max_operand": 20}}, "precision": "fp32"},
     # a hub model through Unsloth on one GPU

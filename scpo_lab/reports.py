@@ -6,8 +6,10 @@ trains what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import html
+import os
 import time
 from pathlib import Path
 
@@ -49,19 +51,50 @@ def build_reports(profile: str = "cpu", notebooks: list[str] | None = None, outp
                   notebooks_dir: Path | None = None) -> Path:
     if profile not in PROFILES:
         raise ValueError(f"profile: unknown {profile!r}; allowed: {', '.join(PROFILES)}")
+    from scpo_lab.precision import bf16_hardware
     from scpo_lab.runs import git_commit
-
-    from scpo_lab.sizes import report_precision
+    from scpo_lab.sizes import REPORT_PRECISION_ENV, report_precision
 
     commit = git_commit()  # the code the reports are built from (rewritten reports/ do not count as changes)
     trained_in = report_precision(profile)  # here, before any notebook: a bad SCPO_LAB_REPORT_PRECISION stops it
     if trained_in:
         print(f"[reports] the {profile} runs train in {trained_in} on this host (scpo_lab.sizes.report_precision)",
               flush=True)
+        if trained_in == "bf16" and bf16_hardware() is None:
+            print("[reports] warning: this CPU has no bf16 instructions: bf16 runs in software here (measured 2.4x "
+                  "slower than fp32) at the bf16 set's larger sizes; --precision auto picks fp32", flush=True)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    # every notebook's kernel inherits the precision resolved once here, so no two notebooks can resolve it apart
+    with _environ(REPORT_PRECISION_ENV, trained_in):
+        rows = _execute_all(notebook_paths(notebooks_dir, notebooks), output_dir, profile)
+    index = output_dir / "index.html"
+    index.write_text(_index_html(rows, profile, commit, trained_in))
+    failed = [r[0] for r in rows if r[2] != "ok"]
+    if failed:
+        raise RuntimeError(f"notebooks failed: {', '.join(failed)} (see {index})")
+    return index
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str | None):
+    """os.environ[name] = value for the block (nothing where value is None), then what it was."""
+    before = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if value is not None:
+            if before is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = before
+
+
+def _execute_all(paths, output_dir: Path, profile: str) -> list[tuple]:
     rows = []
-    for path in notebook_paths(notebooks_dir, notebooks):
+    for path in paths:
         print(f"[reports] executing {path.name} (profile={profile}) ...", flush=True)
         start = time.perf_counter()
         status = "ok"
@@ -76,12 +109,7 @@ def build_reports(profile: str = "cpu", notebooks: list[str] | None = None, outp
         executed = _read_executed(output_dir / "_executed" / path.name) if html_path else None
         trained = ", ".join(c[:12] for c in conclusion_record(executed).get("train_commits", []))
         rows.append((path.stem, html_path, status, seconds, headline(executed), trained))
-    index = output_dir / "index.html"
-    index.write_text(_index_html(rows, profile, commit, trained_in))
-    failed = [r[0] for r in rows if r[2] != "ok"]
-    if failed:
-        raise RuntimeError(f"notebooks failed: {', '.join(failed)} (see {index})")
-    return index
+    return rows
 
 
 def _read_executed(executed):

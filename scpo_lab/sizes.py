@@ -22,9 +22,10 @@ EVAL_SETTINGS: dict[str, dict] = {
 # every arm x seed fits the cpu report budget; one definition, so the notebooks share (and cache) identical runs.
 COMPARISON_SIZES: dict[str, dict] = {
     "smoke": {"steps": 2, "save_every": 1},
-    # cpu: 8 steps x 2 prompts x G=8 (128 rollouts a run): 3 headline arms x 5 seeds, 12 screen arms x 1 seed and
-    # GRPO at scpo-sequence's FLOPs x 5 seeds on arithmetic, GSM8K, the group-size sweep and every evaluation fit
-    # the 90-minute cold budget of the report set on 2 cores (README "Scale profiles and budgets")
+    # cpu: 8 steps x 2 prompts x G=8 (128 rollouts a run; 3 prompts where the set trains in bf16, BF16_LARGER
+    # below): 3 headline arms x 5 seeds, 12 screen arms x 1 seed and GRPO at scpo-sequence's FLOPs x 5 seeds on
+    # arithmetic, GSM8K, the group-size sweep and every evaluation fit the 90-minute cold budget of the report set
+    # on 2 cores (README "Scale profiles and budgets")
     "cpu": {"steps": 8, "prompts_per_step": 2, "group_size": 8, "max_new_tokens": 32, "save_every": 4},
     "gpu": {"steps": 100, "save_every": 25},
 }
@@ -35,7 +36,7 @@ COMPARISON_SIZES: dict[str, dict] = {
 REPORT_PRECISION_ENV = "SCPO_LAB_REPORT_PRECISION"
 # Where the report set runs bf16, it spends the speed on larger runs, not a shorter wall-clock (issue 20, item 5):
 # 3 prompts a step instead of 2 (192 rollouts a run, 1.5x), within the same 90-minute cold budget (README "Scale
-# profiles and budgets"). Measured on the AMX host (README "Precision"), one comparison-size run each: grpo 49.3 s in
+# profiles and budgets"). Measured on the AMX host (README "Precision", 2026-12-02), one comparison-size run each: grpo 49.3 s in
 # bf16 at 3 prompts vs 50.2 s in fp32 at 2 (median s/step: generation 1.95 vs 2.59, update 3.66 vs 3.09),
 # scpo-sequence 55.0 vs 56.8 s. Prompts rather than steps: 24 rows decode in fewer seconds than 16 did in fp32.
 BF16_LARGER: dict[str, dict] = {"cpu": {"prompts_per_step": 3}}

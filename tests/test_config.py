@@ -240,16 +240,26 @@ def test_objective_options_are_part_of_every_runs_identity():
 
 def test_cli_reports_precision_reaches_the_notebooks_and_a_bad_one_stops_before_any(tmp_path, monkeypatch, capsys):
     import scpo_lab.reports as reports
+    from scpo_lab import precision
     from scpo_lab.sizes import REPORT_PRECISION_ENV
 
+    monkeypatch.setenv(REPORT_PRECISION_ENV, "auto")  # recorded first, so teardown restores it whatever the CLI writes
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
     seen = []
-    monkeypatch.setattr(reports, "build_reports", lambda **kw: seen.append(os.environ[REPORT_PRECISION_ENV]))
-    monkeypatch.delenv(REPORT_PRECISION_ENV, raising=False)
-    assert main(["reports", "--precision", "fp32", "--output", str(tmp_path / "r")]) == 0 and seen == ["fp32"]
-    monkeypatch.undo()
+    monkeypatch.setattr(reports, "notebook_paths", lambda d, n: [tmp_path / "01_x.ipynb", tmp_path / "02_y.ipynb"])
+    monkeypatch.setattr(reports, "execute_notebook", lambda *a, **k: seen.append(os.environ[REPORT_PRECISION_ENV]))
+    assert main(["reports", "--output", str(tmp_path / "r")]) == 0
+    # resolved once in the parent: every notebook gets 'bf16', not 'auto' to resolve again; restored afterwards
+    assert seen == ["bf16", "bf16"] and os.environ[REPORT_PRECISION_ENV] == "auto"
+    assert "Runs trained in <b>bf16</b>" in (tmp_path / "r" / "index.html").read_text()
+    seen.clear()
+    assert main(["reports", "--precision", "fp32", "--output", str(tmp_path / "r")]) == 0 and seen == ["fp32", "fp32"]
+    capsys.readouterr()
     monkeypatch.setattr(reports, "execute_notebook", lambda *a, **k: pytest.fail("ran a notebook"))
+    assert main(["reports", "--precision", "bf16", "--profile", "smoke", "--output", str(tmp_path / "r1")]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: --precision: only the cpu profile's report set")
     monkeypatch.setenv(REPORT_PRECISION_ENV, "fp16")
     assert main(["reports", "--output", str(tmp_path / "r2")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: SCPO_LAB_REPORT_PRECISION: unknown 'fp16'; allowed: auto, fp32, bf16"
-    assert not (tmp_path / "r2").exists()
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
