@@ -262,7 +262,7 @@ def calibration_bins(predicted, passed, bins: int = 10) -> pd.DataFrame:
 def auroc(scores, labels) -> float:
     """Area under the ROC curve: P(score of a random positive > a random negative), ties count 1/2 (the
     Mann-Whitney statistic). nan when one class is absent. Lists, arrays or tensors."""
-    scores, labels = (x.detach().cpu().numpy() if hasattr(x, "detach") else x for x in (scores, labels))
+    scores, labels = (x.detach().cpu().float().numpy() if hasattr(x, "detach") else x for x in (scores, labels))
     scores = np.asarray(scores, dtype=np.float64).ravel()
     labels = np.asarray(labels).ravel().astype(bool)
     pos, neg = scores[labels], scores[~labels]

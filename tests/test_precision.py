@@ -354,3 +354,20 @@ def test_the_report_set_trains_in_the_hosts_precision_and_spends_bf16_on_larger_
     with pytest.raises(ConfigError) as err:
         sizes.comparison_settings("cpu")
     assert str(err.value) == "SCPO_LAB_REPORT_PRECISION: unknown 'half'; allowed: auto, fp32, bf16"
+
+
+@pytest.mark.parametrize("arm", sorted(__import__("scpo_lab").critics.arms()))
+def test_every_arm_trains_under_bf16_with_fp32_signals(arm, tmp_path):
+    """The report set trains every arm in bf16 where the host has it: each critic's signal (a head's or probe's
+    logit under autocast is a bf16 product) must come out fp32 and its statistics must not fail on bf16 tensors
+    (scpo-head's AUROC did, in the first bf16 cold run of the report set)."""
+    import math
+
+    from scpo_lab.experiment import arm_configs
+
+    configs, _ = arm_configs("smoke", [arm], [0], precision="bf16", runs_dir=str(tmp_path), steps=1)
+    run = train(next(iter(configs.values())), progress=False)
+    rows = run.dir.read_metrics()
+    assert run.dir.record()["precision_used"] == "bf16" and len(rows) == 1
+    numbers = [v for v in rows[0].values() if isinstance(v, float)]
+    assert numbers and not any(math.isinf(v) for v in numbers)  # nan only where a metric is undefined (kl at beta 0)

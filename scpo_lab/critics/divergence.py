@@ -189,7 +189,8 @@ class DivergenceCritic(Critic):
             if self._pending_probe_state is not None:
                 self._load_probe(self._pending_probe_state)
         mask = batch.completion_mask.float()
-        logits = self.probe(h).squeeze(-1)  # one forward: its values give the signal, its graph the update
+        # one forward: its values give the signal, its graph the update; fp32 even where autocast ran it in bf16
+        logits = self.probe(h.float()).float().squeeze(-1)
         p = torch.sigmoid(logits.detach())  # predicted success after each token
         previous = torch.cat([torch.full_like(p[:, :1], 0.5), p[:, :-1]], dim=1)
         signal = (p - previous) * mask

@@ -124,7 +124,8 @@ class ValueHead(torch.nn.Module):
         torch.nn.init.zeros_(self.net[-1].bias if kind == "mlp" else self.net.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.net(h.float()).squeeze(-1)
+        # .float(): under bf16 autocast the Linear's product is bf16; the logit that rewards and losses use is fp32
+        return self.net(h.float()).float().squeeze(-1)
 
 
 # ------------------------------------------------------------------------------------------------ the math
