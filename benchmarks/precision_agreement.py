@@ -38,12 +38,11 @@ def main(argv=None) -> int:
 
     from scpo_lab.conclusions import paired_comparisons, comparison_sentence, seed_summary
     from scpo_lab.config import make_config
-    from scpo_lab.sizes import COMPARISON_EVAL, COMPARISON_SIZES, EVAL_SETTINGS
+    from scpo_lab.sizes import COMPARISON_SIZES, comparison_eval
     from scpo_lab.experiment import run_experiment
 
     print_host()
-    sizes = dict(COMPARISON_SIZES[args.profile])
-    settings = dict(COMPARISON_EVAL.get(args.profile, EVAL_SETTINGS[args.profile]))
+    sizes, settings = dict(COMPARISON_SIZES[args.profile]), comparison_eval(args.profile)
     configs, arm_of = {}, {}
     for precision in ("fp32", "bf16"):
         for seed in seeds:

@@ -12,6 +12,7 @@ import html
 import os
 import time
 from pathlib import Path
+from unittest import mock
 
 from scpo_lab.config import PROFILES
 
@@ -66,7 +67,7 @@ def build_reports(profile: str = "cpu", notebooks: list[str] | None = None, outp
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     # every notebook's kernel inherits the precision resolved once here, so no two notebooks can resolve it apart
-    with _environ(REPORT_PRECISION_ENV, trained_in):
+    with mock.patch.dict(os.environ, {REPORT_PRECISION_ENV: trained_in}) if trained_in else contextlib.nullcontext():
         rows = _execute_all(notebook_paths(notebooks_dir, notebooks), output_dir, profile)
     index = output_dir / "index.html"
     index.write_text(_index_html(rows, profile, commit, trained_in))
@@ -74,22 +75,6 @@ def build_reports(profile: str = "cpu", notebooks: list[str] | None = None, outp
     if failed:
         raise RuntimeError(f"notebooks failed: {', '.join(failed)} (see {index})")
     return index
-
-
-@contextlib.contextmanager
-def _environ(name: str, value: str | None):
-    """os.environ[name] = value for the block (nothing where value is None), then what it was."""
-    before = os.environ.get(name)
-    if value is not None:
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        if value is not None:
-            if before is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = before
 
 
 def _execute_all(paths, output_dir: Path, profile: str) -> list[tuple]:

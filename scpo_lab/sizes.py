@@ -36,9 +36,9 @@ COMPARISON_SIZES: dict[str, dict] = {
 REPORT_PRECISION_ENV = "SCPO_LAB_REPORT_PRECISION"
 # Where the report set runs bf16, it spends the speed on larger runs, not a shorter wall-clock (issue 20, item 5):
 # 3 prompts a step instead of 2 (192 rollouts a run, 1.5x), within the same 90-minute cold budget (README "Scale
-# profiles and budgets"). Measured on the AMX host (README "Precision", 2026-12-02), one comparison-size run each: grpo 49.3 s in
-# bf16 at 3 prompts vs 50.2 s in fp32 at 2 (median s/step: generation 1.95 vs 2.59, update 3.66 vs 3.09),
-# scpo-sequence 55.0 vs 56.8 s. Prompts rather than steps: 24 rows decode in fewer seconds than 16 did in fp32.
+# profiles and budgets"). Measured on the AMX host (README "Precision", 2026-12-02), one comparison-size run each:
+# grpo 49.3 s in bf16 at 3 prompts vs 50.2 s in fp32 at 2 (median s/step: generation 1.95 vs 2.59, update 3.66 vs
+# 3.09), scpo-sequence 55.0 vs 56.8 s. Prompts rather than steps: 24 rows decode in fewer seconds than 16 did in fp32.
 BF16_LARGER: dict[str, dict] = {"cpu": {"prompts_per_step": 3}}
 # 100 problems x 2 samples: pass@1's bootstrap interval is over problems, so samples per problem add little
 COMPARISON_EVAL: dict[str, dict] = {"cpu": {"n_problems": 100, "n_samples": 2, "batch_prompts": 25}}
@@ -97,7 +97,13 @@ def comparison_settings(profile: str) -> tuple[dict, dict]:
     report precision (report_precision), larger where that is bf16 (BF16_LARGER)."""
     one_of("profile", profile, PROFILES)
     sizes = _in_report_precision(profile, dict(COMPARISON_SIZES[profile]), BF16_LARGER)
-    return sizes, dict(COMPARISON_EVAL.get(profile, EVAL_SETTINGS[profile]))
+    return sizes, comparison_eval(profile)
+
+
+def comparison_eval(profile: str) -> dict:
+    """The held-out evaluation settings of a comparison notebook on this profile (either precision: fp32)."""
+    one_of("profile", profile, PROFILES)
+    return dict(COMPARISON_EVAL.get(profile, EVAL_SETTINGS[profile]))
 
 
 def eval_settings(profile: str) -> dict:
