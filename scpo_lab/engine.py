@@ -98,6 +98,8 @@ class DecoderWeights:
     eps: float
     scaling: float
     dtype: torch.dtype = torch.float32  # of the products' weights, their outputs and the KV cache
+    # attention's dtype where torch cannot run it in `dtype` here (precision.cpu_bf16_attention_works); None: dtype
+    attention_dtype: torch.dtype | None = None
 
     @property
     def weight_bytes(self) -> int:
@@ -173,7 +175,9 @@ def _snapshot(base, config, inner, batch_hint: int, dtype: torch.dtype) -> Decod
     return DecoderWeights(
         embed=inner.embed_tokens.weight, layers=layers, ln_final=inner.norm.weight, lm_head=lm_head,
         rotary=inner.rotary_emb, n_heads=config.num_attention_heads, n_kv_heads=config.num_key_value_heads,
-        head_dim=head_dim, eps=config.rms_norm_eps, scaling=head_dim ** -0.5, dtype=dtype)
+        head_dim=head_dim, eps=config.rms_norm_eps, scaling=head_dim ** -0.5, dtype=dtype,
+        attention_dtype=torch.float32 if dtype == torch.bfloat16 and inner.embed_tokens.weight.device.type == "cpu"
+        and not precision.cpu_bf16_attention_works() else None)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -211,14 +215,23 @@ def _forward_states(w: DecoderWeights, tokens: torch.Tensor, positions: torch.Te
         q = qk[:, :w.n_heads].to(w.dtype)
         cache_k[i][:, :, start:end] = qk[:, w.n_heads:]
         cache_v[i][:, :, start:end] = qkv[..., q_size + kv_size:].view(b, s, w.n_kv_heads, w.head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, cache_k[i][:, :, :end], cache_v[i][:, :, :end], attn_mask=attn_mask,
-                                             scale=w.scaling, enable_gqa=True)  # softmax(q k^T / sqrt(hd)) v
+        out = _attention(w, q, cache_k[i][:, :, :end], cache_v[i][:, :, :end], attn_mask)
         h = h + layer.o(out.transpose(1, 2).reshape(b, s, q_size))
         gate, up = layer.gate_up(_rms_norm(h, layer.ln_mlp, w.eps)).chunk(2, dim=-1)
         h = h + layer.down(F.silu(gate) * up)  # SwiGLU MLP
     if record_layer == len(w.layers):
         recorded = _rms_norm(h, w.ln_final, w.eps)
     return h, recorded
+
+
+def _attention(w: DecoderWeights, q, k, v, attn_mask: torch.Tensor) -> torch.Tensor:
+    if w.attention_dtype is not None:  # only where torch's kernel for w.dtype fails on this host
+        with torch.autocast(q.device.type, enabled=False):  # the trainer's bf16 region would cast back to bf16
+            q, k, v = (x.to(w.attention_dtype) for x in (q, k, v))
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=w.scaling,
+                                                  enable_gqa=True).to(w.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=w.scaling,
+                                          enable_gqa=True)  # softmax(q k^T / sqrt(hd)) v
 
 
 def _forward(w: DecoderWeights, tokens: torch.Tensor, positions: torch.Tensor, cache_k: list, cache_v: list,

@@ -73,6 +73,15 @@ def bf16_hardware(flags: set[str] | None = None) -> str | None:
     return None
 
 
+def cpu_bf16_attention_works(flags: set[str] | None = None, kernels: str | None = None) -> bool:
+    """False where torch's CPU bf16 scaled_dot_product_attention fails: on a CPU with AMX it packs its operands
+    for AMX (VNNI) at 64+ query rows, which a forced non-AVX512 kernel set refuses (ATEN_CPU_CAPABILITY=avx2 or
+    default on an AMX host: "pack_vnni2 is only supported when avx512 is supported"; torch 2.14.1)."""
+    flags = cpu_flags() if flags is None else flags
+    kernels = torch.backends.cpu.get_cpu_capability() if kernels is None else kernels
+    return bf16_hardware(flags) != "amx" or kernels.startswith("AVX512")
+
+
 def _best_seconds(work, repeats: int = 7) -> float:
     work()  # warm-up: oneDNN / MKL pick and build their kernels for the shape
     best = float("inf")

@@ -371,3 +371,16 @@ def test_every_arm_trains_under_bf16_with_fp32_signals(arm, tmp_path):
     assert run.dir.record()["precision_used"] == "bf16" and len(rows) == 1
     numbers = [v for v in rows[0].values() if isinstance(v, float)]
     assert numbers and not any(math.isinf(v) for v in numbers)  # nan only where a metric is undefined (kl at beta 0)
+
+
+def test_bf16_attention_falls_back_to_fp32_only_where_torch_cannot_run_it(policy, monkeypatch):
+    """torch's CPU bf16 attention fails at 64+ query rows on an AMX CPU under a forced avx2/default kernel set (CI's
+    `make test-kernels` on an AMX host): there, and only there, the engine's snapshot runs attention in fp32."""
+    amx = {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
+    assert precision.cpu_bf16_attention_works(amx, "AVX512") and precision.cpu_bf16_attention_works({"avx2"}, "AVX2")
+    assert not precision.cpu_bf16_attention_works(amx, "AVX2")
+    assert not precision.cpu_bf16_attention_works(amx, "DEFAULT")
+    for works, expected in [(True, None), (False, torch.float32)]:
+        monkeypatch.setattr(precision, "cpu_bf16_attention_works", lambda works=works: works)
+        assert engine.snapshot(policy.model, dtype=torch.bfloat16).attention_dtype == expected
+        assert engine.snapshot(policy.model, dtype=torch.float32).attention_dtype is None  # fp32 never changes
