@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 from scpo_lab.config import ConfigError
 
@@ -115,12 +116,12 @@ def cmd_reports(args) -> int:
     from scpo_lab.reports import build_reports
     from scpo_lab.sizes import REPORT_PRECISION_ENV
 
-    if args.precision:  # the notebooks' kernels inherit it: sizes.report_precision reads it
-        if args.profile != "cpu":
-            raise ConfigError(f"--precision: only the cpu profile's report set takes one (got --profile "
-                              f"{args.profile}: smoke pins fp32, gpu resolves its own auto)")
-        os.environ[REPORT_PRECISION_ENV] = args.precision
-    build_reports(profile=args.profile, notebooks=args.notebooks or None, output_dir=args.output)
+    if args.precision and args.profile != "cpu":
+        raise ConfigError(f"--precision: only the cpu profile's report set takes one (got --profile "
+                          f"{args.profile}: smoke pins fp32, gpu resolves its own auto)")
+    # the notebooks' kernels inherit it (sizes.report_precision reads it); main() called in-process leaves it as it was
+    with mock.patch.dict(os.environ, {REPORT_PRECISION_ENV: args.precision} if args.precision else {}):
+        build_reports(profile=args.profile, notebooks=args.notebooks or None, output_dir=args.output)
     return 0
 
 

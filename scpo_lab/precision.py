@@ -111,16 +111,22 @@ def cpu_model() -> str:
         return ""
 
 
+# oneDNN and MKL choose their kernels by the CPU unless these cap them (make test-kernels does): a capped process
+# computes bf16 in software, so its measurement is its own
+KERNEL_CAPS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def _host_key() -> str:
+    caps = "".join(f"|{name}={os.environ[name]}" for name in KERNEL_CAPS if os.environ.get(name))
     return (f"{cpu_model()}|{torch.__version__}|{torch.backends.cpu.get_cpu_capability()}|"
-            f"threads={torch.get_num_threads()}")
+            f"threads={torch.get_num_threads()}{caps}")
 
 
 _measured: dict[str, float] = {}
 
 
 def cached_bf16_speedup() -> float:
-    """measure_bf16_speedup() once per host key (CPU, torch, kernel set, threads), kept in
+    """measure_bf16_speedup() once per host key (CPU, torch, kernel set, threads, KERNEL_CAPS), kept in
     $SCPO_LAB_CACHE/host-precision.json so that later processes resolve `auto` the same way."""
     from scpo_lab.paths import cache_root
 

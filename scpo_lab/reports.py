@@ -52,18 +52,22 @@ def build_reports(profile: str = "cpu", notebooks: list[str] | None = None, outp
                   notebooks_dir: Path | None = None) -> Path:
     if profile not in PROFILES:
         raise ValueError(f"profile: unknown {profile!r}; allowed: {', '.join(PROFILES)}")
-    from scpo_lab.precision import bf16_hardware
+    from scpo_lab import precision
     from scpo_lab.runs import git_commit
-    from scpo_lab.sizes import REPORT_PRECISION_ENV, report_precision
+    from scpo_lab.sizes import REPORT_PRECISION_ENV, report_precision, report_runs_larger
 
     commit = git_commit()  # the code the reports are built from (rewritten reports/ do not count as changes)
     trained_in = report_precision(profile)  # here, before any notebook: a bad SCPO_LAB_REPORT_PRECISION stops it
     if trained_in:
-        print(f"[reports] the {profile} runs train in {trained_in} on this host (scpo_lab.sizes.report_precision)",
-              flush=True)
-        if trained_in == "bf16" and bf16_hardware() is None:
-            print("[reports] warning: this CPU has no bf16 instructions: bf16 runs in software here (measured 2.4x "
-                  "slower than fp32) at the bf16 set's larger sizes; --precision auto picks fp32", flush=True)
+        sized = "the larger bf16 runs (sizes.BF16_LARGER)" if report_runs_larger(profile) else "the fp32 set's sizes"
+        print(f"[reports] the {profile} runs train in {trained_in} on this host at {sized} "
+              "(scpo_lab.sizes.report_precision)", flush=True)
+        if trained_in == "bf16" and precision.resolve("auto", "cpu") == "fp32":
+            why = ("this CPU has no bf16 instructions: bf16 runs in software (measured 2.4x slower than fp32)"
+                   if precision.bf16_hardware() is None else
+                   f"bf16 measured {precision.cached_bf16_speedup():.2f}x fp32's speed on this CPU (auto needs "
+                   f"{precision.BF16_MIN_SPEEDUP}x)")
+            print(f"[reports] warning: {why}; --precision auto picks fp32 here", flush=True)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     # every notebook's kernel inherits the precision resolved once here, so no two notebooks can resolve it apart

@@ -22,7 +22,7 @@ EVAL_SETTINGS: dict[str, dict] = {
 # every arm x seed fits the cpu report budget; one definition, so the notebooks share (and cache) identical runs.
 COMPARISON_SIZES: dict[str, dict] = {
     "smoke": {"steps": 2, "save_every": 1},
-    # cpu: 8 steps x 2 prompts x G=8 (128 rollouts a run; 3 prompts where the set trains in bf16, BF16_LARGER
+    # cpu: 8 steps x 2 prompts x G=8 (128 rollouts a run; 3 prompts where the set trains in bf16 on AMX, BF16_LARGER
     # below): 3 headline arms x 5 seeds, 12 screen arms x 1 seed and GRPO at scpo-sequence's FLOPs x 5 seeds on
     # arithmetic, GSM8K, the group-size sweep and every evaluation fit the 90-minute cold budget of the report set
     # on 2 cores (README "Scale profiles and budgets")
@@ -40,6 +40,11 @@ REPORT_PRECISION_ENV = "SCPO_LAB_REPORT_PRECISION"
 # grpo 49.3 s in bf16 at 3 prompts vs 50.2 s in fp32 at 2 (median s/step: generation 1.95 vs 2.59, update 3.66 vs
 # 3.09), scpo-sequence 55.0 vs 56.8 s. Prompts rather than steps: 24 rows decode in fewer seconds than 16 did in fp32.
 BF16_LARGER: dict[str, dict] = {"cpu": {"prompts_per_step": 3}}
+# ...and only on the bf16 hardware where that was measured to pay for itself: AMX (the larger set took 59 min 35 s
+# cold against the fp32 set's 77 min 14 s on the same host). Where `auto` picks bf16 without AMX (AVX512-BF16 with
+# F.linear measured >= 1.3x faster, precision.resolve), a whole GRPO step measured 1.23x faster (AMD EPYC, README
+# "Precision"), short of the 1.5x rollouts: the runs keep the fp32 set's sizes there, in bf16.
+BF16_LARGER_HARDWARE = ("amx",)
 # 100 problems x 2 samples: pass@1's bootstrap interval is over problems, so samples per problem add little
 COMPARISON_EVAL: dict[str, dict] = {"cpu": {"n_problems": 100, "n_samples": 2, "batch_prompts": 25}}
 
@@ -72,11 +77,21 @@ def report_precision(profile: str) -> str | None:
     return precision.resolve(asked, "cpu")
 
 
+def report_runs_larger(profile: str) -> bool:
+    """True where the report set's comparison runs are the larger bf16 runs (BF16_LARGER): it trains in bf16 on
+    this profile, on bf16 hardware measured to pay for them (BF16_LARGER_HARDWARE)."""
+    if report_precision(profile) != "bf16":
+        return False
+    from scpo_lab import precision
+
+    return precision.bf16_hardware() in BF16_LARGER_HARDWARE
+
+
 def _in_report_precision(profile: str, sizes: dict, larger: dict) -> dict:
     resolved = report_precision(profile)
     if resolved is None:
         return sizes
-    return sizes | (larger.get(profile, {}) if resolved == "bf16" else {}) | {"precision": resolved}
+    return sizes | (larger.get(profile, {}) if report_runs_larger(profile) else {}) | {"precision": resolved}
 
 
 def collapse_sizes(profile: str) -> dict:
@@ -94,7 +109,7 @@ def collapse_eval(profile: str) -> dict:
 
 def comparison_settings(profile: str) -> tuple[dict, dict]:
     """(run size overrides, evaluation settings) of a comparison notebook on this profile: the run sizes in the
-    report precision (report_precision), larger where that is bf16 (BF16_LARGER)."""
+    report precision (report_precision), larger where that is bf16 on AMX (report_runs_larger)."""
     one_of("profile", profile, PROFILES)
     sizes = _in_report_precision(profile, dict(COMPARISON_SIZES[profile]), BF16_LARGER)
     return sizes, comparison_eval(profile)
