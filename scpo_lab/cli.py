@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--notebooks", nargs="*", help="notebook names (default: all in notebooks/)")
     p.add_argument("--output", default="reports")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
-                   help="the cpu runs' precision (default auto: bf16 with larger runs where the host has fast bf16)")
+                   help="the cpu runs' precision (default auto: bf16 where the host has fast bf16, with larger runs on "
+                        "AMX; fp32 elsewhere)")
     p.set_defaults(func=cmd_reports)
 
     args = parser.parse_args(argv)

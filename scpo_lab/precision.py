@@ -22,11 +22,12 @@ Log-softmax, log-probs, importance ratios, advantages, losses and the optimizer 
 LoRA Linear as one op (scpo_lab.lora_fused; with LoRA dropout 0, the default): under bf16 it casts x once and
 accumulates the adapter's product into the base product's output.
 
-`auto` (resolve): bf16 on a CPU with AMX-BF16; on a CPU with AVX512-BF16 but no AMX, bf16 only where a short
-measurement at the update's matrix shape (512 x 576 -> 1536, F.linear) finds bf16 at least BF16_MIN_SPEEDUP
-times faster than fp32 (the result is cached per host, torch version, kernel set and thread count under
-$SCPO_LAB_CACHE, so every process on one host resolves the same way); fp32 everywhere else (an AVX2 host runs
-bf16 in software, measured 2.4x slower). On CUDA the GPU path's own choice stands: auto = bf16 weights, as
+`auto` (resolve): bf16 on a CPU with AMX-BF16; on a CPU with AVX512-BF16 but no AMX (or with oneDNN / MKL capped
+by KERNEL_CAPS, as `make test-kernels` does), bf16 only where a short measurement at the update's matrix shape
+(512 x 576 -> 1536, F.linear) finds bf16 at least BF16_MIN_SPEEDUP times faster than fp32 (the result is cached
+per host, torch version, kernel set, thread count and caps under $SCPO_LAB_CACHE, so every process on one host
+resolves the same way); fp32 everywhere else (an AVX2 host runs bf16 in software: a GRPO step measured 2.4x
+slower, issue 20). On CUDA the GPU path's own choice stands: auto = bf16 weights, as
 load_policy always did there; fp32 loads fp32 weights.
 
 Run identity: the trainer adds `precision_used: bf16` to the run record (and so to the hash) when the resolved
@@ -112,12 +113,18 @@ def cpu_model() -> str:
 
 
 # oneDNN and MKL choose their kernels by the CPU unless these cap them (make test-kernels does): a capped process
-# computes bf16 in software, so its measurement is its own
+# may compute bf16 in software whatever the CPU has, so it measures instead of trusting the flags (resolve), and
+# its measurement is its own (_host_key)
 KERNEL_CAPS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
+def kernel_caps() -> dict[str, str]:
+    """The KERNEL_CAPS set in this process's environment."""
+    return {name: os.environ[name] for name in KERNEL_CAPS if os.environ.get(name)}
+
+
 def _host_key() -> str:
-    caps = "".join(f"|{name}={os.environ[name]}" for name in KERNEL_CAPS if os.environ.get(name))
+    caps = "".join(f"|{name}={value}" for name, value in kernel_caps().items())
     return (f"{cpu_model()}|{torch.__version__}|{torch.backends.cpu.get_cpu_capability()}|"
             f"threads={torch.get_num_threads()}{caps}")
 
@@ -167,9 +174,9 @@ def resolve(precision: str, device: torch.device | str | None = None) -> str:
     if _device(device).type == "cuda":
         return "bf16"
     hardware = bf16_hardware()
-    if hardware == "amx":
+    if hardware == "amx" and not kernel_caps():
         return "bf16"
-    if hardware == "avx512_bf16" and cached_bf16_speedup() >= BF16_MIN_SPEEDUP:
+    if hardware is not None and cached_bf16_speedup() >= BF16_MIN_SPEEDUP:
         return "bf16"
     return "fp32"
 

@@ -54,16 +54,18 @@ def build_reports(profile: str = "cpu", notebooks: list[str] | None = None, outp
         raise ValueError(f"profile: unknown {profile!r}; allowed: {', '.join(PROFILES)}")
     from scpo_lab import precision
     from scpo_lab.runs import git_commit
-    from scpo_lab.sizes import REPORT_PRECISION_ENV, report_precision, report_runs_larger
+    from scpo_lab.sizes import BF16_LARGER, REPORT_PRECISION_ENV, report_precision, runs_larger
 
     commit = git_commit()  # the code the reports are built from (rewritten reports/ do not count as changes)
     trained_in = report_precision(profile)  # here, before any notebook: a bad SCPO_LAB_REPORT_PRECISION stops it
+    sized = None
     if trained_in:
-        sized = "the larger bf16 runs (sizes.BF16_LARGER)" if report_runs_larger(profile) else "the fp32 set's sizes"
+        sized = (f"the larger bf16 runs ({', '.join(f'{k} {v}' for k, v in BF16_LARGER[profile].items())}, "
+                 "sizes.BF16_LARGER)" if runs_larger(trained_in) else "the fp32 set's sizes")
         print(f"[reports] the {profile} runs train in {trained_in} on this host at {sized} "
               "(scpo_lab.sizes.report_precision)", flush=True)
         if trained_in == "bf16" and precision.resolve("auto", "cpu") == "fp32":
-            why = ("this CPU has no bf16 instructions: bf16 runs in software (measured 2.4x slower than fp32)"
+            why = ("this CPU has no bf16 instructions: bf16 runs in software (a GRPO step measured 2.4x slower)"
                    if precision.bf16_hardware() is None else
                    f"bf16 measured {precision.cached_bf16_speedup():.2f}x fp32's speed on this CPU (auto needs "
                    f"{precision.BF16_MIN_SPEEDUP}x)")
@@ -74,7 +76,7 @@ def build_reports(profile: str = "cpu", notebooks: list[str] | None = None, outp
     with mock.patch.dict(os.environ, {REPORT_PRECISION_ENV: trained_in}) if trained_in else contextlib.nullcontext():
         rows = _execute_all(notebook_paths(notebooks_dir, notebooks), output_dir, profile)
     index = output_dir / "index.html"
-    index.write_text(_index_html(rows, profile, commit, trained_in))
+    index.write_text(_index_html(rows, profile, commit, trained_in, sized))
     failed = [r[0] for r in rows if r[2] != "ok"]
     if failed:
         raise RuntimeError(f"notebooks failed: {', '.join(failed)} (see {index})")
@@ -142,15 +144,15 @@ def conclusion_record(executed) -> dict:
     return records[-1] if records else {}
 
 
-def _index_html(rows, profile: str, commit: str, trained_in: str | None = None) -> str:
+def _index_html(rows, profile: str, commit: str, trained_in: str | None = None, sized: str | None = None) -> str:
     items = "\n".join(
         f"<tr><td>{f'<a href={html.escape(p.name)!r}>{html.escape(name)}</a>' if p else html.escape(name)}</td>"
         f"<td>{html.escape(status)}</td><td>{seconds / 60:.1f} min</td><td>{html.escape(line)}</td>"
         f"<td><code>{html.escape(trained or '-')}</code></td></tr>"
         for name, p, status, seconds, line, trained in rows)
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    precision = (f" Runs trained in <b>{html.escape(trained_in)}</b> (the report precision on this host; held-out "
-                 "evaluations in fp32)." if trained_in else "")
+    precision = (f" Runs trained in <b>{html.escape(trained_in)}</b> at {html.escape(sized or '-')} (the report "
+                 "precision on this host; held-out evaluations in fp32)." if trained_in else "")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>scpo_lab reports</title>
 <style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}td,th{{padding:.3em 1em;text-align:left;
 vertical-align:top}}</style>

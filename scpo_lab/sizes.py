@@ -77,21 +77,20 @@ def report_precision(profile: str) -> str | None:
     return precision.resolve(asked, "cpu")
 
 
-def report_runs_larger(profile: str) -> bool:
-    """True where the report set's comparison runs are the larger bf16 runs (BF16_LARGER): it trains in bf16 on
-    this profile, on bf16 hardware measured to pay for them (BF16_LARGER_HARDWARE)."""
-    if report_precision(profile) != "bf16":
-        return False
+def runs_larger(resolved: str | None) -> bool:
+    """True where the report set's comparison runs in `resolved` (report_precision's value) are the larger bf16 runs
+    (BF16_LARGER): bf16, on bf16 hardware measured to pay for them (BF16_LARGER_HARDWARE), oneDNN / MKL not capped
+    below it (precision.KERNEL_CAPS)."""
     from scpo_lab import precision
 
-    return precision.bf16_hardware() in BF16_LARGER_HARDWARE
+    return resolved == "bf16" and precision.bf16_hardware() in BF16_LARGER_HARDWARE and not precision.kernel_caps()
 
 
 def _in_report_precision(profile: str, sizes: dict, larger: dict) -> dict:
     resolved = report_precision(profile)
     if resolved is None:
         return sizes
-    return sizes | (larger.get(profile, {}) if report_runs_larger(profile) else {}) | {"precision": resolved}
+    return sizes | (larger.get(profile, {}) if runs_larger(resolved) else {}) | {"precision": resolved}
 
 
 def collapse_sizes(profile: str) -> dict:
@@ -109,7 +108,7 @@ def collapse_eval(profile: str) -> dict:
 
 def comparison_settings(profile: str) -> tuple[dict, dict]:
     """(run size overrides, evaluation settings) of a comparison notebook on this profile: the run sizes in the
-    report precision (report_precision), larger where that is bf16 on AMX (report_runs_larger)."""
+    report precision (report_precision), larger where that is bf16 on AMX (runs_larger)."""
     one_of("profile", profile, PROFILES)
     sizes = _in_report_precision(profile, dict(COMPARISON_SIZES[profile]), BF16_LARGER)
     return sizes, comparison_eval(profile)

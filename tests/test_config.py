@@ -238,13 +238,13 @@ def test_objective_options_are_part_of_every_runs_identity():
     assert not {"overlong_buffer", "overlong_penalty"} & set(legacy_exclude(changed[2]))  # set: hashed, old rule too
 
 
-def test_cli_reports_precision_reaches_the_notebooks_and_a_bad_one_stops_before_any(tmp_path, monkeypatch, capsys):
+def test_cli_reports_precision_reaches_the_notebooks_and_a_bad_one_stops_before_any(tmp_path, monkeypatch, capsys,
+                                                                                    fake_cpu):
     import scpo_lab.reports as reports
-    from scpo_lab import precision
     from scpo_lab.sizes import REPORT_PRECISION_ENV
 
     monkeypatch.setenv(REPORT_PRECISION_ENV, "auto")  # recorded first, so teardown restores it whatever the CLI writes
-    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
+    fake_cpu({"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
     seen = []
     monkeypatch.setattr(reports, "notebook_paths", lambda d, n: [tmp_path / "01_x.ipynb", tmp_path / "02_y.ipynb"])
     monkeypatch.setattr(reports, "execute_notebook", lambda *a, **k: seen.append(os.environ[REPORT_PRECISION_ENV]))
@@ -265,10 +265,13 @@ def test_cli_reports_precision_reaches_the_notebooks_and_a_bad_one_stops_before_
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
 
 
-def test_cli_reports_says_which_sizes_and_warns_where_bf16_is_forced_against_auto(tmp_path, monkeypatch, capsys):
+def test_cli_reports_says_which_sizes_and_warns_where_bf16_is_forced_against_auto(tmp_path, monkeypatch, capsys,
+                                                                                   fake_cpu):
     """The report set says whether its bf16 runs are the larger ones (AMX only) and warns where bf16 is forced on a
     host where `auto` picks fp32: no bf16 instructions, or bf16 measured slower (an AVX512-BF16 Xeon with AMX
     hidden: F.linear at 0.60x fp32's speed, 2026-12-02)."""
+    import html
+
     import scpo_lab.reports as reports
     from scpo_lab import precision
     from scpo_lab.sizes import REPORT_PRECISION_ENV
@@ -278,22 +281,25 @@ def test_cli_reports_says_which_sizes_and_warns_where_bf16_is_forced_against_aut
     monkeypatch.setattr(reports, "execute_notebook", lambda *a, **k: None)
     speedup = {"value": 0.6}
     monkeypatch.setattr(precision, "cached_bf16_speedup", lambda: speedup["value"])
-    cases = [({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, [], "bf16", "the larger bf16 runs", None),
+    cases = [({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, [], "bf16", "the larger bf16 runs (prompts_per_step 3,",
+              None),
              ({"avx2", "avx512f", "avx512_bf16"}, [], "fp32", "the fp32 set's sizes", None),
              ({"avx2", "avx512f", "avx512_bf16"}, ["--precision", "bf16"], "bf16", "the fp32 set's sizes",
               "warning: bf16 measured 0.60x fp32's speed on this CPU (auto needs 1.3x); --precision auto picks fp32"),
              ({"avx2", "fma"}, ["--precision", "bf16"], "bf16", "the fp32 set's sizes",
-              "warning: this CPU has no bf16 instructions: bf16 runs in software (measured 2.4x slower than fp32); "
+              "warning: this CPU has no bf16 instructions: bf16 runs in software (a GRPO step measured 2.4x slower); "
               "--precision auto picks fp32 here")]
     for flags, options, trained_in, sized, warning in cases:
-        monkeypatch.setattr(precision, "cpu_flags", lambda flags=flags: flags)
+        fake_cpu(flags)
         assert main(["reports", *options, "--output", str(tmp_path / "r")]) == 0
         out = capsys.readouterr().out
-        assert f"the cpu runs train in {trained_in} on this host at {sized} " in out, (flags, out)
+        assert f"the cpu runs train in {trained_in} on this host at {sized}" in out, (flags, out)
         assert (warning in out) if warning else ("warning" not in out), (flags, out)
         assert os.environ[REPORT_PRECISION_ENV] == "auto"  # --precision holds for that call only
+        index = (tmp_path / "r" / "index.html").read_text()
+        assert f"Runs trained in <b>{trained_in}</b> at {html.escape(sized)}" in index
     speedup["value"] = 2.0  # AVX512-BF16 measured fast enough: auto picks bf16 at the fp32 set's sizes, no warning
-    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    fake_cpu({"avx2", "avx512f", "avx512_bf16"})
     assert main(["reports", "--output", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "train in bf16 on this host at the fp32 set's sizes" in out and "warning" not in out

@@ -46,18 +46,22 @@ def test_precision_is_validated_with_a_one_line_error():
         precision.resolve("half")
 
 
-def test_auto_picks_bf16_with_amx_or_a_measured_speedup_and_fp32_elsewhere(monkeypatch):
+def test_auto_picks_bf16_with_amx_or_a_measured_speedup_and_fp32_elsewhere(monkeypatch, fake_cpu):
     assert precision.bf16_hardware({"avx2", "avx512f", "amx_bf16", "avx512_bf16"}) == "amx"
     assert precision.bf16_hardware({"avx2", "avx512f", "avx512_bf16"}) == "avx512_bf16"
     assert precision.bf16_hardware({"avx2", "fma"}) is None
     speedup = {"value": 2.0}
     monkeypatch.setattr(precision, "cached_bf16_speedup", lambda: speedup["value"])
-    for flags, value, expected in [({"amx_bf16", "avx512_bf16"}, 0.5, "bf16"),  # AMX: no measurement needed
-                                   ({"avx512_bf16"}, 2.0, "bf16"), ({"avx512_bf16"}, 1.1, "fp32"),
-                                   ({"avx2"}, 9.0, "fp32")]:
-        monkeypatch.setattr(precision, "cpu_flags", lambda flags=flags: flags)
+    for flags, value, expected, caps in [({"amx_bf16", "avx512_bf16"}, 0.5, "bf16", {}),  # AMX: no measurement
+                                         ({"avx512_bf16"}, 2.0, "bf16", {}), ({"avx512_bf16"}, 1.1, "fp32", {}),
+                                         ({"avx2"}, 9.0, "fp32", {}),
+                                         # oneDNN capped below AMX: bf16 may run in software, so it is measured
+                                         ({"amx_bf16", "avx512_bf16"}, 0.2, "fp32", {"ONEDNN_MAX_CPU_ISA": "AVX2"}),
+                                         ({"amx_bf16", "avx512_bf16"}, 4.0, "bf16",
+                                          {"MKL_ENABLE_INSTRUCTIONS": "AVX2"})]:
+        fake_cpu(flags, caps)
         speedup["value"] = value
-        assert precision.resolve("auto", "cpu") == expected, (flags, value)
+        assert precision.resolve("auto", "cpu") == expected, (flags, value, caps)
         assert precision.resolve("fp32", "cpu") == "fp32" and precision.resolve("bf16", "cpu") == "bf16"
     assert precision.resolve("auto", "cuda") == "bf16"  # the GPU path's bf16 weights, as before the option
 
@@ -77,11 +81,15 @@ def test_the_measured_speedup_is_cached_per_host(tmp_path, monkeypatch):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # oneDNN capped (make test-kernels): bf16 in software, its own key
     monkeypatch.setattr(precision, "measure_bf16_speedup", lambda: calls.append(1) or 0.2)
     assert precision.cached_bf16_speedup() == 0.2 and len(calls) == 2
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")  # both capped: another key again
+    assert precision.kernel_caps() == {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    assert precision.cached_bf16_speedup() == 0.2 and len(calls) == 3
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
-    assert precision.cached_bf16_speedup() == 1.7 and len(calls) == 2  # uncapped: the first entry again
+    monkeypatch.delenv("MKL_ENABLE_INSTRUCTIONS")
+    assert precision.cached_bf16_speedup() == 1.7 and len(calls) == 3  # uncapped: the first entry again
 
 
-def test_run_identity_holds_the_resolved_precision_and_fp32_keeps_old_hashes(tmp_path, monkeypatch):
+def test_run_identity_holds_the_resolved_precision_and_fp32_keeps_old_hashes(tmp_path, monkeypatch, fake_cpu):
     def run(**overrides):
         return train(make_config("smoke", steps=1, runs_dir=str(tmp_path / "runs"), **overrides), progress=False)
 
@@ -93,9 +101,9 @@ def test_run_identity_holds_the_resolved_precision_and_fp32_keeps_old_hashes(tmp
     assert "precision_used" not in fp32.dir.config
     bf16 = run(precision="bf16")
     assert bf16.dir.hash != fp32.dir.hash and bf16.dir.config["precision_used"] == "bf16"
-    monkeypatch.setattr(precision, "cpu_flags", lambda: {"amx_bf16"})
+    fake_cpu({"amx_bf16"})
     assert run(precision="auto").path == bf16.path  # auto that resolves to bf16 is the bf16 run
-    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
+    fake_cpu({"avx2"})
     assert run(precision="auto").path == fp32.path
 
 
@@ -332,7 +340,7 @@ def test_hf_attention_runs_in_fp32_inside_bf16_and_the_entry_is_restored(policy,
     assert calls and all(c[3] is False and c[0] == torch.float32 for c in calls)
 
 
-def test_the_report_set_trains_in_the_hosts_precision_and_spends_bf16_on_larger_runs(monkeypatch):
+def test_the_report_set_trains_in_the_hosts_precision_and_spends_bf16_on_larger_runs(monkeypatch, fake_cpu):
     """issue 20, item 5: where `auto` resolves to bf16 on AMX the cpu report runs are bf16 with 3 prompts a step
     (1.5x the rollouts); elsewhere they keep the sizes of the fp32 set (in fp32 where auto picks it, so a host
     without bf16 keeps its cached runs)."""
@@ -347,16 +355,22 @@ def test_the_report_set_trains_in_the_hosts_precision_and_spends_bf16_on_larger_
     for flags, expected, larger in [({"avx2", "fma"}, "fp32", False),
                                     ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, "bf16", True),
                                     ({"avx2", "avx512f", "avx512_bf16"}, "bf16", False)]:
-        monkeypatch.setattr(precision, "cpu_flags", lambda flags=flags: flags)
+        fake_cpu(flags)
         run_sizes, evaluation = sizes.comparison_settings("cpu")
-        assert sizes.report_runs_larger("cpu") is larger
+        assert sizes.runs_larger(sizes.report_precision("cpu")) is larger
         prompts = 3 if larger else base["prompts_per_step"]
         assert run_sizes == base | {"prompts_per_step": prompts, "precision": expected}
         assert evaluation == sizes.COMPARISON_EVAL["cpu"]  # pass@1 is scored the same way in both
         assert sizes.collapse_sizes("cpu") == sizes.COLLAPSE_SIZES["cpu"] | {"precision": expected}  # sizes kept
         configs, _ = arm_configs("cpu", ["grpo"], [0, 1], screen_arms=["scpo-sequence"])
         assert {(c.precision, c.prompts_per_step, c.group_size) for c in configs.values()} == {(expected, prompts, 8)}
-    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
+    # forced bf16: the larger runs on AMX only, and not where oneDNN is capped below it (test-kernels)
+    monkeypatch.setenv(sizes.REPORT_PRECISION_ENV, "bf16")
+    for flags, caps, prompts in [({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, {}, 3), ({"avx2", "fma"}, {}, 2),
+                                 ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, 2)]:
+        fake_cpu(flags, caps)
+        assert sizes.comparison_settings("cpu")[0] == base | {"prompts_per_step": prompts, "precision": "bf16"}
+    fake_cpu({"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
     monkeypatch.setenv(sizes.REPORT_PRECISION_ENV, "fp32")  # a user's choice wins over the host
     assert sizes.comparison_settings("cpu")[0] == base | {"precision": "fp32"}
     # the fp32 set is the set from before the option: the same config, so the same run folders
