@@ -123,6 +123,11 @@ def kernel_caps() -> dict[str, str]:
     return {name: os.environ[name] for name in KERNEL_CAPS if os.environ.get(name)}
 
 
+def amx_in_use() -> bool:
+    """True where bf16 products run on AMX tiles: the CPU has AMX-BF16 and oneDNN / MKL are not capped below it."""
+    return bf16_hardware() == "amx" and not kernel_caps()
+
+
 def _host_key() -> str:
     caps = "".join(f"|{name}={value}" for name, value in kernel_caps().items())
     return (f"{cpu_model()}|{torch.__version__}|{torch.backends.cpu.get_cpu_capability()}|"
@@ -173,10 +178,9 @@ def resolve(precision: str, device: torch.device | str | None = None) -> str:
         return precision
     if _device(device).type == "cuda":
         return "bf16"
-    hardware = bf16_hardware()
-    if hardware == "amx" and not kernel_caps():
+    if amx_in_use():
         return "bf16"
-    if hardware is not None and cached_bf16_speedup() >= BF16_MIN_SPEEDUP:
+    if bf16_hardware() is not None and cached_bf16_speedup() >= BF16_MIN_SPEEDUP:
         return "bf16"
     return "fp32"
 

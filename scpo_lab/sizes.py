@@ -43,8 +43,7 @@ BF16_LARGER: dict[str, dict] = {"cpu": {"prompts_per_step": 3}}
 # ...and only on the bf16 hardware where that was measured to pay for itself: AMX (the larger set took 59 min 35 s
 # cold against the fp32 set's 77 min 14 s on the same host). Where `auto` picks bf16 without AMX (AVX512-BF16 with
 # F.linear measured >= 1.3x faster, precision.resolve), a whole GRPO step measured 1.23x faster (AMD EPYC, README
-# "Precision"), short of the 1.5x rollouts: the runs keep the fp32 set's sizes there, in bf16.
-BF16_LARGER_HARDWARE = ("amx",)
+# "Precision"), short of the 1.5x rollouts: the runs keep the fp32 set's sizes there, in bf16 (runs_larger).
 # 100 problems x 2 samples: pass@1's bootstrap interval is over problems, so samples per problem add little
 COMPARISON_EVAL: dict[str, dict] = {"cpu": {"n_problems": 100, "n_samples": 2, "batch_prompts": 25}}
 
@@ -79,11 +78,10 @@ def report_precision(profile: str) -> str | None:
 
 def runs_larger(resolved: str | None) -> bool:
     """True where the report set's comparison runs in `resolved` (report_precision's value) are the larger bf16 runs
-    (BF16_LARGER): bf16, on bf16 hardware measured to pay for them (BF16_LARGER_HARDWARE), oneDNN / MKL not capped
-    below it (precision.KERNEL_CAPS)."""
+    (BF16_LARGER): bf16 on AMX, the hardware measured to pay for them (precision.amx_in_use)."""
     from scpo_lab import precision
 
-    return resolved == "bf16" and precision.bf16_hardware() in BF16_LARGER_HARDWARE and not precision.kernel_caps()
+    return resolved == "bf16" and precision.amx_in_use()
 
 
 def _in_report_precision(profile: str, sizes: dict, larger: dict) -> dict:
