@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 ALPHA = 0.05  # family-wise error rate of a notebook's comparisons (Holm)
 MIN_SEEDS = 5  # paired seeds below which a comparison makes no claim
 N_BOOT = 4000  # bootstrap replicates (the p-value's resolution is 1 / (N_BOOT + 1))
+EV_NEAR_ZERO = 0.1  # |explained variance| up to this reads as "explains almost nothing" in value_lines
 FEW_PASSES = 20  # fewer passes than this among an arm's held-out samples: the interval rests on few successes
 
 
@@ -348,15 +349,23 @@ def _caveats(row) -> str:
     return "; ".join(out)
 
 
+def p_text(p: float) -> str:
+    """A p-value as the sentences print it: "< 0.001" below the bootstrap's resolution (1 / (N_BOOT + 1)), never
+    "0.000", which would claim more than the bootstrap measured; "n/a" for NaN."""
+    return "n/a" if p != p else "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _p_clause(p: float) -> str:
+    """"p = 0.023", "p < 0.001" or "p n/a"."""
+    text = p_text(p)
+    return f"p {text}" if text[0] in "<n" else f"p = {text}"
+
+
 def comparison_sentence(row) -> str:
     """One comparison in words, with its numbers and caveats."""
-    def p_text(p):  # the bootstrap's resolution is 1 / (N_BOOT + 1): never print 0.000
-        return "n/a" if p != p else "< 0.001" if p < 0.001 else f"{p:.3f}"
-
     holm_text = f", Holm {p_text(row.p_holm)} over {row.comparisons}" if row.p_holm == row.p_holm else ""
     text = (f"{row.arm} − {row.reference}: {row.difference:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}] over "
-            f"{row.seeds} seeds x {row.problems} problems (p {'' if p_text(row.p)[0] in '<n' else '= '}"
-            f"{p_text(row.p)}{holm_text}): ")
+            f"{row.seeds} seeds x {row.problems} problems ({_p_clause(row.p)}{holm_text}): ")
     text += {"better": f"{row.arm} beats {row.reference}", "worse": f"{row.arm} is below {row.reference}",
              "not separated": "not separated", "no claim": "no claim"}[row.verdict]
     return text + (f" ({row.caveats})." if row.caveats else ".")
@@ -456,7 +465,7 @@ def compare(a: EvalResult, b: EvalResult, name_a: str, name_b: str) -> str:
     interval = paired_difference({f"{name_a}/s0": a}, {f"{name_b}/s0": b}).interval
     return (f"{name_a} pass@1 {a.pass_at_1:.3f} vs {name_b} {b.pass_at_1:.3f}: paired difference "
             f"{interval.value:+.3f} [{interval.low:+.3f}, {interval.high:+.3f}] over {interval.problems} problems "
-            f"(p = {interval.p:.3f}); one run each, so by the lab's rule (>= {MIN_SEEDS} seeds) no claim.")
+            f"({_p_clause(interval.p)}); one run each, so by the lab's rule (>= {MIN_SEEDS} seeds) no claim.")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -518,13 +527,14 @@ def cost_line(costs: pd.DataFrame) -> str:
     return "Cost per step (median over steps and seeds) against grpo: " + "; ".join(parts) + "."
 
 
-def late_mean(metrics: pd.DataFrame, arm: str, column: str) -> float:
-    """An arm's logged `column`, mean over the second half of its steps (all seeds); nan when absent."""
+def late_mean(metrics: pd.DataFrame, arm: str, column: str, how: str = "mean") -> float:
+    """An arm's logged `column` over the second half of its steps (all seeds), their mean (or `how="median"`);
+    nan when absent."""
     if column not in metrics or arm not in set(metrics["arm"]):
         return float("nan")
     part = metrics[metrics["arm"] == arm]
     tail = part[part["step"] > part["step"].max() / 2][column].dropna()
-    return float(tail.mean()) if len(tail) else float("nan")
+    return float(getattr(tail, how)()) if len(tail) else float("nan")
 
 
 def value_lines(metrics: pd.DataFrame, ece: pd.DataFrame) -> list[str]:
@@ -543,11 +553,16 @@ def value_lines(metrics: pd.DataFrame, ece: pd.DataFrame) -> list[str]:
                         "reaches 0.86), not evidence that the verdict is unreadable."
                         if col == "head/auroc_teacher" and value < 0.55 else "."))
     for arm in ("scpo-critic-shared", "scpo-critic-separate"):
-        ev = late_mean(metrics, arm, "critic/explained_variance")
+        # The median over steps, not the mean: a step whose rollouts all fail has returns that barely vary, and
+        # 1 - Var(residual) / Var(returns) then reaches -13 on its own (the 2026-12-02 report set), which a mean
+        # of four steps reports as the critic's typical fit.
+        ev = late_mean(metrics, arm, "critic/explained_variance", how="median")
         if ev == ev:
-            lines.append(f"{arm}: explained variance of the GAE returns {ev:+.2f} over the second half"
-                         + (" (negative: the critic predicts the returns worse than their mean does, so its GAE "
-                            "advantages are mostly noise at this size)." if ev < 0 else "."))
+            lines.append(f"{arm}: explained variance of the GAE returns {ev:+.2f} (median over the second half's "
+                         "steps)" + (": negative, the critic predicts the returns worse than their mean does, so its "
+                                     "GAE advantages are mostly noise at this size." if ev < -EV_NEAR_ZERO else
+                                     ": near zero, the critic explains almost none of the returns' variance, so its "
+                                     "GAE advantages are mostly noise at this size." if ev <= EV_NEAR_ZERO else "."))
     if not ece.empty:
         last = ece.sort_values("step").groupby("arm").tail(1)
         lines.append("Calibration at the last checkpoint (seed 0, held-out): " + "; ".join(
@@ -593,6 +608,18 @@ def flops_line(methods: pd.DataFrame, reference: str = "grpo") -> str:
     dearer = methods[methods["group"] != reference].sort_values("total_flops")
     return (f"Training FLOPs relative to {reference}: "
             + ", ".join(f"{r.group} x{r.total_flops / ref:.2f}" for _, r in dearer.iterrows()) + ".")
+
+
+def matched_flops_line(summary: pd.DataFrame, prefix: str = "grpo@") -> str:
+    """Notebook 04: the FLOPs each compute-matched `grpo@<arm>` realized against its arm's (means over seeds, a
+    compute_summary table holding both). The group size is fixed before training from a predicted completion
+    length, so "equal FLOPs" holds only to this ratio: a comparison against the matched arm is at it."""
+    flops = summary.set_index("group")["total_flops"]
+    pairs = [(g, g[len(prefix):]) for g in flops.index if g.startswith(prefix) and g[len(prefix):] in flops.index]
+    if not pairs:
+        return ""
+    return ("Training FLOPs realized by the compute-matched grpo, against the arm it matches (mean over seeds): "
+            + ", ".join(f"{g} x{flops[g] / flops[arm]:.2f} {arm}'s" for g, arm in pairs) + ".")
 
 
 def sweep_lines(points: pd.DataFrame) -> list[str]:

@@ -157,22 +157,25 @@ def compute_match(run_or_config, *, arm: str | None = None, base: TrainConfig | 
     lengths = {id(p): int(n) for p, n in zip(unique, mask.sum(1).tolist())}
     step_prompt_tokens = [sum(lengths[id(p)] for p in step) for step in drawn]
     if completion_tokens is None:
-        if rows is None:
-            completion_tokens = float(config.max_new_tokens)
-        else:
-            target_prompts = min(config.prompts_per_step, len(pool))
-            rollouts = sum(r.get("sampling/sampled_groups", target_prompts) for r in rows) * config.group_size
-            completion_tokens = float(rows[-1]["generated_tokens"]) / rollouts
+        completion_tokens = (float(config.max_new_tokens) if rows is None
+                             else _mean_completion_tokens(config, rows, len(pool)))
     n_params = parameter_count(policy.model)
     fixed, per_rollout = grpo_flops_line(n_params, step_prompt_tokens, n_prompts, completion_tokens,
                                          matched.num_iterations, matched.model.gradient_checkpointing)
     group_size, exact = matched_group_size(target_flops, fixed, per_rollout)
     predicted = fixed + per_rollout * group_size
     note = (f"compute-matched grpo for {name}: target {target_flops:.4g} FLOPs, group_size {group_size} "
-            f"(exact {exact:.3f}) predicts {predicted:.4g}")
+            f"(exact {exact:.3f}, completions of {completion_tokens:.2f} tokens) predicts {predicted:.4g}")
     return ComputeMatch(config=matched.replace(group_size=group_size, notes=note).validate(),
                         target_flops=target_flops, predicted_flops=predicted, exact_group_size=exact,
                         fixed_flops=fixed, flops_per_rollout=per_rollout, completion_tokens=completion_tokens)
+
+
+def _mean_completion_tokens(config: TrainConfig, rows: list[dict], pool_size: int) -> float:
+    """A run's generated tokens per sampled rollout (every dynamic-sampling round included)."""
+    prompts = min(config.prompts_per_step, pool_size)
+    rollouts = sum(r.get("sampling/sampled_groups", prompts) for r in rows) * config.group_size
+    return float(rows[-1]["generated_tokens"]) / rollouts
 
 
 def compute_matched_grpo(run_or_config, **kwargs) -> TrainConfig:
@@ -186,8 +189,22 @@ def compute_matched_configs(runs: dict[str, Run], arm_of: dict[str, str], policy
     """For arm_configs-style notebooks: ({"grpo@<arm>/s<seed>": matched config}, {label: "grpo@<arm>"}) for every
     trained run of an arm other than grpo (`runs`: Experiment.runs; `arm_of`: arm_configs' labels), one policy shared.
     Train them with run_experiment and put them beside the arms in compute_summary: each critic against the grpo
-    that spent its compute on rollouts."""
+    that spent its compute on rollouts.
+
+    The matched run is a grpo run, so where `runs` holds the grpo run of the same seed its completions predict the
+    matched run's length (`completion_tokens`), not the target's own: a critic that shortens its completions
+    (scpo-sequence: 17.7 tokens against grpo's 20.0 in the 2026-12-02 report set) would otherwise get a group
+    that far overshoots its FLOPs (G = 12 realized x1.14 the target there). Without it, the target's lengths."""
+    from scpo_lab.trainer import _training_problems
+
     shared = {"policy": policy}
+    grpo_length = {}  # seed -> mean completion tokens of that seed's grpo run
+    for label, run in runs.items():
+        if arm_of.get(label) == critics.BASELINE:
+            config, rows, _ = _target_of(run)
+            if rows:
+                pool = _training_problems(get_task(config.task.name, **config.task.options), config)
+                grpo_length[config.seed] = _mean_completion_tokens(config, rows, len(pool))
     configs, matched_arm = {}, {}
     for label, run in runs.items():
         arm = arm_of.get(label)
@@ -195,7 +212,10 @@ def compute_matched_configs(runs: dict[str, Run], arm_of: dict[str, str], policy
             continue
         if shared["policy"] is None:
             shared["policy"] = _policy_for_match(run.config)
-        config = compute_matched_grpo(run, arm=arm, policy=shared["policy"], **kwargs)
+        options = dict(kwargs)
+        if "completion_tokens" not in options and run.config.seed in grpo_length:
+            options["completion_tokens"] = grpo_length[run.config.seed]
+        config = compute_matched_grpo(run, arm=arm, policy=shared["policy"], **options)
         new_label = f"grpo@{arm}/s{config.seed}"
         configs[new_label], matched_arm[new_label] = config, f"grpo@{arm}"
     return configs, matched_arm

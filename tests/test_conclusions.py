@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from scpo_lab.conclusions import (ALPHA, MIN_SEEDS, compare, conclude, headline, paired_comparisons,
-                                  paired_difference, seed_summary, verdict)
+                                  p_text, paired_difference, seed_summary, verdict)
 from scpo_lab.evaluation import EvalResult
 
 N = 4  # samples per problem
@@ -157,6 +157,14 @@ def test_compare_two_single_runs_makes_no_claim():
     assert "+0.250 [+0.250, +0.250]" in text and "no claim" in text
 
 
+def test_compare_prints_a_p_below_the_bootstrap_resolution_as_such():
+    """Every problem one sample better: no bootstrap resample reaches 0, so p is below 1 / (N_BOOT + 1). The
+    quickstart printed "p = 0.000" there (the report set of 2026-12-02), a value the bootstrap cannot measure."""
+    text = compare(_eval([3] * 40), _eval([2] * 40), "trained", "base")
+    assert "(p < 0.001)" in text and "0.000" not in text
+    assert p_text(0.0234) == "0.023" and p_text(float("nan")) == "n/a"
+
+
 def test_the_reports_index_reads_the_recorded_finding_and_commits(tmp_path):
     """reports.headline / conclusion_record read what Conclusion.show left in an executed notebook's outputs,
     not whatever line happens to come first in its Markdown."""
@@ -200,3 +208,29 @@ def test_the_not_separated_headline_names_only_the_references_of_comparisons_wit
     text = headline(table)
     assert text.startswith("No arm is separated from grpo, dapo: "), text
     assert "scpo-token" not in text and "over 3 comparisons" in text and "2 with too few seeds" in text
+
+
+def test_explained_variance_is_summarised_by_its_median_not_one_degenerate_step():
+    """The shared critic's logged explained variance in the 2026-12-02 report set (seed 0, steps 1-8): step 6, every
+    rollout failed, returns nearly constant, -13.3. The mean of steps 5-8 (-3.34) was reported as the critic's fit;
+    the median (-0.05) is what the other three steps show."""
+    from scpo_lab.conclusions import value_lines
+
+    ev = [0.0, -0.196, -0.062, -0.112, -0.071, -13.344, 0.102, -0.032]
+    metrics = pd.DataFrame({"arm": "scpo-critic-shared", "step": range(1, 9), "critic/explained_variance": ev})
+    (line,) = value_lines(metrics, pd.DataFrame())
+    assert "-0.05 (median over the second half's steps): near zero" in line and "-3.34" not in line
+    metrics["critic/explained_variance"] = [0.0] * 4 + [-0.4, -0.6, -0.5, -13.0]
+    assert "-0.55 (median over the second half's steps): negative" in value_lines(metrics, pd.DataFrame())[0]
+    metrics["critic/explained_variance"] = [0.0] * 4 + [0.5, 0.6, 0.7, -13.0]
+    assert value_lines(metrics, pd.DataFrame())[0].endswith("+0.55 (median over the second half's steps).")
+
+
+def test_matched_flops_line_states_the_realized_ratio_not_equality():
+    """grpo@scpo-sequence at G = 12 realized 5.527 TFLOPs against scpo-sequence's 4.847 (2026-12-02 set)."""
+    from scpo_lab.conclusions import matched_flops_line
+
+    summary = pd.DataFrame({"group": ["grpo", "scpo-sequence", "grpo@scpo-sequence"],
+                            "total_flops": [3.748e12, 4.847e12, 5.527e12]})
+    assert matched_flops_line(summary).endswith("grpo@scpo-sequence x1.14 scpo-sequence's.")
+    assert matched_flops_line(summary[summary.group != "scpo-sequence"]) == ""

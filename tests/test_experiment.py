@@ -154,10 +154,26 @@ def test_compute_matched_grpo_spends_a_critics_flops_on_more_rollouts(tmp_path, 
     dapo = compute_matched_grpo(exp.runs["dapo/s0"], arm="dapo", policy=policy)
     assert (dapo.dynamic_sampling, dapo.epsilon_high, dapo.loss_agg) == (False, 0.2, "sequence-mean")
     # for notebooks: one matched grpo per non-grpo run, labelled by the arm it matches
+    # the matched run is grpo: the same seed's grpo run (among `runs`) predicts its completion length, not the
+    # critic's own (scpo-sequence's shorter completions gave G = 12 and x1.14 its FLOPs in the 2026-12-02 set)
+    from scpo_lab import experiment
+
+    grpo_tokens = own.completion_tokens
+    lengths_used = []
+    real = experiment.compute_matched_grpo
+    monkeypatch.setattr(experiment, "compute_matched_grpo",
+                        lambda run, **kw: lengths_used.append(kw.get("completion_tokens")) or real(run, **kw))
     matched, matched_arm = compute_matched_configs(exp.runs, arm_of, policy=policy)
-    assert sorted(matched) == ["grpo@dapo/s0", "grpo@scpo-token/s0"]
+    assert sorted(matched) == ["grpo@dapo/s0", "grpo@scpo-token/s0"] and lengths_used == [grpo_tokens] * 2
     assert matched_arm["grpo@scpo-token/s0"] == "grpo@scpo-token"
-    assert matched["grpo@scpo-token/s0"].group_size == match.config.group_size
+    with_grpo_lengths = compute_match(exp.runs["scpo-token/s0"], arm="scpo-token", policy=policy,
+                                      completion_tokens=grpo_tokens)
+    assert matched["grpo@scpo-token/s0"].group_size == with_grpo_lengths.config.group_size
+    assert f"completions of {grpo_tokens:.2f} tokens" in matched["grpo@scpo-token/s0"].notes
+    lengths_used.clear()  # without the grpo run: the target's own lengths, as compute_match alone
+    critics_only = {label: run for label, run in exp.runs.items() if arm_of[label] != "grpo"}
+    assert compute_matched_configs(critics_only, arm_of, policy=policy)[0]["grpo@scpo-token/s0"].group_size == \
+        match.config.group_size and lengths_used == [None, None]
     with pytest.raises(ValueError, match="no logged metrics"):
         compute_matched_grpo(make_config("smoke", seed=7, runs_dir=str(tmp_path)), policy=policy)
 
