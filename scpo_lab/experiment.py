@@ -194,7 +194,8 @@ def compute_matched_configs(runs: dict[str, Run], arm_of: dict[str, str], policy
     The matched run is a grpo run, so where `runs` holds the grpo run of the same seed its completions predict the
     matched run's length (`completion_tokens`), not the target's own: a critic that shortens its completions
     (scpo-sequence: 17.7 tokens against grpo's 20.0 in the 2026-12-02 report set) would otherwise get a group
-    that far overshoots its FLOPs (G = 12 realized x1.14 the target there). Without it, the target's lengths."""
+    that far overshoots its FLOPs (G = 12-13 realized x1.14 the target there; with grpo's lengths G = 11-12,
+    x1.06). Without it, the target's lengths."""
     from scpo_lab.trainer import _training_problems
 
     shared = {"policy": policy}

@@ -155,7 +155,7 @@ def test_compute_matched_grpo_spends_a_critics_flops_on_more_rollouts(tmp_path, 
     assert (dapo.dynamic_sampling, dapo.epsilon_high, dapo.loss_agg) == (False, 0.2, "sequence-mean")
     # for notebooks: one matched grpo per non-grpo run, labelled by the arm it matches
     # the matched run is grpo: the same seed's grpo run (among `runs`) predicts its completion length, not the
-    # critic's own (scpo-sequence's shorter completions gave G = 12 and x1.14 its FLOPs in the 2026-12-02 set)
+    # critic's own (scpo-sequence's shorter completions gave G = 12-13 and x1.14 its FLOPs in the 2026-12-02 set)
     from scpo_lab import experiment
 
     grpo_tokens = own.completion_tokens
