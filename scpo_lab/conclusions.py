@@ -527,7 +527,7 @@ def cost_line(costs: pd.DataFrame) -> str:
     return "Cost per step (median over steps and seeds) against grpo: " + "; ".join(parts) + "."
 
 
-def late_mean(metrics: pd.DataFrame, arm: str, column: str, how: str = "mean") -> float:
+def late_summary(metrics: pd.DataFrame, arm: str, column: str, how: str = "mean") -> float:
     """An arm's logged `column` over the second half of its steps (all seeds), their mean (or `how="median"`);
     nan when absent."""
     if column not in metrics or arm not in set(metrics["arm"]):
@@ -543,7 +543,7 @@ def value_lines(metrics: pd.DataFrame, ece: pd.DataFrame) -> list[str]:
     lines = []
     for arm, col in (("scpo-head", "head/auroc_student"), ("scpo-head", "head/auroc_teacher"),
                      ("scpo-critic-shared", "critic/auroc"), ("scpo-critic-separate", "critic/auroc")):
-        value = late_mean(metrics, arm, col)
+        value = late_summary(metrics, arm, col)
         if value != value:
             continue
         verdict_text = ("below chance" if value < 0.45 else "near chance" if value < 0.55 else "above chance")
@@ -556,7 +556,7 @@ def value_lines(metrics: pd.DataFrame, ece: pd.DataFrame) -> list[str]:
         # The median over steps, not the mean: a step whose rollouts all fail has returns that barely vary, and
         # 1 - Var(residual) / Var(returns) then reaches -13 on its own (the 2026-12-02 report set), which a mean
         # of four steps reports as the critic's typical fit.
-        ev = late_mean(metrics, arm, "critic/explained_variance", how="median")
+        ev = late_summary(metrics, arm, "critic/explained_variance", how="median")
         if ev == ev:
             lines.append(f"{arm}: explained variance of the GAE returns {ev:+.2f} (median over the second half's "
                          "steps)" + (": negative, the critic predicts the returns worse than their mean does, so its "
