@@ -9,13 +9,13 @@
     makes, is below ALPHA = 0.05, with at least MIN_SEEDS = 5 paired seeds. It is WORSE by the same rule with the
     sign reversed; otherwise the two are NOT SEPARATED, or, under MIN_SEEDS paired seeds, NO CLAIM is made.
 
-Rates (pass@1 of an arm) get the same bootstrap, so their intervals lie inside [0, 1].
-"""
+Rates (pass@1 of an arm) get the same bootstrap, their intervals clipped to [0, 1] (RATE_BOUNDS); differences
+of rates to [-1, 1]."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,6 +32,11 @@ MIN_SEEDS = 5  # paired seeds below which a comparison makes no claim
 N_BOOT = 4000  # bootstrap replicates (the p-value's resolution is 1 / (N_BOOT + 1))
 EV_NEAR_ZERO = 0.1  # |explained variance| up to this reads as "explains almost nothing" in value_lines
 FEW_PASSES = 20  # fewer passes than this among an arm's held-out samples: the interval rests on few successes
+RATE_BOUNDS = (0.0, 1.0)  # what a pass rate's interval is clipped to (stats.seeds_by_problems_bootstrap)
+DIFFERENCE_BOUNDS = (-1.0, 1.0)  # the same for a difference of two pass rates
+# a paired difference smaller than this is 0: rates c / n with n = 3 sum to ~1e-18 where the exact value is 0, and a
+# sign read from that noise made "2 of 5 seeds agree in sign" and "-0.000"; a real mean difference is >= 1 / (n P)
+ZERO_TOL = 1e-9
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -83,7 +88,7 @@ def _results_by_arm(evals: dict[str, EvalResult], arm_of: dict[str, str]) -> dic
 def arm_interval(results: dict[str, EvalResult]):
     """pass@1 of one arm over its seeds' evaluations: the seeds x problems bootstrap (one seed: over problems)."""
     _, _, table = pass_rates(results)
-    return seeds_by_problems_bootstrap(table, n_boot=N_BOOT)
+    return seeds_by_problems_bootstrap(table, n_boot=N_BOOT, bounds=RATE_BOUNDS)
 
 
 def _passes(results: dict[str, EvalResult]) -> int:
@@ -126,7 +131,7 @@ def arm_pass_at_k(evals: dict[str, EvalResult], arm_of: dict[str, str]) -> pd.Da
             continue
         for k in sorted({r["k"] for res in results.values() for r in res.pass_at_k}):
             _, _, table = pass_rates(results, per_problem=lambda n, c, k=k: pass_at_k(n, c, k))
-            interval = seeds_by_problems_bootstrap(table, n_boot=N_BOOT)
+            interval = seeds_by_problems_bootstrap(table, n_boot=N_BOOT, bounds=RATE_BOUNDS)
             rows.append({"arm": arm, "k": k, "mean": interval.value, "ci_low": interval.low,
                          "ci_high": interval.high, "seeds": len(results)})
     return pd.DataFrame(rows)
@@ -260,10 +265,10 @@ class Paired:
     reference_passes: int
 
 
-def paired_difference(a: dict[str, EvalResult], b: dict[str, EvalResult], n_boot: int = N_BOOT) -> Paired:
-    """pass@1 of arm a minus arm b, paired: the seeds both have (same training seed: same prompts per step) and the
-    problems both were evaluated on (same sampling seed), as a seeds x problems table of differences in per-problem
-    pass rates, bootstrapped (stats.seeds_by_problems_bootstrap)."""
+def paired_tables(a: dict[str, EvalResult], b: dict[str, EvalResult]) -> tuple[list[int], list, np.ndarray, np.ndarray]:
+    """Two arms' evaluations -> (the training seeds both have, the problems, a's and b's shared-seeds x problems
+    tables of per-problem pass rates, row i of both = seed i). Same training seed: same prompts per step; same
+    problems and sampling seed: the evaluations must have the same settings."""
     seeds_a, problems, table_a = pass_rates(a)
     seeds_b, _, table_b = pass_rates(b, problems)
     if _evaluation_of(next(iter(a.values()))) != _evaluation_of(next(iter(b.values()))):
@@ -271,9 +276,23 @@ def paired_difference(a: dict[str, EvalResult], b: dict[str, EvalResult], n_boot
     shared = [s for s in seeds_a if s in seeds_b]
     if not shared:
         raise ValueError(f"seeds: the arms share no training seed (a: {seeds_a}, b: {seeds_b}); nothing to pair")
-    diff = np.stack([table_a[seeds_a.index(s)] - table_b[seeds_b.index(s)] for s in shared])
-    interval = seeds_by_problems_bootstrap(diff, n_boot=n_boot)
-    per_seed = diff.mean(axis=1)
+    return (shared, problems, table_a[[seeds_a.index(s) for s in shared]],
+            table_b[[seeds_b.index(s) for s in shared]])
+
+
+def _zeroed(x):
+    """x with |x| < ZERO_TOL set to exactly 0 (so a sign or a "!= 0" reads the difference, not its rounding)."""
+    return np.where(np.abs(x) < ZERO_TOL, 0.0, x)
+
+
+def paired_difference(a: dict[str, EvalResult], b: dict[str, EvalResult], n_boot: int = N_BOOT) -> Paired:
+    """pass@1 of arm a minus arm b, paired (`paired_tables`: the seeds both have, the same problems), as a seeds x
+    problems table of differences in per-problem pass rates, bootstrapped (stats.seeds_by_problems_bootstrap)."""
+    shared, _, table_a, table_b = paired_tables(a, b)
+    diff = table_a - table_b
+    interval = seeds_by_problems_bootstrap(diff, n_boot=n_boot, bounds=DIFFERENCE_BOUNDS)
+    interval = replace(interval, value=float(_zeroed(interval.value)))
+    per_seed = _zeroed(diff.mean(axis=1))
     agree = int((np.sign(per_seed) == np.sign(interval.value)).sum())
     paired = lambda results: {k: v for k, v in results.items() if seed_of(k) in shared}  # noqa: E731
     return Paired(interval, agree, len(shared), _passes(paired(a)), _passes(paired(b)))
@@ -572,14 +591,21 @@ def value_lines(metrics: pd.DataFrame, ece: pd.DataFrame) -> list[str]:
 
 
 def pass_at_k_lines(passk: pd.DataFrame) -> list[str]:
-    """Notebook 03: pass@k at the largest k per arm, and which arms fall below the base model there."""
+    """Notebook 03: pass@k at the largest k per arm, and which arms with MIN_SEEDS seeds fall below the base model
+    there (an arm_pass_at_k table)."""
     k_max = int(passk["k"].max())
     at_max = passk[passk["k"] == k_max].set_index("arm")
     lines = [f"pass@{k_max} (mean over seeds and problems): " + ", ".join(
         f"{a} {r['mean']:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for a, r in at_max.iterrows()) + "."]
     if "base" in at_max.index:
-        below = [a for a, r in at_max.iterrows() if a != "base" and r.ci_high < at_max.loc["base", "ci_low"]]
-        lines.append(f"Below the base model at pass@{k_max} beyond both intervals: {', '.join(below) or 'none'}.")
+        arms = at_max.drop(index="base")
+        few = arms[arms["seeds"] < MIN_SEEDS]  # the rule: no claim under MIN_SEEDS seeds
+        below = [a for a, r in arms.drop(index=few.index).iterrows() if r.ci_high < at_max.loc["base", "ci_low"]]
+        line = (f"Below the base model at pass@{k_max} beyond both intervals, among the arms with {MIN_SEEDS} or more "
+                f"seeds: {', '.join(below) or 'none'}")
+        if len(few):
+            line += f"; no claim for {', '.join(few.index)} (under {MIN_SEEDS} seeds)"
+        lines.append(line + ".")
     return lines
 
 
@@ -624,17 +650,22 @@ def matched_flops_line(summary: pd.DataFrame, prefix: str = "grpo@") -> str:
 
 def sweep_lines(points: pd.DataFrame) -> list[str]:
     """Notebook 04: along each compute axis, pass@1 per setting and whether the cheapest and dearest settings'
-    intervals separate; every point's seed count is said (one seed: an interval over problems only)."""
+    intervals separate. A direction is stated only where every point has MIN_SEEDS seeds (the rule); under that the
+    line says which way the intervals lie and that it makes no claim (one seed: intervals over problems only)."""
     lines = []
     for axis, part in points.groupby("axis", sort=False):
         part = part.sort_values("total_flops")
         lo, hi = part.iloc[0], part.iloc[-1]
         overlap = not (hi.ci_low > lo.ci_high or hi.ci_high < lo.ci_low)
-        runs = int(part["runs"].max())
-        trend = ("the cheapest and dearest settings' intervals overlap: no effect shown" if overlap else
-                 ("pass@1 rises with compute" if hi["pass@1"] > lo["pass@1"] else "pass@1 falls with compute"))
-        if runs < MIN_SEEDS:
-            trend += f"; {runs} seed(s) per point, below the {MIN_SEEDS} a claim needs"
+        runs = int(part["runs"].min())  # the fewest-seeded point bounds what the axis can claim
+        direction = "above" if hi["pass@1"] > lo["pass@1"] else "below"
+        if overlap:
+            trend = "the cheapest and dearest settings' intervals overlap: no effect shown"
+        elif runs < MIN_SEEDS:
+            trend = (f"the dearest setting's interval lies {direction} the cheapest's, but at {runs} seed(s) a point "
+                     f"(a claim needs {MIN_SEEDS}): no claim")
+        else:
+            trend = "pass@1 rises with compute" if direction == "above" else "pass@1 falls with compute"
         lines.append(f"{axis}: " + ", ".join(
             f"{r.value} -> {r['pass@1']:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}] at {r.total_flops / 1e12:.1f} TFLOPs"
             for _, r in part.iterrows()) + f"; {trend} (intervals over {part.ci_over.iloc[0]}).")
@@ -750,17 +781,17 @@ def phrase_examples(samples: pd.DataFrame, phrase: str, n: int = 3) -> pd.DataFr
 
 def differing_problems(evals: dict[str, EvalResult], arm_of: dict[str, str], arm: str, reference: str,
                        n: int = 3) -> pd.DataFrame:
-    """The held-out problems where two arms' pass rates (pooled over their paired seeds) differ most: problem id,
-    both rates, and the prompt and each arm's first kept completion of it where the evaluations kept one."""
+    """The held-out problems where two arms' pass rates (pooled over their paired seeds only, `paired_tables`, as
+    the comparison pairs them) differ most: problem id, both rates, and the prompt and each arm's first kept
+    completion of it (from those seeds' evaluations) where the evaluations kept one."""
     by_arm = _results_by_arm(evals, arm_of)
     if not by_arm.get(arm) or not by_arm.get(reference):
         return pd.DataFrame()
-    _, problems, a = pass_rates(by_arm[arm])
-    _, _, b = pass_rates(by_arm[reference], problems)
-    gap = a.mean(axis=0) - b.mean(axis=0)
+    shared, problems, a, b = paired_tables(by_arm[arm], by_arm[reference])
+    gap = _zeroed(a.mean(axis=0) - b.mean(axis=0))
     order = np.argsort(-np.abs(gap), kind="stable")[:n]
-    kept = {name: {s["problem_id"]: s for result in by_arm[name].values() for s in result.samples}
-            for name in (arm, reference)}
+    kept = {name: {s["problem_id"]: s for label, result in by_arm[name].items() if seed_of(label) in shared
+                   for s in result.samples} for name in (arm, reference)}
     rows = []
     for i in order:
         pid = problems[i]

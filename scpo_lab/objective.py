@@ -65,9 +65,18 @@ def _grouped(rewards: Tensor, group_size: int) -> Tensor:
 # 1. Advantages
 # ----------------------------------------------------------------------------------------------------------------
 
+def _all_equal(r: Tensor) -> Tensor:
+    """[n_groups, G] -> [n_groups, 1]: True where every reward of the group equals its first. float32's mean of G
+    equal values that are not binary fractions (an overlong penalty of 0.7 on every rollout) is off by an ulp, so
+    the std came out ~1e-8 and A ~1e-4 instead of 0: such groups are set to exactly 0 by name, not by rounding."""
+    return (r == r[:, :1]).all(dim=1, keepdim=True)
+
+
 def group_reward_std(rewards: Tensor, group_size: int) -> Tensor:
-    """Unbiased std of the rewards in each group -> [n_groups]. `frac_reward_zero_std` = (std == 0).float().mean()."""
-    return _unbiased_std(_grouped(rewards, group_size), dim=1)
+    """Unbiased std of the rewards in each group -> [n_groups], exactly 0 where they are all equal.
+    `frac_reward_zero_std` = (std == 0).float().mean()."""
+    r = _grouped(rewards, group_size)
+    return torch.where(_all_equal(r).squeeze(1), 0.0, _unbiased_std(r, dim=1))
 
 
 def group_advantages(rewards: Tensor, group_size: int, scale: str = "group") -> Tensor:
@@ -77,7 +86,7 @@ def group_advantages(rewards: Tensor, group_size: int, scale: str = "group") -> 
           "none"  (Dr. GRPO): A_i =  r_i - mean_g r
           "batch":            A_i = (r_i - mean_g r) / (std_batch r + 1e-4)
     std is the unbiased (n-1) std, as torch.std's default and TRL's GRPOTrainer use. A group whose rewards are
-    all equal gets A = 0 (no gradient: "advantage collapse").
+    all equal gets exactly A = 0 (no gradient: "advantage collapse"), whatever their value.
     """
     if scale not in ADVANTAGE_SCALES:
         raise ValueError(f"scale: unknown {scale!r}; known: {', '.join(ADVANTAGE_SCALES)}")
@@ -87,7 +96,7 @@ def group_advantages(rewards: Tensor, group_size: int, scale: str = "group") -> 
         centered = centered / (_unbiased_std(r, dim=1).unsqueeze(1) + STD_EPS)  # / (std_g r + 1e-4)
     elif scale == "batch":
         centered = centered / (_unbiased_std(r) + STD_EPS)  # / (std_batch r + 1e-4)
-    return centered.reshape(-1)
+    return torch.where(_all_equal(r), 0.0, centered).reshape(-1)
 
 
 CRITIC_SCALE = 0.5  # the largest std a reward on [0, 1] can have (a pass rate of 1/2): the critic's score unit
@@ -98,8 +107,9 @@ def critic_advantages(group_advantages: Tensor, scores: Tensor, group_size: int,
 
         A'_i = A_i + w * (s_i - mean_g s) / CRITIC_SCALE
 
-    The critic's group-centred score is read in reward units (the judge's score, D and a head's value are on the
-    verifier's [0, 1] scale) over a fixed scale, not over the group's own spread: so its weight sets its share of
+    The critic's group-centred score is read in reward units (the judge's score and a head's value are on the
+    verifier's [0, 1] scale; IRL's reward is a clipped logit, in its own units: irl.py) over a fixed scale, not
+    over the group's own spread: so its weight sets its share of
     the advantage (a difference of 1 in score moves the advantage by 2w, a verifier pass among failures by ~2.5),
     and in a group the verifier cannot tell apart (A_i = 0) scores that differ by 1e-3 give advantages ~1e-3,
     not the +-1 that normalising r_i + w s_i by its own std would make of them.

@@ -84,7 +84,8 @@ class Interval:
     problems: int
 
 
-def seeds_by_problems_bootstrap(values, n_boot: int = 4000, alpha: float = 0.05, seed: int = 0) -> Interval:
+def seeds_by_problems_bootstrap(values, n_boot: int = 4000, alpha: float = 0.05, seed: int = 0,
+                                bounds: tuple[float, float] = (-math.inf, math.inf)) -> Interval:
     """Interval of the grand mean of `values` (seeds x problems: one row per training seed, one column per held-out
     problem, e.g. a problem's pass rate or a paired difference of two arms' pass rates on it).
 
@@ -98,8 +99,13 @@ def seeds_by_problems_bootstrap(values, n_boot: int = 4000, alpha: float = 0.05,
     bootstrap over problems, one problem to the one over seeds.
 
     p: two-sided percentile-bootstrap p-value of 0, 2 min(P*(mean <= 0), P*(mean >= 0)) with the +1 correction
-    (never 0; nan for a single value). The interval is clipped to the range of the table's values, so a table of
-    rates keeps it inside [0, 1]."""
+    (never 0; nan for a single value). The interval and p come from the same replicates, so p < alpha exactly
+    when the interval excludes 0 (up to the quantiles' interpolation and the +1).
+
+    bounds: the range the mean can take whatever the data (rates: (0, 1); a difference of two rates: (-1, 1));
+    the interval is clipped to it. Not to the observed range: the population mean can lie outside the table's
+    values, and with few seeds the small-S widening below puts it there (2 seeds at 0.2 and 0.4 are not an
+    interval [0.2, 0.4]; a difference table whose every cell is > 0 but whose p is 0.16 has low < 0)."""
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 2 or x.size == 0:
         raise ValueError(f"values: must be a non-empty seeds x problems table; got shape {x.shape}")
@@ -109,6 +115,8 @@ def seeds_by_problems_bootstrap(values, n_boot: int = 4000, alpha: float = 0.05,
         raise ValueError(f"alpha: must be in (0, 1); got {alpha}")
     if n_boot < 1:
         raise ValueError(f"n_boot: must be >= 1; got {n_boot}")
+    if not bounds[0] <= x.min() <= x.max() <= bounds[1]:
+        raise ValueError(f"values: must lie within bounds {bounds}; got [{x.min()}, {x.max()}]")
     n_seeds, n_problems = x.shape
     if n_seeds > 1:
         # small-S correction: resampling S seeds sees their spread shrunk by (S - 1) / S and reads it against normal
@@ -133,8 +141,7 @@ def seeds_by_problems_bootstrap(values, n_boot: int = 4000, alpha: float = 0.05,
     row_means = (x_boot @ counts.T) / n_problems  # (S, n_boot): row i's mean over replicate b's problems
     means = np.take_along_axis(row_means.T, rows, axis=1).mean(axis=1)
     low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    # a mean of the table's values lies within their range: so a table of rates keeps its interval inside [0, 1]
-    low, high = max(low, x.min()), min(high, x.max())
+    low, high = max(low, bounds[0]), min(high, bounds[1])  # e.g. a rate's interval inside [0, 1]
     if x.size == 1:  # one value: no spread to resample, so no test
         return Interval(float(x.mean()), float(low), float(high), float("nan"), n_seeds, n_problems)
     below, above = (means <= 0).sum(), (means >= 0).sum()

@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scpo_lab.conclusions import (ALPHA, MIN_SEEDS, compare, conclude, headline, paired_comparisons,
-                                  p_text, paired_difference, seed_summary, verdict)
+from scpo_lab.conclusions import (ALPHA, MIN_SEEDS, compare, comparison_sentence, conclude, differing_problems,
+                                  headline, paired_comparisons, p_text, paired_difference, pass_at_k_lines,
+                                  seed_summary, sweep_lines, verdict)
 from scpo_lab.evaluation import EvalResult
 
 N = 4  # samples per problem
@@ -21,12 +22,12 @@ def _eval(correct: list[int], seed: int = 1234, n: int = N) -> EvalResult:
                       per_problem=per_problem)
 
 
-def _arms(tables: dict[str, np.ndarray]):
-    """{arm: seeds x problems correct counts} -> (evals, arm_of) with labels arm/s<seed>."""
+def _arms(tables: dict[str, np.ndarray], n: int = N):
+    """{arm: seeds x problems correct counts of n samples} -> (evals, arm_of) with labels arm/s<seed>."""
     evals, arm_of = {}, {}
     for arm, counts in tables.items():
         for seed, row in enumerate(counts):
-            evals[f"{arm}/s{seed}"] = _eval(list(row))
+            evals[f"{arm}/s{seed}"] = _eval(list(row), n=n)
             arm_of[f"{arm}/s{seed}"] = arm
     return evals, arm_of
 
@@ -93,11 +94,53 @@ def test_holm_turns_marginal_wins_among_many_comparisons_into_not_separated(monk
     evals, arm_of = _arms(tables)
     order = iter(p_of.values())
     monkeypatch.setattr(conclusions, "seeds_by_problems_bootstrap",
-                        lambda x, n_boot: Interval(float(np.mean(x)), 0.1, 0.4, next(order), *np.shape(x)))
+                        lambda x, n_boot, bounds: Interval(float(np.mean(x)), 0.1, 0.4, next(order), *np.shape(x)))
     table = paired_comparisons(evals, arm_of, references=("grpo",)).set_index("arm")
     assert (table["p"] < ALPHA).sum() == 4
     assert table.loc["arm0", "verdict"] == "better" and (table.drop(index="arm0")["verdict"] == "not separated").all()
     assert table.loc["arm0", "p_holm"] == pytest.approx(0.04) and table.loc["arm1", "p_holm"] == pytest.approx(0.09)
+
+
+def test_an_exact_zero_difference_has_no_sign_where_rates_are_not_binary_fractions():
+    """At 3 samples a problem the rates c / 3 are inexact in binary: a difference that is exactly 0 summed to
+    ~1e-18, and its sign printed "-0.000" or "+0.000" with "k of 5 seeds agree in sign" (the N = 4 case above is
+    exact, so it could not see this)."""
+    ref = np.random.default_rng(6).integers(0, 4, size=(MIN_SEEDS, 7))
+    assert (ref[:, ::-1] / 3 - ref / 3).mean() != 0  # the rounding is there (-1.7e-17 with this draw)
+    evals, arm_of = _arms({"grpo": ref, "mirror": ref[:, ::-1]}, n=3)
+    row = paired_comparisons(evals, arm_of, references=("grpo",)).iloc[0]
+    assert row.difference == 0.0 and row.verdict == "not separated" and "agree in sign" not in row.caveats
+    assert "mirror − grpo: +0.000 [" in comparison_sentence(row)
+
+
+def test_differing_problems_pools_only_the_paired_seeds():
+    """The reference has seed 0 only, where both arms solve nothing: no problem differs on the paired seed, however
+    well the arm's unpaired seeds 1-4 did (pooling them showed a 0.8 gap the comparison does not see)."""
+    evals = {"a/s0": _eval([0, 0]), "b/s0": _eval([0, 0])} | {f"a/s{s}": _eval([N, 0]) for s in range(1, 5)}
+    arm_of = {label: label.split("/")[0] for label in evals}
+    table = differing_problems(evals, arm_of, "a", "b")
+    assert (table["a"] == 0.0).all() and (table["b"] == 0.0).all()
+    arm_a = {k: v for k, v in evals.items() if k[0] == "a"}
+    assert paired_difference(arm_a, {"b/s0": evals["b/s0"]}).interval.value == 0
+
+
+def test_sweep_and_pass_at_k_lines_state_no_direction_under_min_seeds():
+    """The rule holds in the instrument lines too: a sweep whose fewest-seeded point has 1 seed says which way the
+    intervals lie and makes no claim (it read "pass@1 rises with compute" when any point had 5); an arm of 1 seed
+    beyond the base model's interval is not listed as below it."""
+    points = pd.DataFrame({"axis": ["G", "G"], "value": [4, 16], "total_flops": [1e12, 4e12], "runs": [1, MIN_SEEDS],
+                           "pass@1": [0.1, 0.4], "ci_low": [0.05, 0.3], "ci_high": [0.15, 0.5],
+                           "ci_over": ["problems", "seeds x problems"]})
+    (line,) = sweep_lines(points)
+    assert "rises" not in line and "lies above the cheapest's, but at 1 seed(s) a point" in line and "no claim" in line
+    (line,) = sweep_lines(points.assign(runs=MIN_SEEDS))
+    assert "pass@1 rises with compute" in line and "no claim" not in line
+    (line,) = sweep_lines(points.assign(ci_low=[0.05, 0.1]))
+    assert "overlap: no effect shown" in line
+    passk = pd.DataFrame({"arm": ["base", "one_seed", "five_seeds"], "k": [8, 8, 8], "mean": [0.5, 0.1, 0.1],
+                          "ci_low": [0.4, 0.05, 0.05], "ci_high": [0.6, 0.15, 0.15], "seeds": [1, 1, MIN_SEEDS]})
+    below = pass_at_k_lines(passk)[1]
+    assert "seeds: five_seeds;" in below and "no claim for one_seed" in below
 
 
 def test_pairing_refuses_what_cannot_be_paired():

@@ -51,6 +51,26 @@ def test_the_verifier_keeps_its_advantage_where_it_discriminates():
     assert a[0] > a[1:].max()  # a pass still outranks the failures
 
 
+def test_the_judges_stated_bound_a_pass_outranks_every_fail_below_weight_one_over_root_two():
+    """judge.py's docstring: scores on [0, 1] keep every pass above every fail of its group whenever weight <
+    1/sqrt(2) (GRPO's smallest pass-fail gap, 1.414 at G = 2, against the score term's 2 weight), and no further:
+    the docstring said weight < 1, false above ~0.71. IRL's reward is a clipped logit: at its defaults the term
+    can reorder a pass and a fail, as irl.py now says."""
+    from scpo_lab.critics.irl import IrlConfig
+
+    for g in range(2, 17):
+        for k in range(1, g):  # k passes; the judge scores every pass 0 and every fail 1 (its worst)
+            rewards = torch.tensor([1.0] * k + [0.0] * (g - k))
+            a = critic_advantages(group_advantages(rewards, g), 1.0 - rewards, g, 0.70)
+            assert a[:k].min() > a[k:].max(), (g, k)
+    reversed_ = critic_advantages(group_advantages(torch.tensor([1.0, 0.0]), 2), torch.tensor([0.0, 1.0]), 2, 0.75)
+    assert reversed_[0] < reversed_[1]  # above the bound a confident judge ranks the fail first
+    irl = IrlConfig()
+    logit_reward = torch.tensor([-irl.reward_clip, irl.reward_clip])  # airl: D sure the fail is the expert
+    a = critic_advantages(group_advantages(torch.tensor([1.0, 0.0]), 2), logit_reward, 2, irl.weight)
+    assert a[0] < a[1] and irl.weight * irl.reward_clip > 0.354
+
+
 def test_the_judge_uses_the_shared_formula(tmp_path):
     cfg = make_config("smoke", method="scpo-judge", **{"judge.weight": 0.3})
     batch = _batch([False] * 4, group_size=4)

@@ -46,6 +46,23 @@ def test_all_equal_group_gives_zero_advantage():
     assert torch.equal(group_reward_std(r, 4), torch.zeros(2))
 
 
+def test_all_equal_group_gives_zero_advantage_for_rewards_that_are_not_binary_fractions():
+    """Every rollout of a group truncated at L_max gets the same overlong penalty, e.g. -0.7: float32's mean of 8
+    such values is an ulp off, so the std was 6e-8 (not a zero-std group to frac_reward_zero_std) and A ~6e-4
+    (not a collapsed group to signal_stats). Both are exact now; a group that differs keeps its advantages."""
+    from scpo_lab.objective import overlong_penalty
+
+    for g in (8, 16):
+        for factor in (0.1, 0.3, 0.7):
+            r = overlong_penalty(torch.full((g,), 64), 64, 16, factor=factor)
+            assert (r != 0).all() and torch.equal(group_reward_std(r, g), torch.zeros(1))
+            for scale in ("group", "none", "batch"):
+                assert torch.equal(group_advantages(r, g, scale), torch.zeros(g))
+    mixed = torch.cat([torch.full((8,), -0.7), T_([1.0] + [0.0] * 7)])
+    a = group_advantages(mixed, 8)
+    assert torch.equal(a[:8], torch.zeros(8)) and a[8] > 2.0 and (a[9:] < 0).all()
+
+
 def test_dr_grpo_advantages_no_std():
     # group 1 [1,0,0,0]: mean 0.25 -> [0.75, -0.25, -0.25, -0.25]; group 2 [2,2,2,2] -> 0
     a = group_advantages(T_([1.0, 0.0, 0.0, 0.0, 2.0, 2.0, 2.0, 2.0]), 4, scale="none")

@@ -170,8 +170,11 @@ def test_seeds_by_problems_bootstrap_degenerate_cases_and_p_value():
     # a mean of rates: its interval stays inside [0, 1] (a t-interval over three seeds of 0, 0, 0.1 does not)
     rates = np.zeros((3, 40))
     rates[2, :4] = 1.0
-    interval = seeds_by_problems_bootstrap(rates)
+    interval = seeds_by_problems_bootstrap(rates, bounds=(0.0, 1.0))
     assert 0.0 <= interval.low <= interval.value <= interval.high <= 1.0
+    assert seeds_by_problems_bootstrap(rates).low < 0.0  # unbounded: the widened replicates go below 0
+    with pytest.raises(ValueError, match="bounds"):
+        seeds_by_problems_bootstrap(rates + 0.5, bounds=(0.0, 1.0))
     # symmetric around zero: no evidence either way
     rng = np.random.default_rng(2)
     x = rng.normal(0, 1, (6, 50))
@@ -181,6 +184,29 @@ def test_seeds_by_problems_bootstrap_degenerate_cases_and_p_value():
         seeds_by_problems_bootstrap([0.1, 0.2])
     with pytest.raises(ValueError, match="finite"):
         seeds_by_problems_bootstrap([[0.1, float("nan")]])
+
+
+def test_seeds_by_problems_bootstrap_interval_and_p_agree():
+    """The interval and the p-value come from the same replicates, so p < 0.05 exactly when the interval excludes
+    0. A clip to the table's observed range broke that where every cell has one sign: this difference table's
+    interval was [0.0625, 1.0] beside p = 0.16 (three seeds one sample in 16 better, two seeds 16 better)."""
+    from scpo_lab.stats import seeds_by_problems_bootstrap
+
+    x = np.array([[1 / 16] * 4] * 3 + [[1.0] * 4] * 2)
+    interval = seeds_by_problems_bootstrap(x, bounds=(-1.0, 1.0))
+    assert interval.p > 0.05 and interval.low < 0.0 < interval.high
+    rng = np.random.default_rng(0)
+    disagree = 0
+    for rep in range(150):  # tables whose every cell is > 0, seed effects of every size
+        seeds, problems = int(rng.integers(2, 7)), int(rng.integers(3, 30))
+        seed_means = np.abs(rng.normal(rng.uniform(0.0, 0.2), rng.uniform(0.01, 0.4), (seeds, 1)))
+        table = np.clip(seed_means + np.abs(rng.normal(0.0, 0.05, (seeds, problems))), 1e-3, 1.0)
+        interval = seeds_by_problems_bootstrap(table, n_boot=800, seed=rep, bounds=(-1.0, 1.0))
+        disagree += (interval.p < 0.05) != (interval.low > 0.0)
+    assert disagree == 0
+    # two seeds are not an interval from the lower to the higher: t with 1 degree of freedom, inside the bounds
+    two = seeds_by_problems_bootstrap([[0.2, 0.2], [0.4, 0.4]], bounds=(0.0, 1.0))
+    assert two.low < 0.1 and two.high > 0.9 and (two.low, two.high) >= (0.0, 0.0) and two.high <= 1.0
 
 
 def test_holm_against_hand_computed_adjustments():

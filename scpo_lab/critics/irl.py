@@ -8,8 +8,14 @@ Per step:
     experts    A ("passing"): the batch's verifier-passing rollouts; B ("teacher"): the policy re-solves each
                group's failed problem after reading its failed attempt and the verifier's feedback (privileged
                context), kept only when the verifier passes them (keep_passing) -- into a replay buffer
-    reward     z = D's logit; airl: log D - log(1 - D) = z; gail: -log(1 - D) = softplus(z); clipped
-               r'_i = r_i + weight * reward_i, group-relative (scored by D before D trains on this batch)
+    reward     z = D's logit; airl: log D - log(1 - D) = z; gail: -log(1 - D) = softplus(z); clipped to
+               [-reward_clip, reward_clip] (gail: [0, reward_clip]); scored by D before D trains on this batch
+    advantage  A'_i = A_i + weight * (reward_i - mean_g reward) / 0.5 (objective.critic_advantages), A_i the
+               verifier's group advantage. The reward is in logit units, not on the verifier's [0, 1] scale as
+               the judge's score is: it spans 2 reward_clip (airl), so the term moves by up to 4 weight
+               reward_clip, 2 at the defaults (0.25, 2), above GRPO's smallest pass-fail gap (1.414, G = 2). A
+               discriminator sure of itself can therefore rank a fail over a pass of its group: the learned
+               reward is not bounded by the verifier's (weight reward_clip < 0.354 keeps it so under airl).
     D update   after the actor's update: disc_updates AdamW steps on class-balanced BCE with label smoothing
                (+ an R1 gradient penalty on the experts), experts from the buffer, negatives = this batch's
                non-expert rollouts; D = a linear or MLP head, its own AdamW (lr), disc_updates steps per step,

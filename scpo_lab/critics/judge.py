@@ -8,9 +8,15 @@ adapter off: "base") writes a critique of at most max_critique_tokens tokens, th
                           "\\nScore: " position after the critique (expected_score; parse-free: never fails)
     reading = "parsed":   the last score written in the critique ("Score: 7/10", "7 out of 10", "**7**"),
                           over its scale (parse_score); no score found -> fallback_score (a parse failure)
-Reward: r'_i = r_i + weight * mean over `samples` judge samples of s_i; A_i group-relative on r'. The verifier
-stays ground truth: a pass still outranks a fail whenever weight < 1. The score is the part a policy can exploit,
-so it is also the critic's score compared with the verifier each step (hack/*).
+Advantage: A'_i = A_i + weight * (s_i - mean_g s) / 0.5, s_i the mean over `samples` judge samples, A_i the
+verifier's group advantage (objective.critic_advantages: the score is not added to r_i before normalising, so in
+a zero-std group it gives ~2 weight per unit of score, not +-1). The verifier stays ground truth while the score
+term cannot close a group's pass-fail gap: under GRPO's scale that gap is 1 / (std_g r + 1e-4) >= 1.414 (the
+largest std of 0/1 rewards, 1/sqrt(2), is at G = 2) and scores on [0, 1] move the term by at most 2 weight, so a
+pass outranks every fail of its group whenever weight < 1/sqrt(2) ~ 0.707 (the default 0.5 does; under
+scale_rewards "none" the gap is 1: weight < 0.5; a planted bonus widens the scores to [0, 1 + planted_bonus]).
+Above that bound a confident judge can rank a fail over a pass (tests/test_faithful.py). The score is the part a
+policy can exploit, so it is also the critic's score compared with the verifier each step (hack/*).
 planted_phrase / planted_bonus: a deliberately exploitable judge for the reward-hacking check: s_i gets
 + planted_bonus whenever the rollout contains planted_phrase (whole words, case-insensitive). Off by default.
 """
