@@ -17,8 +17,8 @@ import pandas as pd
 
 from scpo_lab import critics
 from scpo_lab.conclusions import compute_summary
-from scpo_lab.config import (TrainConfig, collapse_eval, collapse_sizes, comparison_settings, eval_settings,
-                             make_config)
+from scpo_lab.config import (ModelConfig, TrainConfig, collapse_eval, collapse_sizes, comparison_settings,
+                             eval_settings, make_config)
 from scpo_lab.evaluation import EvalResult, evaluate
 from scpo_lab.runs import config_hash, default_runs_dir
 from scpo_lab.tasks import get_task
@@ -56,7 +56,8 @@ def arm_configs(profile: str, arms: list[str], seeds: list[int], sizes: dict | N
             options["value.critic_model"] = "tiny"
         for seed in arm_seeds:
             label = f"{arm}/s{seed}"
-            configs[label] = make_config(profile, seed=seed, **{**sizes, **overrides}, **options)
+            # a sweep's override wins over the arm's own option (gspo at num_iterations=3; it raised TypeError)
+            configs[label] = make_config(profile, seed=seed, **{**sizes, **options, **overrides})
             arm_of[label] = arm
     return configs, arm_of
 
@@ -280,6 +281,9 @@ def collapse_experiment(profile: str, arms: list[str], seeds: list[int],
     return metrics, compute_summary(held.metrics, held.evals, {l: arm_of[l] for l in evaluated}), held.evals["base"]
 
 
+BASE_LOADING_FIELDS = ("backend", "load_in_4bit", "fast_inference", "max_seq_length")
+
+
 def _eval_key(config: TrainConfig, settings: dict) -> dict:
     return {"model": config.model.name, "task": config.task.name, "task_options": config.task.options,
             "max_new_tokens": config.max_new_tokens, "temperature": config.temperature, **settings}
@@ -294,7 +298,12 @@ def evaluate_base(config: TrainConfig, settings: dict | None = None, policy=None
     """The base model (adapter disabled) on the config's task; cached in <runs_dir>/base-evals/<hash>.json.
     progress, desc: the evaluation's progress bar (not part of the cache key)."""
     settings = settings or {}
-    key = _eval_key(config, settings)
+    # base-evals/ is shared by every config, so how the base model is loaded is part of the key (a run's own
+    # evaluations live in its folder, whose hash already holds the model section); only the fields that differ
+    # from ModelConfig's defaults, as the run hash treats optional fields, so the default keys stay as they were
+    loading = {f: getattr(config.model, f) for f in BASE_LOADING_FIELDS
+               if getattr(config.model, f) != getattr(ModelConfig(), f)}
+    key = _eval_key(config, settings) | ({"loading": loading} if loading else {})
     path = default_runs_dir() if config.runs_dir is None else Path(config.runs_dir)
     path = path / "base-evals" / f"{config_hash(key)}.json"
     if path.is_file():

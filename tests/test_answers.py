@@ -71,6 +71,23 @@ EXTRACTION_CASES = [
     ("9" * 5000 + "/7", None),           # too long for int(): dropped, no crash
     ("1e" + "9" * 5000, None),            # exponent beyond Decimal's range
     ("x = " + "9" * 2000, "1E+2000"),     # huge: normalized scientific text (28 significant digits)
+    # "the answer is" opening an equation: the value after its last "=" in that clause (it read the first operand)
+    ("The answer is 3 + 4 = 7", "7"),
+    ("Answer: 3 + 4 = 7", "7"),
+    ("The answer is 7 - 3 = 4.", "4"),
+    ("The answer is 5 - 8 = -3", "-3"),
+    ("The answer is 12, since 5 + 7 = 13", "12"),  # the equation is in another clause
+    ("The answer is 4.5. Check: 2 + 2.5 = 4.5", "4.5"),
+    ("The answer is 7 = 3 + 4", "7"),              # after "=" an expression, not a lone number: the first
+    ("The answer is x = 5", "5"),
+    # a minus a space from its digits after "=", ":", "answer is" or "####" is a sign; elsewhere a subtraction
+    ("The answer is - 5", "-5"),
+    ("3 - 8 = - 5", "-5"),
+    ("Answer: - 5", "-5"),
+    ("#### - 7", "-7"),
+    ("\\boxed{- 7}", "-7"),
+    ("Answer: - 0", "0"),
+    ("3 - 5", "5"),
     # nothing
     ("no number here", None),
     ("", None),
@@ -98,6 +115,9 @@ MATCH_CASES = [
     ("1/3", "0.333333", True),       # |diff| = 3.3e-7 <= 1e-6 * 1/3
     ("1/3", "0.3333", False),
     ("1000000", "1000000.5", True),  # relative tolerance
+    ("1000001", "1000000", False),   # two integers: exact (the tolerance let answers off by 1 pass above 1e6)
+    ("100000000", "100000001", False),
+    ("2880000", "2,880,000", True),
     ("1", "1.00001", False),
     ("0", "0", True),
     ("0", "0.0000001", False),

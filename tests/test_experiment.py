@@ -55,6 +55,8 @@ def test_sweep_configs_change_one_field_and_the_default_point_is_the_arms_own_ru
                                                      "point": "scpo-judge judge.samples=3"}
     own, _ = arm_configs("smoke", ["scpo-judge"], [0])  # judge.samples defaults to 1: the same run, cached once
     assert config_hash(configs["scpo-judge judge.samples=1/s0"].to_dict()) == config_hash(own["scpo-judge/s0"].to_dict())
+    gspo, _ = sweep_configs("smoke", "gspo", "num_iterations", [3], [0])  # a field the arm sets: the sweep wins
+    assert gspo["gspo num_iterations=3/s0"].num_iterations == 3
     g16, _ = sweep_configs("smoke", "grpo", "group_size", [16], [0])
     assert g16["grpo group_size=16/s0"].group_size == 16
     with pytest.raises(Exception, match="group_size"):
@@ -86,10 +88,10 @@ def test_compute_summary_intervals_over_seeds_and_problems_and_the_logged_flops(
     assert table.loc["a", "total_flops"] == pytest.approx(4e12) and table.loc["a", "generated_tokens"] == 22
     assert table.loc["a", "TFLOPs"] == pytest.approx(4.0)  # every summary has it (04's matched rows were NaN)
     assert table.loc["a", "seconds"] == pytest.approx(4.0) and table.loc["a", "runs"] == 2
-    both = seeds_by_problems_bootstrap(np.array([a0, a1]) / 2, n_boot=4000)  # two seeds x five problems
+    both = seeds_by_problems_bootstrap(np.array([a0, a1]) / 2, n_boot=4000, bounds=(0.0, 1.0))  # 2 seeds x 5 problems
     assert (table.loc["a", "pass@1"], table.loc["a", "ci_low"], table.loc["a", "ci_high"]) == pytest.approx(
         (both.value, both.low, both.high)) and table.loc["a", "ci_over"] == "seeds x problems"
-    one = seeds_by_problems_bootstrap(np.array([b0]) / 2, n_boot=4000)  # one run: over problems
+    one = seeds_by_problems_bootstrap(np.array([b0]) / 2, n_boot=4000, bounds=(0.0, 1.0))  # one run: over problems
     assert (table.loc["b", "pass@1"], table.loc["b", "ci_low"], table.loc["b", "ci_high"]) == pytest.approx(
         (one.value, one.low, one.high))
     assert table.loc["b", "ci_over"] == "problems" and table.loc["b", "total_flops"] == 7e12
@@ -228,3 +230,27 @@ def test_checkpoint_evals_of_chosen_seeds_only(tmp_path):
     assert exp.curve["label"].unique().tolist() == ["grpo/s1"] and exp.curve["step"].tolist() == [1, 2]
     assert set(exp.evals) == {"base", "grpo/s0", "grpo/s1"}  # every final adapter is still evaluated
     assert len(exp.runs["grpo/s0"].dir.read_eval()) == 1  # seed 0: its final evaluation only
+
+
+def test_the_base_models_cached_evaluation_is_keyed_by_how_the_base_is_loaded(tmp_path, monkeypatch):
+    """base-evals/ is shared across configs: a base loaded in 4 bits (or by another backend) must not read the
+    full-precision base's pass@1 (the key held only the model's name)."""
+    import scpo_lab.experiment as experiment
+    from scpo_lab.evaluation import EvalResult
+
+    calls = []
+    fake = EvalResult(task="arithmetic", split="test", n_problems=1, n_samples=1, temperature=1.0,
+                      max_new_tokens=8, seed=0, pass_at_1=0.0, ci_low=0.0, ci_high=0.0, pass_at_k=[], per_problem=[])
+
+    class Policy:
+        def reference(self):
+            import contextlib
+            return contextlib.nullcontext()
+
+    monkeypatch.setattr(experiment, "_evaluate", lambda *a, **k: calls.append(1) or fake)
+    plain = make_config("smoke", runs_dir=str(tmp_path))
+    quantized = make_config("smoke", runs_dir=str(tmp_path),
+                            **{"model.backend": "unsloth", "model.load_in_4bit": True})
+    for config in (plain, plain, quantized):
+        experiment.evaluate_base(config, SETTINGS, policy=Policy(), progress=False)
+    assert len(calls) == 2 and len(list((tmp_path / "base-evals").glob("*.json"))) == 2

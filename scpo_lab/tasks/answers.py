@@ -116,6 +116,8 @@ _RAW_ANSWER_MAX_CHARS = 100  # a longer "answer" after #### is prose, not an ans
 # Spans longer than this are not a final answer; the cap also keeps adversarial texts (thousands of nested
 # \boxed{ or #### on one line) linear instead of quadratic.
 _SPAN_MAX_CHARS = 200
+# A minus a space away from its digits right after "=" or ":" is their sign ("= - 5"), not a subtraction
+_DETACHED_SIGN = re.compile(r"(?<=[=:])(\s*)[-\u2212]\s+(?=\d)")
 _MAX_MARKERS = 64  # only the last 64 markers are tried: a degenerate "#### #### ..." loop stays cheap
 
 
@@ -130,16 +132,23 @@ def _closing_braces(text: str) -> dict[int, int]:
     return pairs
 
 
+def _lone_number(tail: str) -> str | None:
+    """The canonical number of a text holding exactly one number and no operator beside it ("7", "7 apples",
+    "- 5": a minus a space from its digits is their sign here); else None."""
+    tail = re.sub(r"^[-\u2212]\s+(?=\d)", "-", tail.strip())
+    tokens = list(_NUMBER.finditer(tail))
+    if len(tokens) == 1 and not _MATH_LEFTOVER.search(_NUMBER.sub(" ", tail)):
+        return _canonical_from_match(tokens[0])
+    return None
+
+
 def _answer_from_delimited(span: str, allow_words: bool) -> str | None:
     """Answer inside \\boxed{...} or on a #### line: the value after the last "=" ("x = 5" -> 5). A non-numeric
     answer comes back raw; with allow_words=False one containing plain words ("followed by the answer") is None."""
     tail = span.rsplit("=", 1)[-1].strip()
-    tokens = list(_NUMBER.finditer(tail))
-    leftover = _NUMBER.sub(" ", tail)
-    if len(tokens) == 1 and not _MATH_LEFTOVER.search(leftover):
-        canonical = _canonical_from_match(tokens[0])
-        if canonical is not None:
-            return canonical
+    canonical = _lone_number(tail)
+    if canonical is not None:
+        return canonical
     raw = " ".join(tail.split()).strip(" .$")
     if len(raw) > _RAW_ANSWER_MAX_CHARS or not re.search(r"[\w\\]", raw):  # "####" or "..." is no answer
         return None
@@ -149,7 +158,9 @@ def _answer_from_delimited(span: str, allow_words: bool) -> str | None:
 
 
 def _answer_from_prose(text: str, end: int) -> str | None:
-    """The first number right after "answer is"/"Answer:", if only a short gap separates them."""
+    """The first number right after "answer is"/"Answer:", if only a short gap separates them; where that number
+    opens an equation in the same clause ("The answer is 3 + 4 = 7."), the lone number after its last "=", as in
+    a \\boxed{} span (it read 3). "The answer is - 5": -5."""
     m = _NUMBER.search(text, end, end + _PROSE_GAP_MAX_CHARS + 1)  # bounded: many markers stay linear
     m = m and _NUMBER.match(text, m.start())  # re-match on the full text: the window may cut the number
     if m is None:
@@ -159,7 +170,17 @@ def _answer_from_prose(text: str, end: int) -> str | None:
         return None
     if len(re.findall(r"[A-Za-z]+", gap.replace("\\boxed", "").replace("\\text", ""))) > _PROSE_GAP_MAX_WORDS:
         return None
-    return _canonical_from_match(m)
+    rest = text[m.end() : m.end() + _SPAN_MAX_CHARS]
+    stop = re.search(r"[.!?;,](?:\s|$)|\n", rest)  # the clause: up to a sentence end, a ", " or a line end
+    clause = text[m.start() : m.end() + (stop.start() if stop else len(rest))]
+    if "=" in clause:
+        after = _lone_number(clause.rsplit("=", 1)[-1])
+        if after is not None:
+            return after
+    canonical = _canonical_from_match(m)
+    if canonical is not None and not m.group("sign") and re.search(r"(?:^|\s)[-\u2212]\s+$", gap):
+        canonical = canonical[1:] if canonical.startswith("-") else ("0" if canonical == "0" else "-" + canonical)
+    return canonical
 
 
 def _marked_candidates(text: str) -> list[tuple[int, str, int]]:
@@ -175,6 +196,7 @@ def extract_final_answer(text: str | None) -> str | None:
     if not text:
         return None
     text = _normalize_latex_numbers(text)
+    text = _DETACHED_SIGN.sub(r"\1-", text)  # "3 - 8 = - 5": the last number is -5
     markers = _marked_candidates(text)
     closing = _closing_braces(text) if any(kind == "boxed" for _, kind, _ in markers) else {}
     for _, kind, start in reversed(markers[-_MAX_MARKERS:]):  # the last marker that yields an answer wins
@@ -229,11 +251,14 @@ def _math_verify_equal(pred: str, truth: str) -> bool:
 
 
 def answers_match(pred: str | None, truth: str | None) -> bool:
-    """pred == truth numerically (|a - b| <= 1e-6 * max(|a|, |b|)); math_verify only for non-numeric answers."""
+    """pred == truth numerically: exactly when both are integers (1000001 is not 1000000), else |a - b| <= 1e-6
+    max(|a|, |b|) (0.333333 against 1/3); math_verify only for non-numeric answers."""
     if pred is None or truth is None:
         return False
     a, b = _exact_value(pred), _exact_value(truth)
     if a is not None and b is not None:
+        if a.denominator == 1 and b.denominator == 1:
+            return a == b
         return abs(a - b) <= REL_TOL * max(abs(a), abs(b))  # exact rationals: no float rounding or overflow
     if " ".join(pred.split()) == " ".join(truth.split()):
         return True
