@@ -287,6 +287,16 @@ def from_dict(data: dict) -> TrainConfig:
     return _build(TrainConfig, dict(data), "")
 
 
+# what the trainer adds to a run's record beside the config (trainer._folder_args): the process count, the precision
+# the run resolved to (precision.identity), the task's data revision (tasks.identity); part of the hash, not fields
+RECORD_ONLY_KEYS = ("processes", "precision_used", "task_data_revision")
+
+
+def config_of_record(record: dict) -> TrainConfig:
+    """The TrainConfig of a run record (config.json without its provenance keys)."""
+    return from_dict({k: v for k, v in record.items() if k not in RECORD_ONLY_KEYS})
+
+
 # Scale profiles: what changes between the tiny test model, the 2-core CPU and a GPU.
 PROFILE_DEFAULTS: dict[str, dict] = {
     # a random tiny model: exercises every code path in seconds; its numbers mean nothing

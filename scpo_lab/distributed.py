@@ -73,23 +73,34 @@ class World:
         dist.all_gather_object(out, obj)
         return out
 
-    def mean_row(self, row: dict, summed: tuple[str, ...] = ("loss", "distill/loss")) -> dict:
+    def mean_row(self, row: dict, summed: tuple[str, ...] = ("loss", "distill/loss"), token_means: tuple[str, ...] = (),
+                 tokens: float | None = None) -> dict:
         """One metrics row from every process's row: numeric values averaged (processes hold equal shares of the
-        batch, so a mean of means is the batch mean; cumulative counts are already global), except the losses,
-        which are each process's share of the whole batch's loss (global normaliser) and so are summed; other
-        values from rank 0."""
-        rows = self.gather(row)
+        batch's rollouts, so a mean of per-rollout means is the batch mean; cumulative counts are already global),
+        except: the losses, each process's share of the whole batch's loss (global normaliser), summed; the
+        `token_means` (per-token means such as entropy, kl, clip_ratio), weighted by each process's `tokens` (a mean
+        of token means is not the batch's: 10 tokens at 1 and 30 at 0 are 0.25, not 0.5); keys ending in "_max",
+        the largest. Other values from rank 0."""
+        rows = self.gather((row, tokens))
         if len(rows) == 1:
             return row
-        merged = dict(rows[0])
-        for key, value in rows[0].items():
-            values = [r.get(key) for r in rows]
+        merged = dict(rows[0][0])
+        for key, value in rows[0][0].items():
+            values = [r.get(key) for r, _ in rows]
             if all(v == value for v in values):
                 continue  # the same on every process (step, cumulative counts): kept as it is
             if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-                finite = [v for v in values if v == v]
-                total = sum(finite)
-                merged[key] = (total if key in summed else total / len(finite)) if finite else float("nan")
+                finite = [(v, n) for v, (_, n) in zip(values, rows) if v == v]
+                if not finite:
+                    merged[key] = float("nan")
+                elif key in summed:
+                    merged[key] = sum(v for v, _ in finite)
+                elif key.endswith("_max"):
+                    merged[key] = max(v for v, _ in finite)
+                elif key in token_means and all(n for _, n in finite):
+                    merged[key] = sum(v * n for v, n in finite) / sum(n for _, n in finite)
+                else:
+                    merged[key] = sum(v for v, _ in finite) / len(finite)
         return merged
 
     def check_in_sync(self, params) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from scpo_lab import critics
+from scpo_lab import critics, tasks
 from scpo_lab.conclusions import compute_summary
 from scpo_lab.config import (ModelConfig, TrainConfig, collapse_eval, collapse_sizes, comparison_settings,
                              eval_settings, make_config)
@@ -225,7 +225,7 @@ def compute_matched_configs(runs: dict[str, Run], arm_of: dict[str, str], policy
 
 def _target_of(run_or_config) -> tuple[TrainConfig, list[dict] | None, str]:
     """(config, metrics rows or None, a name for messages) of a Run, RunDir, run folder path or TrainConfig."""
-    from scpo_lab.config import from_dict
+    from scpo_lab.config import config_of_record
     from scpo_lab.runs import RunDir
     from scpo_lab.trainer import run_dir_of
 
@@ -237,8 +237,7 @@ def _target_of(run_or_config) -> tuple[TrainConfig, list[dict] | None, str]:
         config, folder = run_or_config.config, run_or_config.dir
     elif isinstance(run_or_config, (RunDir, str, Path)):
         folder = run_or_config if isinstance(run_or_config, RunDir) else RunDir(run_or_config)
-        record = {k: v for k, v in folder.config.items() if k not in ("processes", "precision_used")}
-        config = from_dict(record)
+        config = config_of_record(folder.config)
     else:
         raise TypeError(f"run_or_config: a Run, a run folder or a TrainConfig, got {type(run_or_config).__name__}")
     rows = sorted(folder.read_metrics(), key=lambda r: r["step"]) if folder.metrics_path.is_file() else []
@@ -286,7 +285,8 @@ BASE_LOADING_FIELDS = ("backend", "load_in_4bit", "fast_inference", "max_seq_len
 
 def _eval_key(config: TrainConfig, settings: dict) -> dict:
     return {"model": config.model.name, "task": config.task.name, "task_options": config.task.options,
-            "max_new_tokens": config.max_new_tokens, "temperature": config.temperature, **settings}
+            **tasks.identity(config.task.name), "max_new_tokens": config.max_new_tokens,
+            "temperature": config.temperature, **settings}
 
 
 def _from_dict(d: dict) -> EvalResult:

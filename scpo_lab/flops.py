@@ -8,7 +8,9 @@ a forward + backward 6 N:
     teacher    2 N (tokens the second pass reads)             shared prefixes once (teacher.TeacherOutput)
     update     6 N (update prompt tokens + generated) * mu    update prompt tokens = prompt tokens / G (one prompt
                                                               forward per group, objective.py), or every row's
-                                                              prompt under gradient checkpointing
+                                                              prompt under gradient checkpointing; none in a
+                                                              critic's warm-up (the actor does not update)
+    reference  2 N (prompt tokens / G + generated tokens)    once per update, only when beta > 0 (the KL term)
 
 where prompt tokens are the batch's prompt tokens over its rows (G copies of each prompt's). Dynamic sampling
 counts the sampling FLOPs of every round, discarded groups included, and the update FLOPs of the kept batch only.
@@ -17,7 +19,7 @@ A GRPO run with the same prompts and the same mean completion length L per rollo
 
     F(G) = sum_s [ 2 N T_s + 6 N mu T_s (x G under checkpointing) ] + G * steps * P * L * (2 N + 6 N mu)
 
-(T_s = the tokens of step s's P prompts, each counted once): linear in G, F(G) = fixed + per_rollout * G.
+(T_s = the tokens of step s's P prompts, each counted once; beta = 0): linear in G, F(G) = fixed + per_rollout * G.
 """
 
 from __future__ import annotations

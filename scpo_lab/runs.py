@@ -532,10 +532,10 @@ def _legacy_excludes(cfg: dict) -> Iterable[tuple[str, ...]]:
     that time (scpo_lab.migrate.legacy_exclude)."""
     yield DEFAULT_EXCLUDE
     try:
-        from scpo_lab.config import from_dict
+        from scpo_lab.config import config_of_record
         from scpo_lab.migrate import legacy_exclude
 
-        yield DEFAULT_EXCLUDE + legacy_exclude(from_dict({k: v for k, v in cfg.items() if k != "processes"}))
+        yield DEFAULT_EXCLUDE + legacy_exclude(config_of_record(cfg))
     except Exception:  # not a TrainConfig (any dict can make a run folder): no other rule to try
         return
 

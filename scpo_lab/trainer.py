@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from scpo_lab import distributed, precision
+from scpo_lab import distributed, precision, tasks
 from scpo_lab.config import ConfigError, TrainConfig
 from scpo_lab.critics import Critic, CriticResult, LossTerm, UpdateForward, make_critic
 from scpo_lab.flops import forward_flops, sampling_flops, update_flops
@@ -152,7 +152,7 @@ def train(config: TrainConfig, policy=None, *, progress: bool = True, runs_dir: 
 def _folder_args(config: TrainConfig, runs_dir, world: distributed.World) -> tuple[dict, dict]:
     """(the record config.json holds, RunDir.create's keyword arguments) of `config`'s run folder."""
     resolved = precision.resolve(config.precision, world.device)  # the precision actually used is its identity
-    record = config.to_dict() | precision.identity(resolved, world.device) | (
+    record = config.to_dict() | precision.identity(resolved, world.device) | tasks.identity(config.task.name) | (
         {"processes": world.size} if world.enabled else {})  # its own run folder
     return record, dict(name=config.method, runs_dir=runs_dir or config.runs_dir,
                         exclude=DEFAULT_EXCLUDE + config.hash_exclude())
@@ -387,7 +387,8 @@ def training_step(loop: _Loop, step: int, state: dict) -> dict:
     # 4. update (a critic in warm-up keeps the actor still), then the critic's own update
     t0 = time.perf_counter()
     update = {}
-    if trains and (critic is None or critic.updates_actor()):
+    updates_actor = trains and (critic is None or critic.updates_actor())
+    if updates_actor:
         # bf16: the frozen base cast once, not per forward; every LoRA Linear as one op (lora_fused: no
         # elementwise passes over the activations for the adapter's branch)
         with precision.frozen_linears_in_bf16(policy.model), fused_lora(policy.model):
@@ -410,17 +411,27 @@ def training_step(loop: _Loop, step: int, state: dict) -> dict:
         for round_prompt_tokens, round_generated in sampled.pop("tokens"):
             state["generated_tokens"] += int(round_generated)
             state["flops"] += sampling_flops(n_params, round_prompt_tokens, round_generated, config.group_size)
-    # forward + backward over the batch trained on (scpo_lab/flops.py)
-    state["flops"] += update_flops(n_params, prompt_tokens, generated, config.group_size, config.num_iterations,
-                                   config.model.gradient_checkpointing)
+    if updates_actor:  # forward + backward over the batch trained on (scpo_lab/flops.py); none in a warm-up
+        state["flops"] += update_flops(n_params, prompt_tokens, generated, config.group_size, config.num_iterations,
+                                       config.model.gradient_checkpointing)
+        if config.beta > 0:  # the reference's forward over the same batch, once per update (_update's ref_logp)
+            state["flops"] += forward_flops(n_params, prompt_tokens / config.group_size + generated)
     lengths = batch.completion_mask.sum(1).float()
-    std = group_reward_std(rewards, config.group_size) if trains else torch.zeros(0)  # (no rows: NaN rates below)
+    # the collapse rate and pass rate of what the policy sampled this step, on the verifier's reward: dynamic
+    # sampling's batch holds only groups with signal (its rate would be 0 by construction), and a critic's or the
+    # random-reward control's trained reward can spread a group the verifier cannot tell apart
+    if sampled is None:
+        zero_std = float((group_reward_std(verifier_rewards, config.group_size) == 0).float().mean()) if trains \
+            else math.nan
+        pass_rate = float(verifier_rewards.mean())
+    else:
+        zero_std, pass_rate = sampled["discarded_groups"] / sampled["sampled_groups"], sampled["pass_rate"]
     row = {
         "step": step,
         "reward": float(rewards.mean()),
         "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-        "pass_rate": float(verifier_rewards.mean()),  # the verifier's alone (no length penalty)
-        "frac_reward_zero_std": float((std == 0).float().mean()),
+        "pass_rate": pass_rate,  # the verifier's alone (no length penalty), over every rollout sampled
+        "frac_reward_zero_std": zero_std,  # over every group sampled (TRL's name; the verifier's reward)
         "completions/mean_length": float(lengths.mean()),
         "completions/clipped_ratio": float(batch.truncated.float().mean()),
         "generated_tokens": state["generated_tokens"],
@@ -436,7 +447,8 @@ def training_step(loop: _Loop, step: int, state: dict) -> dict:
         rows = world.gather(_sample_rows(step, batch, rewards, policy.tokenizer, result.advantages, teacher))
         if world.is_main:
             loop.run.append_samples([r for part in rows for r in part])
-    return world.mean_row(row, summed=("loss",) + ((result.loss_term.name,) if result.loss_term else ()))
+    return world.mean_row(row, summed=("loss",) + ((result.loss_term.name,) if result.loss_term else ()),
+                          token_means=TOKEN_MEANS, tokens=float(batch.completion_mask.sum()))
 
 
 def _shape_rewards(config, batch: RolloutBatch, verifier_rewards: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -486,7 +498,7 @@ def _dynamic_sampling(loop: _Loop, step: int, problems: list, batch: RolloutBatc
     a batch already formed, with no refill; max_sampling_rounds = 1 is that filter here."""
     config, policy = loop.config, loop.policy
     G, target = config.group_size, len(problems)
-    first, drawn = batch, {id(p) for p in problems}
+    first, drawn = batch, {_prompt_key(p) for p in problems}  # by prompt: the pool repeats problems as copies
     kept_batches, kept_rewards, tokens = [], [], []
     rounds = sampled_groups = kept = passed = rollouts = 0
     while True:
@@ -500,12 +512,16 @@ def _dynamic_sampling(loop: _Loop, step: int, problems: list, batch: RolloutBatc
         passed, rollouts = passed + sum(bool(v.passed) for v in batch.verdicts), rollouts + len(batch)
         if kept >= target or rounds >= config.max_sampling_rounds:
             break
-        candidates = [p for p in loop.train_problems if id(p) not in drawn]
+        candidates, seen = [], set(drawn)  # the undrawn prompts, each once, in pool order
+        for p in loop.train_problems:
+            if _prompt_key(p) not in seen:
+                seen.add(_prompt_key(p))
+                candidates.append(p)
         if not candidates:
             break
         new = random.Random(round_seed(config.seed, step, rounds, 0)).sample(candidates,
                                                                             min(target - kept, len(candidates)))
-        drawn.update(id(p) for p in new)
+        drawn.update(_prompt_key(p) for p in new)
         t0 = time.perf_counter()
         batch = sample_rollouts(policy, new, group_size=G, max_new_tokens=config.max_new_tokens,
                                 temperature=config.temperature, top_p=config.top_p,
@@ -527,6 +543,15 @@ def _dynamic_sampling(loop: _Loop, step: int, problems: list, batch: RolloutBatc
     return kept_batch, kept_reward, {"rounds": rounds, "sampled_groups": sampled_groups, "kept_groups": kept,
                                      "discarded_groups": sampled_groups - kept, "cap_hit": float(kept < target),
                                      "pass_rate": passed / rollouts, "tokens": tokens}
+
+
+# the update's per-token means: several processes' values are merged weighted by their completion tokens
+TOKEN_MEANS = ("entropy", "kl", "clip_ratio", "clip_ratio/low", "clip_ratio/high", "ratio/first_pass_mean")
+
+
+def _prompt_key(problem) -> tuple:
+    """What the policy sees of a problem: two pool entries with the same prompt are the same problem to refill."""
+    return tuple((message["role"], message["content"]) for message in problem.prompt)
 
 
 def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, term: LossTerm | None = None,
@@ -564,7 +589,8 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
     if config.beta > 0:
         with torch.no_grad(), policy.reference():
             ref_logp = [completion_logprobs(model, *inputs, with_entropy=False, **forward)[0] for _, inputs in micro]
-    sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0, "term": 0.0}
+    sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "clip_ratio/low": 0.0, "clip_ratio/high": 0.0, "entropy": 0.0,
+            "term": 0.0}
     grad_norms = []
     ratio_sum, ratio_max = 0.0, float("-inf")  # first pass: pi_theta / pi_sampler over its tokens
     old_logp = [None] * len(micro)  # pi_old per micro-batch: the first pass's forward, detached
@@ -611,7 +637,8 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
             weight = float(micro_mask.sum()) / float(mask.sum()) if keep is None else \
                 float(micro_loss_mask.sum()) / max(1.0, float(loss_mask.sum()))
             sums["kl"] += stats["kl"] * weight if not math.isnan(stats["kl"]) else 0.0
-            sums["clip_ratio"] += stats["clip_ratio"] * weight
+            for name in ("clip_ratio", "clip_ratio/low", "clip_ratio/high"):  # low: rho < 1 - eps, A < 0; high
+                sums[name] += stats[name] * weight
             sums["entropy"] += float((entropy.detach() * micro_mask).sum()) / float(mask.sum())
         world.sum_gradients(params)  # several processes: the whole batch's gradient on every process
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -623,7 +650,8 @@ def _update(config, policy, batch: RolloutBatch, advantages, optimizer, params, 
         grad_norms.append(float(grad_norm))
     n = config.num_iterations
     return {"loss": sums["loss"] / n, "kl": sums["kl"] / n if config.beta > 0 else float("nan"),
-            "clip_ratio": sums["clip_ratio"] / n, "entropy": sums["entropy"] / n,
+            "clip_ratio": sums["clip_ratio"] / n, "clip_ratio/low": sums["clip_ratio/low"] / n,
+            "clip_ratio/high": sums["clip_ratio/high"] / n, "entropy": sums["entropy"] / n,
             "grad_norm": sum(grad_norms) / n, "learning_rate": config.learning_rate,
             "ratio/first_pass_mean": ratio_sum / max(1.0, float(mask.sum())),
             "ratio/first_pass_max": ratio_max if ratio_max > float("-inf") else float("nan"),

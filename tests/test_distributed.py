@@ -105,9 +105,12 @@ def test_world_merges_rows_and_refuses_what_would_drift(monkeypatch):
     two = World(rank=0, size=2)
     rows = [{"step": 3, "loss": 0.25, "reward": 0.5, "method": "grpo", "flops": 7.0},
             {"step": 3, "loss": 0.5, "reward": 1.0, "method": "grpo", "flops": 7.0}]
-    monkeypatch.setattr(World, "gather", lambda self, obj: rows)
+    monkeypatch.setattr(World, "gather", lambda self, obj: [(r, n) for r, n in zip(rows, (10, 30))])
     # losses are shares of the whole batch's loss (summed); rates are means of equal shares; the rest as is
     assert two.mean_row(rows[0]) == {"step": 3, "loss": 0.75, "reward": 0.75, "method": "grpo", "flops": 7.0}
+    # per-token means weighted by each process's tokens (10 at 1, 30 at 0: 0.25, not 0.5), maxima the largest
+    rows = [{"entropy": 1.0, "ratio/first_pass_max": 1.02}, {"entropy": 0.0, "ratio/first_pass_max": 1.5}]
+    assert two.mean_row(rows[0], token_means=("entropy",), tokens=10) == {"entropy": 0.25, "ratio/first_pass_max": 1.5}
     for method, options in CRITICS_WITH_PARAMETERS:  # no longer refused: their parameters are kept in sync
         check_config(make_config("smoke", method=method, **options), 2)
     with pytest.raises(ConfigError, match="prompts_per_step"):

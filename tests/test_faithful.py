@@ -172,6 +172,18 @@ def test_the_first_pass_ratio_is_one_against_pi_old_and_logged_against_the_sampl
     assert out["ratio/first_pass_mean"] == pytest.approx(float(torch.exp(torch.tensor(0.5))), rel=1e-3)
 
 
+def test_the_update_logs_clip_ratio_by_region():
+    """TRL's clip_ratio/low (rho < 1 - eps where A < 0) and /high (rho > 1 + eps where A > 0): a big step between
+    two passes moves ratios out of the range, and the logged total is their sum (they were computed, not logged)."""
+    cfg = make_config("smoke", num_iterations=2)
+    policy, batch = _rollouts()
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    advantages = torch.tensor([1.0, -1.0] * (len(batch) // 2))
+    out = _update(cfg, policy, batch, advantages, torch.optim.SGD(params, lr=50.0), params)
+    assert out["clip_ratio/low"] > 0 and out["clip_ratio/high"] > 0
+    assert out["clip_ratio"] == pytest.approx(out["clip_ratio/low"] + out["clip_ratio/high"], abs=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------ 7. FLOPs
 
 @pytest.mark.parametrize("method, options", [("scpo-critic", {}), ("scpo-head", {}),

@@ -340,15 +340,40 @@ def test_dynamic_sampling_keeps_informative_groups_and_counts_every_sampled_toke
             row["sampling/cap_hit"], row["sampling/sampled_groups"]) == (rounds, kept, discarded, cap_hit,
                                                                          kept + discarded)
     assert row["generated_tokens"] == tokens and row["flops"] == flops * N
-    assert row["sampling/pass_rate"] == (kept / ((kept + discarded) * 4))  # one pass per MIXED group
+    assert row["sampling/pass_rate"] == row["pass_rate"] == (kept / ((kept + discarded) * 4))  # one per MIXED group
+    # the collapse rate of what was sampled, as grpo would log it (the kept batch's is 0 by construction)
+    assert row["frac_reward_zero_std"] == discarded / (kept + discarded)
     if trained is None:  # no informative group: no update, the LoRA weights as they were
         assert updates == [] and math.isnan(row["reward"]) and "loss" not in run.metrics
         after = [p for p in policy.model.parameters() if p.requires_grad]
         assert all(torch.equal(a, b) for a, b in zip(before, after))
     else:  # the update saw the kept groups only, in the order they were found
         assert updates == [[pid for pid in trained for _ in range(4)]]
-        assert row["frac_reward_zero_std"] == 0.0 and row["reward"] == 0.25 and not math.isnan(row["loss"])
+        assert row["reward"] == 0.25 and not math.isnan(row["loss"])
         assert len(run.samples()) == 4 * kept  # samples.jsonl holds the rollouts trained on
+
+
+def test_dynamic_sampling_refills_with_prompts_not_yet_drawn(tmp_path, monkeypatch):
+    """The pool repeats its expressions (4 prompts, 0+0 0+1 1+0 1+1, copied to 2,000 entries): a refill must skip
+    every copy of a prompt already rejected this step, not only the rejected entry (it redrew them by object)."""
+    from scpo_lab.tasks.base import Verdict
+
+    prompts = []
+    real_sample = trainer_module.sample_rollouts
+
+    def sample(policy, problems, **kwargs):
+        prompts.append([p.prompt[0]["content"] for p in problems])
+        return real_sample(policy, problems, **kwargs)
+
+    def verify(self, problems, completions):  # every group zero-std: each round refills
+        return [Verdict(0.0, False, "checked") for _ in completions]
+
+    monkeypatch.setattr(trainer_module, "sample_rollouts", sample)
+    monkeypatch.setattr(type(trainer_module.get_task("arithmetic")), "verify_batch", verify)
+    task = {"name": "arithmetic", "options": {"max_operand": 1, "operators": "+"}}
+    train(smoke(tmp_path, steps=1, task=task, dynamic_sampling=True, max_sampling_rounds=3), progress=False)
+    first, refills = set(prompts[0]), [q for r in prompts[1:] for q in r]
+    assert refills and len(refills) == len(set(refills)) == 4 - len(first) and not first & set(refills)
 
 
 def test_dynamic_sampling_gives_the_critic_the_kept_batch_only(tmp_path, monkeypatch):
@@ -471,3 +496,63 @@ def test_the_update_shares_each_prompt_in_blocks_of_gcd_of_group_and_micro_batch
     rows = 2 * group_size
     assert [g for _, g in blocks] == [block] * math.ceil(rows / micro)  # every micro-batch of the update
     assert sum(n for n, _ in blocks) == rows
+
+
+def test_a_task_data_revision_moves_its_runs_and_evaluations_only(tmp_path):
+    """The arithmetic split changed (commuted twins crossed it): a run or evaluation of the old split must not be
+    loaded as one of the new, so arithmetic's revision is in the run hash and the evaluation key; GSM8K, never
+    revised, keeps the hashes its cached runs have."""
+    from scpo_lab import distributed
+    from scpo_lab.experiment import _eval_key
+    from scpo_lab.runs import RunDir
+
+    arithmetic, gsm8k = smoke(tmp_path), smoke(tmp_path, task={"name": "gsm8k"})
+    record, create = trainer_module._folder_args(arithmetic, None, distributed.world())
+    assert record["task_data_revision"] == 2 and _eval_key(arithmetic, {})["task_data_revision"] == 2
+    unrevised = RunDir.locate(arithmetic.to_dict(), **create)  # the folder of the identity before the revision
+    assert trainer_module.run_dir_of(arithmetic).path.name != unrevised.path.name
+    record, create = trainer_module._folder_args(gsm8k, None, distributed.world())
+    assert record == gsm8k.to_dict() and "task_data_revision" not in _eval_key(gsm8k, {})
+    assert trainer_module.run_dir_of(gsm8k).path.name == RunDir.locate(gsm8k.to_dict(), **create).path.name
+    from scpo_lab import tasks
+    from scpo_lab.config import RECORD_ONLY_KEYS, config_of_record
+
+    assert tasks.IDENTITY_KEY in RECORD_ONLY_KEYS  # a record with the revision still reads back as its config
+    assert config_of_record(arithmetic.to_dict() | tasks.identity("arithmetic")) == arithmetic
+
+
+def test_zero_std_rate_is_the_verifiers_not_the_trained_rewards(tmp_path, monkeypatch):
+    """Every rollout fails: the verifier cannot tell any group apart (rate 1), though the random-reward control's
+    coin spreads them (the rate on the trained reward read 0.5-1 by the coin's luck)."""
+    calls = _scripted(monkeypatch, [[FLAT, FLAT]] * 2)
+    run = train(smoke(tmp_path, method="random-reward", steps=2), progress=False)
+    assert len(calls) == 2 and run.metrics["frac_reward_zero_std"].tolist() == [1.0, 1.0]
+    assert (run.metrics["reward_std"] > 0).all() and run.metrics["pass_rate"].tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("case", ["beta", "warmup"])
+def test_flops_count_the_reference_pass_and_no_update_in_a_warmup(tmp_path, monkeypatch, case):
+    """Hand-computed as above (2 prompts x 4 rollouts of 3 + 8 tokens: 6 + 64 tokens a pass): sampling 2N x 70,
+    the update 6N x 70; beta > 0 adds the reference's forward, 2N x 70 (it was not counted); a critic's warm-up
+    step trains only the critic, so it costs the update's 6N x 70 less than the same step after the warm-up (the
+    teacher pass and the critic's own update, the same batch's, cost the same in both; they counted the update)."""
+    _scripted(monkeypatch, [[MIXED, FLAT]] * 2)
+    if case == "beta":
+        cfg = smoke(tmp_path, steps=1, beta=0.04)
+        row = train(cfg, progress=False).metrics.iloc[0]
+        assert row["flops"] == (2 + 6 + 2) * 70 * trainer_module.parameter_count(trainer_module.policy_for(cfg).model)
+        return
+    rows = [train(smoke(tmp_path, steps=1, method="scpo-critic", **{"value.warmup_steps": k}), progress=False).metrics
+            for k in (0, 1)]
+    N = trainer_module.parameter_count(trainer_module.policy_for(smoke(tmp_path)).model)
+    assert "loss" in rows[0] and "loss" not in rows[1]
+    assert rows[0]["flops/critic_update"][0] == rows[1]["flops/critic_update"][0]
+    assert rows[0]["flops"][0] - rows[1]["flops"][0] == 6 * 70 * N
+
+
+def test_the_heads_student_auroc_is_logged_in_its_own_step(tmp_path, monkeypatch):
+    """head/auroc_student scores the update's own forward of step s: it belongs to step s's row (it came a step
+    late, so a one-step run, or the first step after a resume, had none), one prediction per rollout under mu = 2."""
+    _scripted(monkeypatch, [[MIXED, MIXED]])
+    run = train(smoke(tmp_path, steps=1, method="scpo-head", num_iterations=2), progress=False)
+    assert 0.0 <= run.metrics["head/auroc_student"].iloc[0] <= 1.0

@@ -158,7 +158,8 @@ def signal_stats(advantages: torch.Tensor, mask: torch.Tensor, group_advantages:
                                 failures has ~1 under group scaling)
         scpo/agreement_auroc  = AUROC of the critic's group-centred term against the verifier's outcome, over the
                                 groups the verifier does discriminate (0.5: unrelated; nan: none)
-        scpo/signal_*         = mean, std and top-1% share of |signal| over completion tokens
+        scpo/signal_*         = mean and std of the signed signal, and the top-1% share of |signal|, over completion
+                                tokens (zero_std_adv_std is a population std over each group's G rollouts)
     (These replace `scpo/rescued_*`, which counted a group as rescued whenever a raw critic score was non-zero: a
     judge with scores in (0, 1) or GAIL's softplus rescued every group by construction.)
     """

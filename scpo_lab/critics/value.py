@@ -222,7 +222,10 @@ class HeadLoss(LossTerm):
         _check_finite("value head loss (student context)", loss)
         values = torch.sigmoid(logits.detach()) * mask
         means = values.sum(1) / mask.sum(1).clamp(min=1)
-        critic._student_rows += list(zip(means.tolist(), passed.tolist()))
+        start = (rows.start or 0) if isinstance(rows, slice) else 0
+        indices = range(start, start + len(means)) if isinstance(rows, slice) else rows.tolist()
+        for i, mean, outcome in zip(indices, means.tolist(), passed.tolist()):  # the first pass's, once a rollout
+            critic._student_rows.setdefault(i, (mean, outcome))
         loss = loss * (cfg.head_loss_coef if cfg.train_lora else 1.0)
         return loss, float(loss.detach())
 
@@ -250,8 +253,7 @@ class HeadCritic(Critic):
         self.head: ValueHead | None = None
         self.optimizer = None
         self._pending_state = None
-        self._student_stats: dict = {}
-        self._student_rows: list = []  # (mean student-context value, passed) per rollout of the last update
+        self._student_rows: dict = {}  # rollout -> (mean student-context value, passed) of this step's update
 
     def _build(self, hidden_size: int) -> None:
         cfg = self.config.value
@@ -294,9 +296,7 @@ class HeadCritic(Critic):
         loss.backward()  # head gradients only (the states carry none); the step comes after the actor's update
         stats = {"head/loss_teacher": self.world.sum(float(loss.detach())), "head/auroc_teacher": auroc(final, passed),
                  "head/value_mean": float((values * mask).sum() / mask.sum().clamp(min=1)),
-                 **self._student_stats,
                  **signal_stats(advantages, mask, group_advantages_, batch.group_size, passed)}
-        self._student_stats = {}
         # the head's forward + backward on the teacher's and the update's states, 6 N per state each
         self.own_flops = 6.0 * self.extra_parameters() * 2 * float(mask.sum())
         return CriticResult(advantages, stats, score=final, score_is_probability=True, sequence_reward=final,
@@ -311,10 +311,10 @@ class HeadCritic(Critic):
                 _check_finite("value head gradient", p.grad)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        rows, self._student_rows = self._student_rows, []
-        if rows:  # logged with the next step's stats: this step's row is already assembled
-            self._student_stats = {"head/auroc_student": auroc([r[0] for r in rows], [r[1] for r in rows])}
-        return {}
+        rows, self._student_rows = list(self._student_rows.values()), {}
+        # this step's row is assembled after after_update: the update's own AUROC lands in its own step (it was
+        # logged a step late, and lost on resume)
+        return {"head/auroc_student": auroc([r[0] for r in rows], [r[1] for r in rows])} if rows else {}
 
     @torch.no_grad()
     def predict_success(self, policy, batch, micro_batch_size: int = 16) -> torch.Tensor:

@@ -18,6 +18,16 @@ def task_options(name: str) -> tuple[str, ...]:
     return tuple(p for p in inspect.signature(TASKS[name].__init__).parameters if p != "self")
 
 
+IDENTITY_KEY = "task_data_revision"
+
+
+def identity(name: str) -> dict:
+    """The run-record and evaluation-key entry of a task's data revision: {} where it never changed (Task.data_revision
+    None, so those runs keep their hashes), else {"task_data_revision": n}."""
+    revision = TASKS[name].data_revision if name in TASKS else None
+    return {} if revision is None else {IDENTITY_KEY: revision}
+
+
 def get_task(name: str, **options) -> Task:
     if name not in TASKS:
         raise ValueError(f"task.name: unknown {name!r}; known: {', '.join(TASK_NAMES)}")
@@ -29,4 +39,4 @@ def get_task(name: str, **options) -> Task:
 
 
 __all__ = ["Problem", "Verdict", "Task", "ArithmeticTask", "GSM8KTask", "MBPPPlusTask", "LiveCodeBenchTask",
-           "TASK_NAMES", "get_task", "task_options"]
+           "TASK_NAMES", "get_task", "task_options", "identity", "IDENTITY_KEY"]

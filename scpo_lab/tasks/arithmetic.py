@@ -1,4 +1,5 @@
-"""Procedural integer arithmetic ("7 + 5 - 3"), seeded, with a train/test split fixed by the expression text."""
+"""Procedural integer arithmetic ("7 + 5 - 3"), seeded, with a train/test split fixed by the expression's canonical
+form: "3 + 17" and "17 + 3" (or "2 * 3 - 4" and "3 * 2 - 4") are one problem up to commutation and share a split."""
 
 import hashlib
 import itertools
@@ -9,7 +10,7 @@ from scpo_lab.tasks.base import Problem, Task, Verdict, check_count, check_split
 
 ALLOWED_OPERATORS = "+-*"
 PROMPT_TEMPLATE = "What is {expression}? Give the final answer as a number at the end."
-TEST_ONE_IN = 5               # an expression is a test problem iff hash(text) % 5 == 0 (~20% of the space)
+TEST_ONE_IN = 5               # an expression is a test problem iff hash(canonical form) % 5 == 0 (~20% of the space)
 ENUMERATE_MAX = 50_000        # spaces up to this size are listed in full; larger ones are sampled by rejection
 DRAWS_PER_PROBLEM = 100       # rejection budget before declaring the split too small for n distinct problems
 
@@ -34,20 +35,42 @@ def format_expression(tokens: Sequence) -> str:
     return " ".join(str(t) for t in tokens)
 
 
+def canonical_form(expression: str) -> str:
+    """The expression up to commutation of + and *: its signed product terms, each term's factors sorted, the terms
+    sorted. "17 + 3" -> "+3 +17"; "4 - 2 * 3" and "4 - 3 * 2" -> "+4 -2*3". Subtraction does not commute, so
+    "3 - 17" and "17 - 3" stay apart (their values differ)."""
+    tokens = [t if t in ALLOWED_OPERATORS else int(t) for t in expression.split()]
+    if len(tokens) % 2 == 0:
+        raise ValueError(f"expression: expected operand (op operand)*, got {expression!r}")
+    terms, factors = [], [tokens[0]]
+    sign = "+"
+    for op, operand in zip(tokens[1::2], tokens[2::2]):
+        if op == "*":
+            factors.append(operand)
+        else:
+            terms.append(sign + "*".join(str(f) for f in sorted(factors)))
+            sign, factors = op, [operand]
+    terms.append(sign + "*".join(str(f) for f in sorted(factors)))
+    return " ".join(sorted(terms, key=lambda term: (term[0], [int(f) for f in term[1:].split("*")])))
+
+
 def split_of(expression: str) -> str:
-    """"train" or "test", from a stable hash of the text (hashlib, not hash(): same across runs and processes)."""
-    digest = hashlib.sha256(expression.encode()).digest()
+    """"train" or "test", from a stable hash of the canonical form (hashlib, not hash(): same across runs and
+    processes). Hashing the text split "a + b" and "b + a" apart: 34 of the cpu profile's 100 held-out problems had
+    their commuted twin among the training problems."""
+    digest = hashlib.sha256(canonical_form(expression).encode()).digest()
     return "test" if int.from_bytes(digest[:8], "big") % TEST_ONE_IN == 0 else "train"
 
 
 class ArithmeticTask(Task):
     """Expressions of `n_operands` integers with exactly `digits` digits (0..9 when digits=1) — or, when
     `max_operand` is set, integers 0..max_operand — operators drawn from `operators`. Train and test are
-    disjoint by construction (split_of). Test problems are always
+    disjoint by construction, and so are their commuted twins (split_of). Test problems are always
     distinct (ValueError if the split has fewer than n). Train problems are distinct while the split allows;
     when n exceeds a small space's train split, problems repeat (each repeat gets an id suffix "-r<k>")."""
 
     name = "arithmetic"
+    data_revision = 2  # 2: split by the canonical form (1, unrecorded: by the text; commuted twins crossed the split)
 
     def __init__(self, digits: int = 1, operators: str = "+-", n_operands: int = 2, seed: int = 0,
                  max_operand: int | None = None):

@@ -30,6 +30,10 @@ class Verdict:
 
 class Task(abc.ABC):
     name: str
+    # bumped when the problems a task's options yield change (a new split rule, new data): part of the run identity
+    # and of the evaluation keys where set (tasks.identity), so runs and evaluations of the old problems are not
+    # loaded as if they were of the new ones; None: never changed, so cached runs keep their hashes
+    data_revision: int | None = None
 
     @abc.abstractmethod
     def problems(self, split: str, n: int | None = None, seed: int = 0) -> list[Problem]:
