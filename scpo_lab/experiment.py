@@ -162,7 +162,8 @@ def compute_match(run_or_config, *, arm: str | None = None, base: TrainConfig | 
                              else _mean_completion_tokens(config, rows, len(pool)))
     n_params = parameter_count(policy.model)
     fixed, per_rollout = grpo_flops_line(n_params, step_prompt_tokens, n_prompts, completion_tokens,
-                                         matched.num_iterations, matched.model.gradient_checkpointing)
+                                         matched.num_iterations, matched.model.gradient_checkpointing,
+                                         reference=matched.beta > 0)
     group_size, exact = matched_group_size(target_flops, fixed, per_rollout)
     predicted = fixed + per_rollout * group_size
     note = (f"compute-matched grpo for {name}: target {target_flops:.4g} FLOPs, group_size {group_size} "

@@ -27,7 +27,7 @@ from scpo_lab.stats import calibration_bins
 LABELS = {
     "reward": "mean reward",
     "pass_rate": "verifier pass rate",
-    "frac_reward_zero_std": "fraction of groups with zero reward std\n(no GRPO gradient)",
+    "frac_reward_zero_std": "fraction of groups the verifier\ncannot tell apart (zero std)",
     "completions/mean_length": "completion length (tokens)",
     "entropy": "token entropy (nats)",
     "kl": "KL to reference",

@@ -605,7 +605,9 @@ def list_runs(runs_dir: str | os.PathLike | None = None) -> list[RunDir]:
 
 def find_run(config: Any, runs_dir: str | os.PathLike | None = None,
              exclude: Iterable[str] = DEFAULT_EXCLUDE) -> RunDir | None:
-    """The run folder whose hash matches `config` (any name); prefers a finished one, then the newest."""
+    """The run folder whose hash matches `config` (any name); prefers a finished one, then the newest. A plain
+    record lookup: for a TrainConfig use trainer.run_dir_of, whose record adds what the trainer hashes beside the
+    config (the precision used, the task's data revision) and whose exclusions are the method's."""
     h = config_hash(config, exclude)
     hits = [r for r in list_runs(runs_dir) if r.hash == h]
     if not hits:

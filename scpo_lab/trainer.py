@@ -35,7 +35,7 @@ import torch
 from scpo_lab import distributed, precision, tasks
 from scpo_lab.config import ConfigError, TrainConfig
 from scpo_lab.critics import Critic, CriticResult, LossTerm, UpdateForward, make_critic
-from scpo_lab.flops import forward_flops, sampling_flops, update_flops
+from scpo_lab.flops import forward_flops, reference_flops, sampling_flops, update_flops
 from scpo_lab.lora_fused import fused_lora
 from scpo_lab.metrics import hacking_stats
 from scpo_lab.migrate import legacy_exclude
@@ -357,6 +357,13 @@ def training_step(loop: _Loop, step: int, state: dict) -> dict:
     batch.verdicts = loop.task.verify_batch(batch.problems, batch.texts)
     verifier_rewards = torch.tensor([v.reward for v in batch.verdicts], dtype=torch.float32)
     times["verification"] = time.perf_counter() - t0
+    # the collapse rate and pass rate of the step's draw, on the verifier's reward, before any filter: dynamic
+    # sampling's kept batch holds only groups with signal (its rate is 0 by construction) and pooling its refill
+    # rounds biases both (when it stops depends on what it kept); this first round is the draw grpo makes at the
+    # same seed and step. A critic's or the random-reward control's trained reward can spread a group the verifier
+    # cannot tell apart, so neither is read from it.
+    zero_std = float((group_reward_std(verifier_rewards, config.group_size) == 0).float().mean())
+    pass_rate = float(verifier_rewards.mean())
     sampled = None  # dynamic sampling: what every round sampled (the batch is then the kept groups only)
     if config.dynamic_sampling:  # on the verifier's rewards (DAPO's filter metric: accuracy), before any shaping
         batch, verifier_rewards, sampled = _dynamic_sampling(loop, step, problems, batch, verifier_rewards, times)
@@ -415,23 +422,15 @@ def training_step(loop: _Loop, step: int, state: dict) -> dict:
         state["flops"] += update_flops(n_params, prompt_tokens, generated, config.group_size, config.num_iterations,
                                        config.model.gradient_checkpointing)
         if config.beta > 0:  # the reference's forward over the same batch, once per update (_update's ref_logp)
-            state["flops"] += forward_flops(n_params, prompt_tokens / config.group_size + generated)
+            state["flops"] += reference_flops(n_params, prompt_tokens, generated, config.group_size,
+                                              config.model.gradient_checkpointing)
     lengths = batch.completion_mask.sum(1).float()
-    # the collapse rate and pass rate of what the policy sampled this step, on the verifier's reward: dynamic
-    # sampling's batch holds only groups with signal (its rate would be 0 by construction), and a critic's or the
-    # random-reward control's trained reward can spread a group the verifier cannot tell apart
-    if sampled is None:
-        zero_std = float((group_reward_std(verifier_rewards, config.group_size) == 0).float().mean()) if trains \
-            else math.nan
-        pass_rate = float(verifier_rewards.mean())
-    else:
-        zero_std, pass_rate = sampled["discarded_groups"] / sampled["sampled_groups"], sampled["pass_rate"]
     row = {
         "step": step,
         "reward": float(rewards.mean()),
         "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-        "pass_rate": pass_rate,  # the verifier's alone (no length penalty), over every rollout sampled
-        "frac_reward_zero_std": zero_std,  # over every group sampled (TRL's name; the verifier's reward)
+        "pass_rate": pass_rate,  # the verifier's alone (no length penalty), the step's draw (above)
+        "frac_reward_zero_std": zero_std,  # TRL's name, on the verifier's reward of the step's draw (above)
         "completions/mean_length": float(lengths.mean()),
         "completions/clipped_ratio": float(batch.truncated.float().mean()),
         "generated_tokens": state["generated_tokens"],
@@ -545,7 +544,9 @@ def _dynamic_sampling(loop: _Loop, step: int, problems: list, batch: RolloutBatc
                                      "pass_rate": passed / rollouts, "tokens": tokens}
 
 
-# the update's per-token means: several processes' values are merged weighted by their completion tokens
+# the update's per-token means: several processes' values are merged weighted by their completion tokens (under
+# mask_truncated_completions kl and the clip ratios are means over the kept rows' tokens, so that weight is close,
+# not exact)
 TOKEN_MEANS = ("entropy", "kl", "clip_ratio", "clip_ratio/low", "clip_ratio/high", "ratio/first_pass_mean")
 
 

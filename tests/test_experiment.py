@@ -126,6 +126,18 @@ def test_grpo_flops_are_linear_in_the_group_size_and_the_match_rounds_to_the_nea
     assert matched_group_size(1_000, fixed, per_rollout)[0] == 2  # never below 2 rollouts
     # gradient checkpointing: every row runs its own prompt in the update, so that part grows with G too
     assert grpo_flops_line(1000, [20, 30], 2, 5.0, gradient_checkpointing="on") == (100_000, 160_000 + 300_000)
+    # beta > 0: the reference's forward, 2N per update token, is in the line as the trainer counts it (it was not:
+    # a matched grpo with a KL term got too large a group)
+    from scpo_lab.flops import reference_flops
+
+    fixed, per_rollout = grpo_flops_line(1000, [20, 30], 2, 5.0, reference=True)
+    assert (fixed, per_rollout) == (500_000, 200_000)  # 10N (50 + 20 G)
+    for checkpointing in ("off", "on"):
+        fixed, per_rollout = grpo_flops_line(1000, [20, 30], 2, 5.0, gradient_checkpointing=checkpointing,
+                                             reference=True)
+        assert fixed + 4 * per_rollout == sum(
+            sampling_flops(1000, 4 * t, 40, 4) + update_flops(1000, 4 * t, 40, 4, 1, checkpointing)
+            + reference_flops(1000, 4 * t, 40, 4, checkpointing) for t in (20, 30))
 
 
 def test_compute_matched_grpo_spends_a_critics_flops_on_more_rollouts(tmp_path, monkeypatch):

@@ -39,9 +39,11 @@ def canonical_form(expression: str) -> str:
     """The expression up to commutation of + and *: its signed product terms, each term's factors sorted, the terms
     sorted. "17 + 3" -> "+3 +17"; "4 - 2 * 3" and "4 - 3 * 2" -> "+4 -2*3". Subtraction does not commute, so
     "3 - 17" and "17 - 3" stay apart (their values differ)."""
-    tokens = [t if t in ALLOWED_OPERATORS else int(t) for t in expression.split()]
-    if len(tokens) % 2 == 0:
-        raise ValueError(f"expression: expected operand (op operand)*, got {expression!r}")
+    tokens = expression.split()
+    if len(tokens) % 2 == 0 or any(op not in ("+", "-", "*") for op in tokens[1::2]) or \
+            not all(t.lstrip("-").isdigit() for t in tokens[0::2]):
+        raise ValueError(f"expression: expected operand (op operand)* with ops + - *, got {expression!r}")
+    tokens = [t if i % 2 else int(t) for i, t in enumerate(tokens)]
     terms, factors = [], [tokens[0]]
     sign = "+"
     for op, operand in zip(tokens[1::2], tokens[2::2]):
@@ -66,7 +68,8 @@ class ArithmeticTask(Task):
     """Expressions of `n_operands` integers with exactly `digits` digits (0..9 when digits=1) — or, when
     `max_operand` is set, integers 0..max_operand — operators drawn from `operators`. Train and test are
     disjoint by construction, and so are their commuted twins (split_of). Test problems are always
-    distinct (ValueError if the split has fewer than n). Train problems are distinct while the split allows;
+    distinct up to commutation, so no two held-out problems are one sum written twice (ValueError if the split has
+    fewer than n). Train problems are distinct while the split allows;
     when n exceeds a small space's train split, problems repeat (each repeat gets an id suffix "-r<k>")."""
 
     name = "arithmetic"
@@ -148,7 +151,20 @@ class ArithmeticTask(Task):
 
     def _sample_listed(self, split: str, n: int, rng: random.Random) -> list[tuple]:
         pool = self._pool(split)
-        if n > len(pool) and (split == "test" or not pool):
+        if split == "test":  # distinct up to commutation: "3 + 17" and "17 + 3" are one held-out problem, not two
+            order = list(pool)
+            rng.shuffle(order)
+            firsts, forms = [], set()
+            for tokens in order:  # the first expression of each canonical form, in shuffled order
+                form = canonical_form(format_expression(tokens))
+                if form not in forms:
+                    forms.add(form)
+                    firsts.append(tokens)
+            if n > len(firsts):
+                raise ValueError(f"n: {n} exceeds the {len(firsts)} distinct test problems (up to commutation) of "
+                                 "this arithmetic space")
+            return firsts[:n]
+        if n > len(pool) and not pool:
             raise ValueError(f"n: {n} exceeds the {len(pool)} distinct {split} problems of this arithmetic space")
         sample: list[tuple] = []
         while len(sample) < n:  # whole shuffled passes: distinct until the pool runs out, then even repeats
@@ -163,8 +179,9 @@ class ArithmeticTask(Task):
             if len(sample) == n:
                 break
             tokens = self._random_tokens(rng)
-            if tokens not in seen and split_of(format_expression(tokens)) == split:
-                seen.add(tokens)
+            key = canonical_form(format_expression(tokens)) if split == "test" else tokens  # test: up to commutation
+            if key not in seen and split_of(format_expression(tokens)) == split:
+                seen.add(key)
                 sample.append(tokens)
         if len(sample) < n:
             raise ValueError(f"n: found only {len(sample)} distinct {split} problems of {n} asked; use a larger space")
