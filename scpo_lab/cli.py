@@ -91,13 +91,24 @@ def _evaluate_run(run, config, n_problems, n_samples, policy=None):
                     n_samples=n_samples, max_new_tokens=config.max_new_tokens, temperature=config.temperature)
 
 
+def _profile_task_options(task: str) -> dict:
+    """The cpu profile's options for its own task (arithmetic: max_operand=20, 131 held-out problems), none for the
+    others: `scpo-lab eval` with no --task-option evaluates on the task the lab trains on (the bare default space has
+    31 held-out problems, fewer than --problems' default)."""
+    from scpo_lab.config import PROFILE_DEFAULTS
+
+    profile_task = PROFILE_DEFAULTS["cpu"]["task"]
+    return dict(profile_task["options"]) if profile_task["name"] == task else {}
+
+
 def cmd_eval(args) -> int:
     from scpo_lab.evaluation import evaluate
     from scpo_lab.models import LoraConfig, adapter_lora_config, load_policy
     from scpo_lab.tasks import get_task
 
     _check_eval_args(args)
-    task = get_task(args.task, **_parse_overrides(args.task_option or []))
+    options = _parse_overrides(args.task_option) if args.task_option is not None else _profile_task_options(args.task)
+    task = get_task(args.task, **options)
     # the adapter's own LoRA shape (rank, alpha, modules), not the defaults: any run's final/ loads
     lora = adapter_lora_config(args.adapter) if args.adapter else LoraConfig()
     policy = load_policy(args.model, backend=args.backend, lora=lora)
@@ -143,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="auto")
     p.add_argument("--adapter", help="a saved LoRA adapter folder (a run's final/ or a checkpoint's adapter/)")
     p.add_argument("--task", default="arithmetic")
-    p.add_argument("--task-option", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--task-option", nargs="*", metavar="KEY=VALUE",
+                   help="task options (default: the cpu profile's for its task, arithmetic max_operand=20; give the "
+                        "flag with no value for the task's bare defaults)")
     p.add_argument("--problems", type=int, default=100)
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=48)

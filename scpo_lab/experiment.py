@@ -431,7 +431,7 @@ class _Lazy:
         return getattr(self._factory(), name)
 
 
-def value_calibration(run: Run, n_problems: int = 32, group_size: int = 4, policy=None,
+def value_calibration(run: Run, n_problems: int = 30, group_size: int = 4, policy=None,
                       seed: int = 0) -> pd.DataFrame:
     """How well a scpo-head / scpo-critic run's value predicts the verifier on HELD-OUT rollouts, at each of its
     checkpoints: the checkpoint's adapter samples group_size rollouts for n_problems test problems, the verifier
@@ -463,7 +463,7 @@ def value_calibration(run: Run, n_problems: int = 32, group_size: int = 4, polic
     return pd.DataFrame(_cached_json(run.path / "calibration.json", key, compute, field="rows"))
 
 
-def judge_bias_report(run: Run, n_problems: int = 32, group_size: int = 2, max_items: int = 24, policy=None,
+def judge_bias_report(run: Run, n_problems: int = 30, group_size: int = 2, max_items: int = 24, policy=None,
                       seed: int = 0) -> pd.DataFrame:
     """The judge-bias probe (metrics.judge_bias_probe) on a scpo-judge run's final policy as judge, with its own
     judge options (a planted bias included): up to max_items held-out rollouts the verifier fails, each scored

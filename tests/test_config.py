@@ -1,5 +1,6 @@
 """Bad input fails before any training, with one line naming the field and what is allowed."""
 
+import json
 import os
 
 import pytest
@@ -129,6 +130,17 @@ def test_cli_eval_on_the_tiny_model(tmp_path, capsys):
                  "--max-new-tokens", "4", "--output", str(out)]) == 0
     assert "pass@1" in capsys.readouterr().out and out.is_file()
     assert main(["eval", "--model", "tiny", "--problems", "0"]) == 2
+
+
+def test_cli_eval_defaults_to_the_task_the_lab_trains_on(tmp_path, capsys):
+    """`scpo-lab eval` on arithmetic with no --task-option: the cpu profile's task (max_operand=20, 131 held-out
+    problems), so --problems' default 100 works; the bare space has 31 and says so in one line."""
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", "tiny", "--backend", "hf", "--problems", "100", "--samples", "1",
+                 "--max-new-tokens", "2", "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["n_problems"] == 100
+    assert main(["eval", "--model", "tiny", "--backend", "hf", "--problems", "100", "--task-option"]) == 2
+    assert "n: 100 exceeds the 31 distinct test problems" in capsys.readouterr().err
 
 
 def test_cli_train_from_yaml_then_loads_the_finished_run(tmp_path, capsys):

@@ -140,7 +140,7 @@ def test_arithmetic_canonical_form_keeps_subtraction_apart():
     assert canonical_form("4 - 2 * 3") == canonical_form("4 - 3 * 2") != canonical_form("2 * 3 - 4")
     assert canonical_form("3 - 17") != canonical_form("17 - 3")  # different values: different problems
     assert canonical_form("1 + 2 * 3") == canonical_form("3 * 2 + 1")
-    for bad in ("3 +", "3 4 5", "3 +- 4", "x + 1"):
+    for bad in ("3 +", "3 4 5", "3 +- 4", "x + 1", "--3 + 1", "\u00b2 + 1"):
         with pytest.raises(ValueError, match="^expression: "):
             canonical_form(bad)
 

@@ -511,7 +511,7 @@ def test_a_task_data_revision_moves_its_runs_and_evaluations_only(tmp_path):
 
     arithmetic, gsm8k = smoke(tmp_path), smoke(tmp_path, task={"name": "gsm8k"})
     record, create = trainer_module._folder_args(arithmetic, None, distributed.world())
-    assert record["task_data_revision"] == 2 and _eval_key(arithmetic, {})["task_data_revision"] == 2
+    assert record["task_data_revision"] == 3 and _eval_key(arithmetic, {})["task_data_revision"] == 3
     unrevised = RunDir.locate(arithmetic.to_dict(), **create)  # the folder of the identity before the revision
     assert trainer_module.run_dir_of(arithmetic).path.name != unrevised.path.name
     record, create = trainer_module._folder_args(gsm8k, None, distributed.world())

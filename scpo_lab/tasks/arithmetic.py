@@ -4,6 +4,7 @@ form: "3 + 17" and "17 + 3" (or "2 * 3 - 4" and "3 * 2 - 4") are one problem up 
 import hashlib
 import itertools
 import random
+import re
 from typing import Sequence
 
 from scpo_lab.tasks.base import Problem, Task, Verdict, check_count, check_split, verify_final_answer
@@ -41,7 +42,7 @@ def canonical_form(expression: str) -> str:
     "3 - 17" and "17 - 3" stay apart (their values differ)."""
     tokens = expression.split()
     if len(tokens) % 2 == 0 or any(op not in ("+", "-", "*") for op in tokens[1::2]) or \
-            not all(t.lstrip("-").isdigit() for t in tokens[0::2]):
+            not all(re.fullmatch(r"-?[0-9]+", t) for t in tokens[0::2]):
         raise ValueError(f"expression: expected operand (op operand)* with ops + - *, got {expression!r}")
     tokens = [t if i % 2 else int(t) for i, t in enumerate(tokens)]
     terms, factors = [], [tokens[0]]
@@ -73,7 +74,9 @@ class ArithmeticTask(Task):
     when n exceeds a small space's train split, problems repeat (each repeat gets an id suffix "-r<k>")."""
 
     name = "arithmetic"
-    data_revision = 2  # 2: split by the canonical form (1, unrecorded: by the text; commuted twins crossed the split)
+    # 1 (unrecorded): split by the text, commuted twins crossed it; 2: split by the canonical form; 3: held-out
+    # samples distinct up to commutation (the same n and seed drew another test set under 2)
+    data_revision = 3
 
     def __init__(self, digits: int = 1, operators: str = "+-", n_operands: int = 2, seed: int = 0,
                  max_operand: int | None = None):
@@ -184,5 +187,7 @@ class ArithmeticTask(Task):
                 seen.add(key)
                 sample.append(tokens)
         if len(sample) < n:
-            raise ValueError(f"n: found only {len(sample)} distinct {split} problems of {n} asked; use a larger space")
+            distinct = " (up to commutation)" if split == "test" else ""
+            raise ValueError(f"n: found only {len(sample)} distinct{distinct} {split} problems of {n} asked; use a "
+                             "larger space")
         return sample
