@@ -222,8 +222,7 @@ class HeadLoss(LossTerm):
         _check_finite("value head loss (student context)", loss)
         values = torch.sigmoid(logits.detach()) * mask
         means = values.sum(1) / mask.sum(1).clamp(min=1)
-        start = (rows.start or 0) if isinstance(rows, slice) else 0
-        indices = range(start, start + len(means)) if isinstance(rows, slice) else rows.tolist()
+        indices = range(len(self.passed))[rows]  # rows: the micro-batch's slice of the batch (rollout.micro_batches)
         for i, mean, outcome in zip(indices, means.tolist(), passed.tolist()):  # the first pass's, once a rollout
             critic._student_rows.setdefault(i, (mean, outcome))
         loss = loss * (cfg.head_loss_coef if cfg.train_lora else 1.0)
